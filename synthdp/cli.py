@@ -1,0 +1,149 @@
+"""`synthdp` command line (typer). Thin: parse, resolve the config, call the run.
+
+User errors (`synthdp.UserError`) print one message and exit with code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from synthdp.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Differentially private synthetic text with a privacy ledger.")
+ledger_app = typer.Typer(no_args_is_help=True, help="Read a run's privacy ledger.")
+budget_app = typer.Typer(no_args_is_help=True, help="A dataset's total privacy budget across runs.")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(budget_app, name="budget")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Map `UserError` to one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Target epsilon (> 0).")]
+DeltaOpt = Annotated[Optional[float], typer.Option("--delta", "-d", help="Target delta, in (0, 1); typically <= 1/(10 n).")]
+
+
+@app.command()
+@user_errors
+def generate(
+    data: Annotated[Optional[str], typer.Option(help="Private data: .jsonl, .json, .csv, .tsv, .parquet or a saved `datasets` folder. Default: the bundled SMS Spam sample.")] = None,
+    text_field: Annotated[Optional[str], typer.Option(help="Field holding the text. Default: text.")] = None,
+    label_field: Annotated[Optional[str], typer.Option(help="Field holding the label; '' for unlabelled data. Default: label.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: private-prediction.")] = None,
+    epsilon: EpsilonOpt = None,
+    delta: DeltaOpt = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Number of synthetic texts.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the release bundle (must not hold a run).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Local model folder or .gguf file. Default: embedded SmolLM2-135M-Instruct.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="The public label set, comma-separated. Default: read from the data (the ledger says so).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A config.toml ([run] and [options]); flags override it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Pipeline option KEY=VALUE (repeatable).")] = None,
+    budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
+    neighboring: Annotated[Optional[str], typer.Option(help="add_remove (default) or replace_one.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
+    from synthdp.pipelines.base import parse_set_pairs
+    from synthdp.run import RunConfig, generate_run, load_config_file
+
+    values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
+    flags = {
+        "data": data, "text_field": text_field, "pipeline": pipeline, "epsilon": epsilon, "delta": delta,
+        "num_samples": num_samples, "out": out, "model": model, "budget": None if budget is None else str(budget),
+        "seed": seed, "neighboring": neighboring,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if label_field is not None:
+        values["label_field"] = label_field or None
+    if labels is not None:
+        values["labels"] = [x.strip() for x in labels.split(",")]
+    values["options"].update(parse_set_pairs(set_ or []))
+    missing = [name for name in ("epsilon", "delta", "num_samples", "out") if values.get(name) is None]
+    if missing:
+        flags_text = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise UserError(f"Missing {flags_text}. Example: synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/")
+    values["out"] = Path(values["out"])
+    result = generate_run(RunConfig(**values), show_progress=progress)
+    s = result.summary
+    typer.echo(
+        f"Wrote {result.num_records} synthetic texts (asked for {s['requested']}) to {result.corpus_path}.\n"
+        f"Privacy: ({result.epsilon:.4g}, {result.delta:.3g})-DP by dp_accounting ({result.ledger.report.accountant.upper()}); "
+        f"ledger: {result.out / 'ledger.json'}; datasheet: {result.out / 'RELEASE.md'}."
+    )
+    if s.get("dropped_texts"):
+        typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty, or cut off when a batch's private-token budget ran out).")
+    if not result.ledger.release_ready:
+        typer.echo("NOT fit for release: " + "; ".join(result.ledger.not_release_ready_reasons) + ".", err=True)
+
+
+@app.command()
+def pipelines() -> None:
+    """List the installed pipelines with their options and defaults."""
+    from synthdp.pipelines.base import available_pipelines, options_table
+
+    for name, cls in available_pipelines().items():
+        typer.echo(f"{name}: {cls.description}")
+        for opt, kind, default, help_text in options_table(cls.options_class):
+            typer.echo(f"    {opt} ({kind}, default {default!r}): {help_text}")
+
+
+@ledger_app.command("show")
+@user_errors
+def ledger_show(path: Annotated[Path, typer.Argument(help="ledger.json or a run folder.")]) -> None:
+    """Show a ledger's events, its epsilon at delta (recomputed) and its assumptions, in words."""
+    from synthdp.privacy.ledger import Ledger
+
+    typer.echo(Ledger.read(path).describe())
+
+
+@budget_app.command("init")
+@user_errors
+def budget_init(
+    file: Annotated[Path, typer.Argument(help="Budget file to create.")],
+    epsilon: EpsilonOpt = None,
+    delta: DeltaOpt = None,
+    description: Annotated[str, typer.Option(help="Which dataset this budget protects.")] = "",
+) -> None:
+    """Create a budget file holding a dataset's total (epsilon, delta)."""
+    from synthdp.privacy.ledger import Budget
+
+    if epsilon is None or delta is None:
+        raise UserError("`synthdp budget init FILE` needs --epsilon and --delta, e.g. --epsilon 8 --delta 1e-6.")
+    budget = Budget.init(file, epsilon=epsilon, delta=delta, description=description)
+    typer.echo(f"Created {budget.path}: total ({budget.epsilon:g}, {budget.delta:g})-DP, nothing spent.")
+
+
+@budget_app.command("show")
+@user_errors
+def budget_show(file: Annotated[Path, typer.Argument(help="Budget file.")]) -> None:
+    """Show a budget: total, spent (composed over runs by dp_accounting), and each run."""
+    from synthdp.privacy.ledger import Budget
+
+    typer.echo(Budget.load(file).describe())
+
+
+def main() -> None:  # console-script entry point
+    app(prog_name="synthdp")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

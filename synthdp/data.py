@@ -1,0 +1,278 @@
+"""Load the private data set: a file or saved `datasets` folder of texts with optional labels.
+
+`load_records` reads JSON lines, a JSON list, CSV/TSV, Parquet or a folder written by
+`datasets.Dataset.save_to_disk`, keeps the rows with a usable text (and label), and counts the rows
+it skips by reason. It never prints; the caller reports `LoadedData.skipped`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from synthdp.errors import DataError
+
+BUNDLED_SOURCE = "bundled SMS Spam sample"
+SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    text: str
+    label: str | None  # None when there is no label field
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    records: list[Record]
+    labels: tuple[str, ...]  # sorted if read from the data, in given order if passed in, () if unlabelled
+    labels_from_data: bool  # True when the label set was read from the (private) data
+    skipped: dict[str, int]  # reason -> number of rows skipped
+    source: str  # the path as given, or BUNDLED_SOURCE
+
+
+def bundled_sample_path() -> Path:
+    """Path of the bundled 400-message SMS Spam sample (see resources/SMS_SPAM_ATTRIBUTION.md)."""
+    return Path(str(files("synthdp") / "resources" / "sms_spam_sample.jsonl"))
+
+
+def load_records(
+    path: str | Path | None,
+    *,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    labels: Sequence[str] | None = None,
+    max_chars: int = 100_000,
+) -> LoadedData:
+    """Read `path` (None: the bundled sample) into records, skipping and counting unusable rows."""
+    wanted = _check_labels(labels, label_field)
+    if max_chars < 1:
+        raise DataError(f"`max_chars` must be positive. Found {max_chars}.")
+    file = bundled_sample_path() if path is None else Path(path)
+    source = BUNDLED_SOURCE if path is None else str(path)
+    columns, rows = _open_rows(file, source)
+    fields = [text_field] if label_field is None else [text_field, label_field]
+    if columns is not None:
+        _check_fields(fields, columns, source, "column")
+
+    records: list[Record] = []
+    skipped: Counter[str] = Counter()
+    seen: dict[str, None] = {}  # keys of JSON rows, in first-seen order
+    n_rows = 0
+    for row in rows:
+        n_rows += 1
+        if columns is None:
+            seen.update(dict.fromkeys(row))
+        reason, record = _to_record(row, text_field, label_field, wanted, max_chars)
+        if record is None:
+            skipped[reason] += 1
+        else:
+            records.append(record)
+
+    if columns is None and n_rows:
+        _check_fields(fields, list(seen), source, "field")
+    if n_rows == 0:
+        raise DataError(f"{source} has no rows. Pass a file with one record per row.")
+    if not records:
+        why = "; ".join(f"{n} for {reason}" for reason, n in skipped.items())
+        raise DataError(
+            f"no usable records in {source}: 0 of {n_rows} rows are usable; skipped {why}. "
+            "Check --text-field, --label-field and --labels."
+        )
+    if label_field is None:
+        label_set: tuple[str, ...] = ()
+    elif wanted is not None:
+        label_set = wanted
+    else:
+        label_set = tuple(sorted({r.label for r in records if r.label is not None}))
+    return LoadedData(records, label_set, label_field is not None and wanted is None, dict(skipped), source)
+
+
+def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tuple[str, ...] | None:
+    if labels is None:
+        return None
+    if label_field is None:
+        raise DataError("`labels` were given but `label_field` is None. Pass --label-field or drop --labels.")
+    if isinstance(labels, str) or not all(isinstance(name, str) for name in labels):
+        raise DataError(f"`labels` must be a list of label names. Found {labels!r}.")
+    names = tuple(name.strip() for name in labels)
+    if not names or "" in names:
+        raise DataError(f"`labels` must be non-empty names. Found {list(labels)!r}.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"`labels` must not repeat a name. Found {', '.join(repeated)} more than once.")
+    return names
+
+
+def _check_fields(fields: list[str], found: list[str], source: str, kind: str) -> None:
+    for option, field in zip(("text_field", "label_field"), fields, strict=False):
+        if field not in found:
+            listing = ", ".join(str(f) for f in found) or "(none)"
+            extra = ", or no label field for unlabelled data" if option == "label_field" else ""
+            flag = "--" + option.replace("_", "-")
+            raise DataError(
+                f"`{option}` '{field}' is not a {kind} of {source}. {kind.capitalize()}s found: {listing}. "
+                f"Pass {flag} with one of them{extra}."
+            )
+
+
+def _to_record(
+    row: Row, text_field: str, label_field: str | None, wanted: tuple[str, ...] | None, max_chars: int
+) -> tuple[str, Record | None]:
+    """Return ("", record) for a usable row, or (reason, None) for a row to skip."""
+    text = row.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+        return f"missing, empty or non-text value in '{text_field}'", None
+    if len(text) > max_chars:
+        return f"text longer than {max_chars} characters", None
+    if label_field is None:
+        return "", Record(text, None)
+    value = row.get(label_field)
+    label = str(value).strip() if isinstance(value, (str, int)) else ""  # bool is an int
+    if not label:
+        return f"missing, empty or non-text value in '{label_field}'", None
+    if wanted is not None and label not in wanted:
+        return "label not in --labels", None
+    return "", Record(text, label)
+
+
+def _open_rows(file: Path, source: str) -> tuple[list[str] | None, Iterator[Row]]:
+    """Return (column names, or None for JSON rows whose keys vary; an iterator over rows)."""
+    if file.is_dir():
+        return _dataset_rows(file, source)
+    if not file.exists():
+        raise DataError(f"{source} does not exist. Pass the path of a data file ({SUPPORTED}).")
+    suffix = file.suffix.lower()
+    if suffix not in {".jsonl", ".json", ".csv", ".tsv", ".parquet"}:
+        raise DataError(f"{source} has an unsupported format '{suffix}'. Supported: {SUPPORTED}.")
+    try:
+        if file.stat().st_size == 0:
+            raise DataError(f"{source} is empty. Pass a file with one record per row.")
+        if suffix == ".parquet":
+            return _parquet_rows(file, source)
+        handle = file.open("rb")
+    except OSError as e:
+        raise DataError(f"{source} cannot be read: {e.strerror or e}. Check the path and its permissions.") from e
+    if suffix in {".csv", ".tsv"}:
+        return _csv_rows(handle, source, "excel-tab" if suffix == ".tsv" else "excel")
+    is_list = handle.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    return None, (_json_list_rows if is_list else _json_lines_rows)(handle, source)
+
+
+def _not_utf8(source: str, where: str) -> DataError:
+    return DataError(f"{source} is not UTF-8 text ({where}). Save it as UTF-8 and retry.")
+
+
+def _json_lines_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: drop a byte-order mark
+            except UnicodeDecodeError as e:
+                raise _not_utf8(source, f"line {number}") from e
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source} line {number} is not valid JSON ({e.msg}). Fix or remove it.") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{source} line {number} is not a JSON object. Write one {{...}} per line.")
+            yield row
+
+
+def _json_list_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
+    with handle:
+        try:
+            items = json.loads(handle.read().decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise _not_utf8(source, f"byte {e.start}") from e
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source} is not valid JSON (line {e.lineno}: {e.msg}). Fix the file.") from e
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise DataError(f"{source} must hold a list of JSON objects, or one JSON object per line.")
+    yield from items
+
+
+def _csv_rows(handle: BinaryIO, source: str, dialect: str) -> tuple[list[str], Iterator[Row]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    reader = csv.DictReader(text, dialect=dialect)
+    try:
+        columns = list(reader.fieldnames or [])
+    except (csv.Error, UnicodeDecodeError) as e:
+        text.close()
+        if isinstance(e, UnicodeDecodeError):
+            raise _not_utf8(source, "near the start") from e
+        raise DataError(f"{source} header row cannot be parsed: {e}. Fix the file.") from e
+    if not columns:
+        text.close()
+        raise DataError(f"{source} has no header row. Its first line must name the columns.")
+
+    def rows() -> Iterator[Row]:
+        with text:
+            try:
+                yield from reader
+            except UnicodeDecodeError as e:
+                raise _not_utf8(source, f"near line {reader.line_num}") from e
+            except csv.Error as e:
+                raise DataError(f"{source} line {reader.line_num} cannot be parsed: {e}. Fix the file.") from e
+
+    return columns, rows()
+
+
+def _parquet_rows(file: Path, source: str) -> tuple[list[str], Iterator[Row]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file)
+    except pyarrow.ArrowException as e:
+        raise DataError(f"{source} is not a readable Parquet file: {e}.") from e
+
+    def rows() -> Iterator[Row]:
+        for batch in table.iter_batches():
+            yield from batch.to_pylist()
+
+    return list(table.schema_arrow.names), rows()
+
+
+def _dataset_rows(folder: Path, source: str) -> tuple[list[str], Iterator[Row]]:
+    if not any((folder / name).is_file() for name in ("state.json", "dataset_dict.json")):
+        raise DataError(
+            f"{source} is a folder but not a dataset saved by datasets' save_to_disk "
+            f"(no state.json or dataset_dict.json). Pass a data file instead ({SUPPORTED})."
+        )
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError) as e:  # FileNotFoundError for missing shards, ValueError for bad metadata
+        raise DataError(f"{source} cannot be loaded as a saved dataset: {e}.") from e
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            splits = ", ".join(data)
+            raise DataError(
+                f"{source} holds the splits {splits} and no 'train' split. "
+                f"Pass the folder of the split you want, e.g. {folder / next(iter(data))}."
+            )
+        data = data["train"]
+    # ClassLabel columns hold ints; give their names instead (-1 means no label).
+    names = {c: f.names for c, f in data.features.items() if isinstance(f, datasets.ClassLabel)}
+
+    def rows() -> Iterator[Row]:
+        for row in data:
+            for column, label_names in names.items():
+                index = row[column]
+                row[column] = label_names[index] if isinstance(index, int) and index >= 0 else None
+            yield row
+
+    return list(data.column_names), rows()

@@ -1,0 +1,1 @@
+"""Pure, model-free DP building blocks. Nothing here imports pipelines, models or the CLI."""

@@ -1,0 +1,44 @@
+"""The sparse vector technique (AboveThreshold) as Amin et al. 2024 use it for free public tokens.
+
+The query is d = || (1/s) sum_p softmax(Z_p) - softmax(z_pub) ||_1, of L1 sensitivity 1/s under
+add/remove of one record (each private distribution has L1 norm 1, the divisor s is fixed). With
+threshold noise Lap(sigma) and query noise Lap(2 sigma), each round up to and including the first
+"above" answer is (2/(s sigma))-DP (Lyu, Su, Li 2017, Alg. 1 with c = 1). The threshold is redrawn
+after every above answer, which starts a new round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def distribution_distance(private_logits: torch.Tensor, public_logits: torch.Tensor, divisor: int) -> float:
+    """|| (1/s) sum_p softmax(Z_p) - softmax(z_pub) ||_1 on raw (not clipped) logits.
+
+    private_logits: (rows, V); public_logits: (V,).
+    """
+    mean_private = torch.softmax(private_logits.float(), dim=-1).sum(dim=0) / divisor
+    return float((mean_private - torch.softmax(public_logits.float(), dim=-1)).abs().sum())
+
+
+class SparseVector:
+    """AboveThreshold with a fresh noisy threshold after each above answer."""
+
+    def __init__(self, threshold: float, noise: float, rng: np.random.Generator) -> None:
+        if noise <= 0:
+            raise ValueError(f"`noise` must be > 0. Found {noise}.")
+        self.threshold = threshold
+        self.noise = noise
+        self.rng = rng
+        self.noisy_threshold = self._draw_threshold()
+
+    def _draw_threshold(self) -> float:
+        return self.threshold + float(self.rng.laplace(0.0, self.noise))
+
+    def above(self, value: float) -> bool:
+        """True when value + Lap(2 sigma) >= the noisy threshold; then the threshold is redrawn."""
+        fired = value + float(self.rng.laplace(0.0, 2.0 * self.noise)) >= self.noisy_threshold
+        if fired:
+            self.noisy_threshold = self._draw_threshold()
+        return fired

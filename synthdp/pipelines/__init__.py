@@ -1,0 +1,3 @@
+"""Built-in pipelines register themselves on import; see `base.py` for the protocol and registry."""
+
+from synthdp.pipelines import private_prediction  # noqa: F401

@@ -1,0 +1,212 @@
+"""The pipeline protocol, the registry and typed options.
+
+A pipeline is registered under a name. Third-party pipelines register through the entry-point
+group `synthdp.pipelines` (the entry point names a `Pipeline` class). Each pipeline has one frozen,
+keyword-only options dataclass with paper defaults; `--set KEY=VALUE` and config files fill it, and
+unknown keys are errors (a misspelt noise key must never be ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, ClassVar, Iterator, Protocol
+
+import numpy as np
+from dp_accounting import dp_event
+
+from synthdp.data import LoadedData, Record
+from synthdp.errors import OptionError
+from synthdp.privacy.ledger import LedgerEvent
+
+ENTRY_POINT_GROUP = "synthdp.pipelines"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the user asked for."""
+
+    epsilon: float
+    delta: float
+    neighboring: str = "add_remove"
+
+
+@dataclass
+class PrivacyPlan:
+    """A pipeline's privacy plan, built before the private data is touched by any mechanism."""
+
+    events: list[LedgerEvent]
+    parameters: dict[str, Any]  # calibrated values (noise, r, ...) in the ledger
+    public_assumptions: list[str]
+
+
+@dataclass
+class RunContext:
+    """What a pipeline's `run` gets besides the records."""
+
+    rng: np.random.Generator
+    seeded: bool
+    num_samples: int
+    labels: tuple[str, ...]
+    resources: Any  # what `load_resources` returned (models)
+    progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None
+    summary: dict[str, Any] = field(default_factory=dict)  # counts for the run summary (not the ledger)
+
+
+@dataclass(frozen=True)
+class SyntheticRecord:
+    text: str
+    label: str | None
+
+
+class Pipeline(Protocol):
+    """What a pipeline provides. `plan` never reads record contents."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options_class: ClassVar[type]
+
+    def load_resources(self, options: Any, model: str | None) -> Any:
+        """Load models (raising ModelError for a bad path) before anything is spent."""
+
+    def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
+        """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`
+        (its size, its label set and the per-label sizes it declares public)."""
+
+    def run(self, records: list[Record], options: Any, plan: PrivacyPlan, ctx: RunContext) -> Iterator[SyntheticRecord]:
+        """Generate the synthetic records."""
+
+
+_REGISTRY: dict[str, type] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_pipeline(cls: type) -> type:
+    """Register a pipeline class under `cls.name`; refuses duplicates. Usable as a decorator."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise ValueError(f"{cls!r} has no `name`.")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"A pipeline named {name!r} is already registered ({_REGISTRY[name]!r}).")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    import synthdp.pipelines  # noqa: F401  (registers the built-in pipelines)
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            register_pipeline(ep.load())
+
+
+def available_pipelines() -> dict[str, type]:
+    _load_entry_points()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_pipeline(name: str) -> Pipeline:
+    pipelines = available_pipelines()
+    if name not in pipelines:
+        raise OptionError(f"Unknown pipeline {name!r}. Installed pipelines: {', '.join(pipelines)}.")
+    return pipelines[name]()
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _convert(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a CLI/config value to the field's annotated type; raises OptionError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(name, value, arg)
+            except OptionError as err:
+                errors.append(str(err))
+        raise OptionError(errors[0] if errors else f"Bad value for `{name}`: {value!r}.")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise OptionError(f"`{name}` must be one of {', '.join(map(str, args))}. Found {value!r}.")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise OptionError(f"`{name}` must be true or false. Found {value!r}.")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise OptionError(f"`{name}` must be a number. Found {value!r}.")
+        try:
+            number = float(value)
+            if annotation is int:
+                if number != int(number):
+                    raise ValueError
+                return int(number)
+            return number
+        except (TypeError, ValueError):
+            kind = "an integer" if annotation is int else "a number"
+            raise OptionError(f"`{name}` must be {kind}. Found {value!r}.") from None
+    if annotation is str:
+        return str(value)
+    return value
+
+
+def parse_options(options_class: type, values: dict[str, Any]) -> Any:
+    """Build the frozen options dataclass from strings or typed values; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise OptionError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for this pipeline. "
+            f"Valid options: {', '.join(fields)}. See `synthdp pipelines`."
+        )
+    hints = typing.get_type_hints(options_class)
+    kwargs = {k: _convert(k, v, hints[k]) for k, v in values.items()}
+    try:
+        return options_class(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise OptionError(str(err)) from None
+
+
+def parse_set_pairs(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings from `--set` -> dict; a malformed pair is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"`--set` takes KEY=VALUE. Found {pair!r}. Example: --set clip=10")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def options_table(options_class: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) per option, for `synthdp pipelines`."""
+    hints = typing.get_type_hints(options_class)
+    rows = []
+    for f in dataclasses.fields(options_class):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        rows.append((f.name, kind, default, f.metadata.get("help", "")))
+    return rows
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help text (shown by `synthdp pipelines`)."""
+    return field(default=default, metadata={"help": help})

@@ -1,0 +1,231 @@
+"""Private prediction (Amin et al. 2024, "Private prediction for large-scale synthetic text generation").
+
+An LM is prompted with private records; every token is chosen by the exponential mechanism over the
+clipped, aggregated logits of a batch of private prompts, and the sparse vector technique lets
+tokens that the public prompt already predicts well be sampled from the public prediction for free.
+The loop below follows Algorithm 1 of docs/algorithms.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from synthdp.data import LoadedData, Record
+from synthdp.errors import PrivacyParameterError
+from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
+from synthdp.mechanisms.randomness import salt_bytes
+from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
+from synthdp.models.local import LocalLM
+from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
+from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
+from synthdp.privacy.ledger import LedgerEvent
+
+DEFAULT_PROMPT = "Here are texts with {label_name}: {label}. Text: {text} Please give me another one."
+DEFAULT_PLACEHOLDER = "<text of {label_name}: {label}>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivatePredictionOptions:
+    """Knobs of private prediction. Defaults: Amin et al. 2024, section 5 (s = 255, c = 10,
+    tau = 2, tau_public = 1.5, SVT (theta, sigma) = (0.5, 0.2))."""
+
+    batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits")
+    clip: float = option(10.0, "c: logits are re-centred to top c and floored at -c")
+    temperature: float = option(2.0, "tau of the private (exponential-mechanism) sampling")
+    public_temperature: float = option(1.5, "temperature of free public tokens")
+    svt: bool = option(True, "use the sparse vector technique for free public tokens")
+    svt_threshold: float = option(0.5, "theta: L1 distance above which a token is private")
+    svt_noise: float = option(0.2, "sigma: Laplace scale of the SVT threshold (query noise is 2 sigma)")
+    max_private_tokens: int | None = option(None, "r per batch; default: calibrated from epsilon")
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens")
+    top_k: int | None = option(None, "restrict sampling to the public prediction's top k tokens (free)")
+    max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt")
+    label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
+    prompt_template: str = option(DEFAULT_PROMPT, "user turn; {label_name}, {label}, {text}")
+    public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt")
+    assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
+
+    def __post_init__(self) -> None:
+        positive = {"batch_size": self.batch_size, "clip": self.clip, "temperature": self.temperature,
+                    "public_temperature": self.public_temperature, "svt_noise": self.svt_noise,
+                    "max_tokens": self.max_tokens, "max_record_tokens": self.max_record_tokens}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"`{name}` must be > 0. Found {value}.")
+        for name, value in (("max_private_tokens", self.max_private_tokens), ("top_k", self.top_k)):
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
+        if "{text}" not in self.prompt_template:
+            raise ValueError("`prompt_template` must contain {text}, where the private record goes.")
+
+
+def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
+    """Batch index of a record: depends only on the record itself (Assumption 1 of Amin et al.)."""
+    digest = hashlib.blake2b(salt + f"{label}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % batches
+
+
+def batches_per_label(n_by_label: dict[str | None, int], s: int) -> dict[str | None, int]:
+    """B_l = max(1, round(n_l / s)); n_l is treated as public (the ledger says so)."""
+    return {label: max(1, round(n / s)) for label, n in n_by_label.items()}
+
+
+def split_quota(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+@register_pipeline
+class PrivatePrediction:
+    name: ClassVar[str] = "private-prediction"
+    description: ClassVar[str] = (
+        "prompt an LM with private records; every token by the exponential mechanism over clipped, "
+        "aggregated logits, with SVT for free public tokens (Amin et al. 2024)"
+    )
+    options_class: ClassVar[type] = PrivatePredictionOptions
+
+    def load_resources(self, options: PrivatePredictionOptions, model: str | None) -> LocalLM:
+        return LocalLM.load(model)
+
+    # ------------------------------------------------------------------ plan
+
+    def token_rho(self, o: PrivatePredictionOptions, target: Target) -> float:
+        return private_prediction_token_rho(
+            clip=o.clip, batch_size=o.batch_size, temperature=o.temperature,
+            svt_noise=o.svt_noise if o.svt else None, neighboring=target.neighboring,  # type: ignore[arg-type]
+        )
+
+    def plan(self, options: PrivatePredictionOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
+        rho = self.token_rho(options, target)
+        r = max_count_within(lambda k: private_prediction_event(rho, k), target.epsilon, target.delta)
+        if options.max_private_tokens is not None:
+            if options.max_private_tokens > r:
+                raise PrivacyParameterError(
+                    f"`max_private_tokens` = {options.max_private_tokens} exceeds what epsilon "
+                    f"{target.epsilon:g} allows at these settings (r = {r}). Lower it, or raise --epsilon."
+                )
+            r = options.max_private_tokens
+        if r < 1:
+            raise PrivacyParameterError(
+                f"epsilon {target.epsilon:g} at delta {target.delta:g} does not pay for a single private "
+                f"token (rho per token {rho:.3g}). Raise --epsilon, raise batch_size or temperature, or lower clip."
+            )
+        n_by_label = {label: sum(1 for rec in data.records if rec.label == label) for label in (data.labels or (None,))}
+        batches = batches_per_label(n_by_label, options.batch_size)
+        event = private_prediction_event(rho, r)
+        svt_words = (
+            f"; SVT with threshold noise Lap({options.svt_noise:g}) and query noise Lap({2 * options.svt_noise:g}) "
+            f"on an L1 distance of sensitivity 1/s, (2/(s sigma))-DP per round"
+            if options.svt else "; SVT off: every token is private"
+        )
+        description = (
+            f"per hash batch (batches are disjoint and compose in parallel): at most r = {r} private tokens, "
+            f"each the exponential mechanism on (1/s) sum clip_c(logits) with s = {options.batch_size}, "
+            f"c = {options.clip:g}, tau = {options.temperature:g} (bounded range, "
+            f"{self.token_rho(options, Target(target.epsilon, target.delta, target.neighboring)):.4g}-zCDP per "
+            f"private token including SVT){svt_words}"
+        )
+        assumptions = [
+            f"the number of records n = {len(data.records)} and the per-label record counts are public: they set "
+            f"the number of hash batches per label, B = max(1, round(n_label / s)) = "
+            + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items())
+            + "; the guarantee is for neighbouring datasets with the same batch counts",
+            "the label set is public" + (" (read from the data, not given with --labels)" if data.labels_from_data else " (given with --labels)"),
+            "the prompt templates, the public placeholder prompt and the model are public",
+            "the number of synthetic texts per label is public (split evenly across labels)",
+        ]
+        return PrivacyPlan(
+            events=[LedgerEvent("private-prediction batch", description, event)],
+            parameters={"private_tokens_per_batch": r, "rho_per_private_token": rho, "batches_per_label":
+                        {str(k): v for k, v in batches.items()}, "divisor_s": options.batch_size},
+            public_assumptions=assumptions,
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, records: list[Record], options: PrivatePredictionOptions, plan: PrivacyPlan,
+            ctx: RunContext) -> Iterator[SyntheticRecord]:
+        lm: LocalLM = ctx.resources
+        r = int(plan.parameters["private_tokens_per_batch"])
+        rho = float(plan.parameters["rho_per_private_token"])
+        labels: tuple[str | None, ...] = ctx.labels or (None,)
+        per_label = split_quota(ctx.num_samples, len(labels))
+        salt = salt_bytes(ctx.rng, ctx.seeded)
+        for label, quota in zip(labels, per_label):
+            b = int(plan.parameters["batches_per_label"][str(label)])
+            batches: list[list[str]] = [[] for _ in range(b)]
+            for rec in records:
+                if rec.label == label:
+                    batches[hash_batch(salt, label, rec.text, b)].append(rec.text)
+            carry = 0  # examples a batch could not make (its r ran out) move on to the next batch
+            for texts, want in zip(batches, split_quota(quota, b)):
+                made = 0
+                for text in self.generate_batch(lm, texts, label, want + carry, r, rho, options, ctx):
+                    made += 1
+                    yield SyntheticRecord(text, label)
+                carry = want + carry - made
+
+    def prompts(self, lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
+        """Private prompts (one per record) followed by the public prompt, as token ids."""
+        def fill(text: str) -> str:
+            return o.prompt_template.format(label_name=o.label_name, label=label if label is not None else "any", text=text)
+
+        rows = []
+        for text in texts:
+            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][: o.max_record_tokens]
+            rows.append(lm.chat_ids(fill(lm.decode(ids)), o.assistant_prefix))
+        placeholder = o.public_placeholder.format(label_name=o.label_name, label=label if label is not None else "any")
+        rows.append(lm.chat_ids(fill(placeholder), o.assistant_prefix))
+        return rows
+
+    @torch.no_grad()
+    def generate_batch(self, lm: LocalLM, texts: list[str], label: str | None, quota: int, r: int, rho: float,
+                       o: PrivatePredictionOptions, ctx: RunContext) -> Iterator[str]:
+        """Algorithm 1 on one batch: up to `quota` texts while fewer than r private tokens are spent."""
+        if quota <= 0:
+            return
+        rng, s = ctx.rng, o.batch_size
+        decoder = lm.decoder(self.prompts(lm, texts, label, o), max_new_tokens=o.max_tokens)
+        svt = SparseVector(o.svt_threshold, o.svt_noise, rng) if o.svt else None
+        spent = 0  # t: private tokens used by this batch
+        made = 0
+        logits = decoder.prefill()  # (rows, V): rows = len(texts) private + 1 public
+        while made < quota and spent < r:
+            tokens: list[int] = []
+            finished = False
+            for _ in range(o.max_tokens):
+                private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
+                allowed = None
+                if o.top_k is not None:  # a public set: free
+                    allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
+                use_private = svt is None or svt.above(distribution_distance(private_logits, public_logits, s))
+                if use_private:
+                    scores = aggregate_clipped(private_logits, o.clip, s).double().cpu().numpy()
+                    token = sample_softmax(scores, o.temperature, rng, allowed)
+                    spent += 1
+                else:
+                    token = sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed)
+                if token in lm.stop_ids:
+                    finished = True
+                    break
+                tokens.append(token)
+                if spent >= r:  # r is enforced inside the token loop
+                    break
+                if len(tokens) < o.max_tokens:
+                    logits = decoder.step(token)
+            else:
+                finished = True  # the length cap ends an example
+            text = lm.decode(tokens).strip()
+            if finished and text:
+                made += 1
+                ctx.progress(1, private_prediction_event(rho, spent) if spent else None)
+                yield text
+            else:
+                ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + 1
+            logits = decoder.rewind()
+        ctx.summary["batches_out_of_budget"] = ctx.summary.get("batches_out_of_budget", 0) + int(spent >= r)
+

@@ -1,0 +1,105 @@
+"""Accounting against the closed forms and worked examples of docs/algorithms.md, section 1."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import RdpAccountant
+
+from synthdp.errors import PrivacyParameterError
+from synthdp.privacy.accounting import (
+    check_delta,
+    check_epsilon,
+    epsilon_report,
+    event_from_json,
+    event_to_json,
+    max_count_within,
+    private_prediction_event,
+    private_prediction_token_rho,
+)
+
+AG_NEWS = dict(clip=10.0, batch_size=255, temperature=2.0)
+DELTA = 1 / 120_000
+
+
+def closed_form_rho(r: int, c: float, s: int, tau: float, sigma: float | None) -> float:
+    """rho = r (0.5 (c/(s tau))^2 + 2/(s sigma)^2), written out independently of the library."""
+    return r * (0.5 * (c / (s * tau)) ** 2 + (0.0 if sigma is None else 2.0 / (s * sigma) ** 2))
+
+
+@pytest.mark.parametrize("sigma", [None, 0.2, 0.3])
+@pytest.mark.parametrize("r", [1, 31, 155, 2000])
+def test_event_epsilon_equals_closed_form_rho_converted_by_dp_accounting(r: int, sigma: float | None) -> None:
+    rho_tok = private_prediction_token_rho(svt_noise=sigma, **AG_NEWS)
+    expected = RdpAccountant().compose(dp_accounting.ZCDpEvent(closed_form_rho(r, 10.0, 255, 2.0, sigma))).get_epsilon(DELTA)
+    got = epsilon_report(private_prediction_event(rho_tok, r), DELTA).epsilon
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_per_token_rho_of_the_worked_example() -> None:
+    assert private_prediction_token_rho(svt_noise=None, **AG_NEWS) == pytest.approx(1.92e-4, rel=2e-3)
+    assert private_prediction_token_rho(svt_noise=0.2, **AG_NEWS) == pytest.approx(9.61e-4, rel=2e-3)
+    # replace-one adjacency: four times the cost
+    assert private_prediction_token_rho(svt_noise=0.2, neighboring="replace_one", **AG_NEWS) == pytest.approx(
+        4 * private_prediction_token_rho(svt_noise=0.2, **AG_NEWS)
+    )
+
+
+@pytest.mark.parametrize(
+    "sigma, epsilon, expected_r",
+    [(None, 1, 155), (None, 3, 1147), (None, 10, 9158), (0.2, 1, 31), (0.2, 3, 229), (0.2, 10, 1831)],
+)
+def test_calibrated_r_reproduces_the_worked_example(sigma: float | None, epsilon: float, expected_r: int) -> None:
+    rho = private_prediction_token_rho(svt_noise=sigma, **AG_NEWS)
+    r = max_count_within(lambda k: private_prediction_event(rho, k), epsilon, DELTA)
+    assert abs(r - expected_r) <= 0.01 * expected_r
+    # r is the largest count within the budget: r fits, r + 1 does not
+    assert epsilon_report(private_prediction_event(rho, r), DELTA).epsilon <= epsilon
+    assert epsilon_report(private_prediction_event(rho, r + 1), DELTA).epsilon > epsilon
+
+
+def test_compose_n_times_equals_self_composed_and_replayed_ledger() -> None:
+    event = dp_accounting.ZCDpEvent(3e-3)
+    n = 10
+    once = RdpAccountant().compose(event, n).get_epsilon(DELTA)
+    acc = RdpAccountant()
+    for _ in range(n):
+        acc.compose(event)
+    separately = acc.get_epsilon(DELTA)
+    replayed = epsilon_report([event_from_json(event_to_json(event)) for _ in range(n)], DELTA).epsilon
+    self_composed = epsilon_report(dp_accounting.SelfComposedDpEvent(event, n), DELTA).epsilon
+    assert once == pytest.approx(separately) == pytest.approx(replayed) == pytest.approx(self_composed)
+    assert once > RdpAccountant().compose(event).get_epsilon(DELTA) * 2  # n events really count
+
+
+def test_events_round_trip_through_json() -> None:
+    events = [
+        private_prediction_event(1e-4, 12),
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 100),
+        dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(3.0), dp_accounting.LaplaceDpEvent(2.0)]),
+    ]
+    for event in events:
+        assert event_from_json(event_to_json(event)) == event
+    with pytest.raises(ValueError, match="Unknown DpEvent"):
+        event_from_json({"dp_event": "os.system"})
+
+
+def test_pld_is_used_where_it_supports_the_events_and_the_smaller_bound_is_reported() -> None:
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(5.0), 10)
+    report = epsilon_report(event, 1e-5)
+    assert set(report.by_accountant) == {"rdp", "pld"}
+    assert report.epsilon == min(report.by_accountant.values())
+
+
+@pytest.mark.parametrize("bad", [0, -1, "abc", math.nan, math.inf, None])
+def test_bad_epsilon(bad: object) -> None:
+    with pytest.raises(PrivacyParameterError, match="epsilon"):
+        check_epsilon(bad)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, "x", None])
+def test_bad_delta(bad: object) -> None:
+    with pytest.raises(PrivacyParameterError, match="delta"):
+        check_delta(bad)
