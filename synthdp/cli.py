@@ -59,17 +59,24 @@ def generate(
     budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
     neighboring: Annotated[Optional[str], typer.Option(help="add_remove (default) or replace_one.")] = None,
+    api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for --model openai:NAME.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key. Default: OPENAI_API_KEY.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: CUDA when present.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in this folder (pipelines that support it); spends nothing again.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
     from synthdp.pipelines.base import parse_set_pairs
-    from synthdp.run import RunConfig, generate_run, load_config_file
+    from synthdp.run import RunConfig, generate_run, load_config_file, resume_run
 
+    if resume is not None:
+        _report(resume_run(resume, show_progress=progress))
+        return
     values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
     flags = {
         "data": data, "text_field": text_field, "pipeline": pipeline, "epsilon": epsilon, "delta": delta,
         "num_samples": num_samples, "out": out, "model": model, "budget": None if budget is None else str(budget),
-        "seed": seed, "neighboring": neighboring,
+        "seed": seed, "neighboring": neighboring, "api_base": api_base, "api_key_env": api_key_env, "device": device,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if label_field is not None:
@@ -82,7 +89,10 @@ def generate(
         flags_text = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise UserError(f"Missing {flags_text}. Example: synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/")
     values["out"] = Path(values["out"])
-    result = generate_run(RunConfig(**values), show_progress=progress)
+    _report(generate_run(RunConfig(**values), show_progress=progress))
+
+
+def _report(result: Any) -> None:
     s = result.summary
     typer.echo(
         f"Wrote {result.num_records} synthetic texts (asked for {s['requested']}) to {result.corpus_path}.\n"

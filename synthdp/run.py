@@ -22,7 +22,7 @@ from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parq
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, UserError
 from synthdp.mechanisms.randomness import secure_generator
-from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
+from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.release import release_markdown
@@ -49,6 +49,12 @@ class RunConfig:
     budget: str | None = None
     seed: int | None = None
     neighboring: str = "add_remove"
+    api_base: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    device: str | None = None
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env, device=self.device)
 
     def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
         run = {k: v for k, v in dataclasses.asdict(self).items() if k != "options"}
@@ -103,53 +109,104 @@ def check_config(cfg: RunConfig) -> None:
         raise OptionError(f"`neighboring` must be one of {', '.join(NEIGHBORING)}. Found {cfg.neighboring!r}.")
 
 
-def generate_run(
-    cfg: RunConfig, *, show_progress: bool = True, warn: Callable[[str], None] | None = None
-) -> GenerateResult:
-    warn = warn or (lambda msg: print(f"Warning: {msg}", file=sys.stderr))
-    # 1. Everything that needs no data and no model.
+@dataclass
+class Prepared:
+    """A run checked and planned, before anything is spent."""
+
+    cfg: RunConfig
+    pipeline: Any
+    options: Any
+    data: LoadedData
+    resources: Any
+    plan: PrivacyPlan
+    budget: Budget | None
+    model_name: str
+
+
+def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool = False) -> Prepared:
+    """Every check that can fail on user input, then the plan. Writes nothing, spends nothing."""
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
     options = parse_options(pipeline.options_class, cfg.options)
-    out = check_out_dir(cfg.out)
+    if not resuming:
+        check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
-    if budget is not None:
+    if budget is not None and not resuming:
         budget.check([])  # refuse an exhausted budget before reading anything
-    # 2. Data (validation only: no mechanism sees it yet) and model.
-    data: LoadedData = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    # Data (validation only: no mechanism sees it yet) and models.
+    data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
     for reason, count in data.skipped.items():
         warn(f"skipped {count} row(s) of {data.source}: {reason}.")
     message = check_delta_against_n(cfg.delta, len(data.records))
     if message:
         warn(message)
-    resources = pipeline.load_resources(options, cfg.model)
-    # 3. Plan and budget check: refuse before any mechanism touches the data.
-    target = Target(cfg.epsilon, cfg.delta, cfg.neighboring)
-    plan = pipeline.plan(options, target, data, resources)
+    resources = pipeline.load_resources(options, cfg.model_spec())
+    # Plan and budget check: refuse before any mechanism touches the data.
+    plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
     planned = epsilon_report([e.event for e in plan.events], cfg.delta)
     if planned.epsilon > cfg.epsilon * (1 + 1e-9):
         raise AssertionError(f"pipeline {cfg.pipeline} planned epsilon {planned.epsilon} > target {cfg.epsilon}")
-    if budget is not None:
+    if budget is not None and not resuming:
         budget.check([e.event for e in plan.events])
-    model_name = getattr(resources, "name", cfg.model or "default")
+    model_name = str(getattr(resources, "name", cfg.model or "default"))
+    return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
+
+
+def generate_run(
+    cfg: RunConfig, *, show_progress: bool = True, warn: Callable[[str], None] | None = None
+) -> GenerateResult:
+    warn = warn or _warn
+    p = prepare_run(cfg, warn)
     ledger = Ledger(
         run_id=uuid.uuid4().hex[:12],
-        pipeline=pipeline.name,
+        pipeline=p.pipeline.name,
         delta=cfg.delta,
         neighboring=cfg.neighboring,
-        events=plan.events,
-        public_assumptions=plan.public_assumptions + [f"the model: {model_name}"],
-        parameters=plan.parameters | {"options": dataclasses.asdict(options)},
+        events=p.plan.events,
+        public_assumptions=p.plan.public_assumptions + [f"the model: {p.model_name}"],
+        parameters=p.plan.parameters | {"options": dataclasses.asdict(p.options)},
         seed=cfg.seed,
         budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
         synthdp_version=__version__,
     )
-    # 4. Write-ahead: from here on the run counts as spent, whatever happens.
-    if budget is not None:
-        budget.reserve(ledger.run_id, pipeline.name, str(out.resolve()), plan.events)
+    # Write-ahead: from here on the run counts as spent, whatever happens.
+    out = cfg.out
+    if p.budget is not None:
+        p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events)
     out.mkdir(parents=True, exist_ok=True)
     ledger.write(out / "ledger.json")
-    # 5. Generate.
+    write_config(out / "config.toml", cfg.to_toml_dict(p.options))
+    return _execute(p, ledger, show_progress=show_progress, resume=False)
+
+
+def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], None] | None = None) -> GenerateResult:
+    """Continue an interrupted run in `out` under the plan it already charged; never spends twice."""
+    warn = warn or _warn
+    out = Path(out)
+    ledger = Ledger.read(out)
+    if ledger.status == "complete":
+        raise UserError(f"The run in {out} is complete; there is nothing to resume.")
+    values = load_config_file(out / "config.toml")
+    values["out"] = out
+    cfg = RunConfig(**values)
+    p = prepare_run(cfg, warn, resuming=True)
+    if not getattr(p.pipeline, "supports_resume", False):
+        raise UserError(
+            f"The {p.pipeline.name} pipeline cannot resume a run: rerunning it would draw fresh noise and spend "
+            f"again. The interrupted run stays charged ({ledger.epsilon:.4g}); start a new run with a new --out."
+        )
+    if [e.to_json() for e in p.plan.events] != [e.to_json() for e in ledger.events]:
+        raise UserError(f"The configuration in {out / 'config.toml'} no longer gives the plan in its ledger; "
+                        "it cannot be resumed. Start a new run.")
+    ledger.status = "running"
+    ledger.write(out / "ledger.json")
+    if p.budget is not None:
+        p.budget.mark(ledger.run_id, "running")
+    return _execute(p, ledger, show_progress=show_progress, resume=True)
+
+
+def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) -> GenerateResult:
+    cfg, out = p.cfg, p.cfg.out
     rng = secure_generator(cfg.seed)
     tracker = SpendTracker(cfg.delta)
     bar = _progress_bar(cfg.num_samples, show_progress)
@@ -160,34 +217,37 @@ def generate_run(
             bar.update(n)
             bar.set_postfix_str(f"eps spent <= {eps:.3g} of {ledger.epsilon:.3g}")
 
-    ctx = RunContext(rng=rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples, labels=data.labels,
-                     resources=resources, progress=progress)
+    ctx = RunContext(rng=rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples, labels=p.data.labels,
+                     resources=p.resources, work_dir=out, resume=resume, progress=progress)
     writer = CorpusWriter(out)
     try:
-        for record in pipeline.run(data.records, options, plan, ctx):
+        for record in p.pipeline.run(p.data.records, p.options, p.plan, ctx):
             writer.write({"text": record.text, "label": record.label})
         corpus = writer.commit()
     except BaseException:
         writer.abort()
         ledger.status = "failed"
         ledger.write(out / "ledger.json")
-        if budget is not None:
-            budget.mark(ledger.run_id, "failed")
+        if p.budget is not None:
+            p.budget.mark(ledger.run_id, "failed")
         raise
     finally:
         if bar is not None:
             bar.close()
-    # 6. Release bundle.
+    # Release bundle.
     ledger.status = "complete"
     ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summary = {"records": writer.count, "requested": cfg.num_samples, **ctx.summary}
     write_parquet(corpus)
-    write_config(out / "config.toml", cfg.to_toml_dict(options))
-    write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, data, writer.count, model_name))
+    write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, writer.count, p.model_name))
     ledger.write(out / "ledger.json")
-    if budget is not None:
-        budget.mark(ledger.run_id, "complete")
+    if p.budget is not None:
+        p.budget.mark(ledger.run_id, "complete")
     return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=writer.count, summary=summary)
+
+
+def _warn(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
 
 
 def _progress_bar(total: int, show: bool) -> Any:

@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
@@ -34,6 +35,16 @@ class Target:
     neighboring: str = "add_remove"
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a pipeline's models come from (no secrets: an API key is read from `api_key_env`)."""
+
+    model: str | None = None  # local path, .gguf, "openai:<name>", or None for the embedded default
+    api_base: str | None = None  # OpenAI-compatible endpoint
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
+    device: str | None = None  # "cuda", "cpu" or None (CUDA when present)
+
+
 @dataclass
 class PrivacyPlan:
     """A pipeline's privacy plan, built before the private data is touched by any mechanism."""
@@ -52,6 +63,8 @@ class RunContext:
     num_samples: int
     labels: tuple[str, ...]
     resources: Any  # what `load_resources` returned (models)
+    work_dir: Path | None = None  # the run's output folder (checkpoints, caches); never the corpus itself
+    resume: bool = False  # continuing a run whose plan is already charged: never spend twice
     progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None
     summary: dict[str, Any] = field(default_factory=dict)  # counts for the run summary (not the ledger)
 
@@ -68,9 +81,10 @@ class Pipeline(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     options_class: ClassVar[type]
+    supports_resume: ClassVar[bool]  # True only if `run` with ctx.resume continues without re-spending
 
-    def load_resources(self, options: Any, model: str | None) -> Any:
-        """Load models (raising ModelError for a bad path) before anything is spent."""
+    def load_resources(self, options: Any, spec: ModelSpec) -> Any:
+        """Load models (raising ModelError for a bad path or endpoint) before anything is spent."""
 
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`

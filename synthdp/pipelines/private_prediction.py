@@ -21,7 +21,7 @@ from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.randomness import salt_bytes
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
+from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -87,9 +87,10 @@ class PrivatePrediction:
         "aggregated logits, with SVT for free public tokens (Amin et al. 2024)"
     )
     options_class: ClassVar[type] = PrivatePredictionOptions
+    supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
 
-    def load_resources(self, options: PrivatePredictionOptions, model: str | None) -> LocalLM:
-        return LocalLM.load(model)
+    def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
+        return LocalLM.load(spec.model, device=spec.device)
 
     # ------------------------------------------------------------------ plan
 
