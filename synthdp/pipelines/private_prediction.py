@@ -75,6 +75,24 @@ def batches_per_label(n_by_label: dict[str | None, int], s: int) -> dict[str | N
     return {label: max(1, round(n / s)) for label, n in n_by_label.items()}
 
 
+def choose_token(
+    logits: torch.Tensor, o: PrivatePredictionOptions, svt: SparseVector | None, rng: np.random.Generator
+) -> tuple[int, bool]:
+    """One token of Algorithm 1. logits: (m + 1, V), m private rows then the public row.
+
+    Returns (token, whether it was private). The SVT distance uses the raw logits; the exponential
+    mechanism uses the re-centred, clipped ones, averaged with the fixed divisor s.
+    """
+    private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
+    allowed = None
+    if o.top_k is not None:  # the public prediction's top k: a public set, free
+        allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
+    if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
+        scores = aggregate_clipped(private_logits, o.clip, o.batch_size).double().cpu().numpy()
+        return sample_softmax(scores, o.temperature, rng, allowed), True
+    return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
+
+
 def split_quota(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -189,7 +207,7 @@ class PrivatePrediction:
         """Algorithm 1 on one batch: up to `quota` texts while fewer than r private tokens are spent."""
         if quota <= 0:
             return
-        rng, s = ctx.rng, o.batch_size
+        rng = ctx.rng
         decoder = lm.decoder(self.prompts(lm, texts, label, o), max_new_tokens=o.max_tokens)
         svt = SparseVector(o.svt_threshold, o.svt_noise, rng) if o.svt else None
         spent = 0  # t: private tokens used by this batch
@@ -199,17 +217,8 @@ class PrivatePrediction:
             tokens: list[int] = []
             finished = False
             for _ in range(o.max_tokens):
-                private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
-                allowed = None
-                if o.top_k is not None:  # a public set: free
-                    allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
-                use_private = svt is None or svt.above(distribution_distance(private_logits, public_logits, s))
-                if use_private:
-                    scores = aggregate_clipped(private_logits, o.clip, s).double().cpu().numpy()
-                    token = sample_softmax(scores, o.temperature, rng, allowed)
-                    spent += 1
-                else:
-                    token = sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed)
+                token, private = choose_token(logits, o, svt, rng)
+                spent += private
                 if token in lm.stop_ids:
                     finished = True
                     break
