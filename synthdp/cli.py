@@ -101,6 +101,9 @@ def _report(result: Any) -> None:
     )
     if s.get("dropped_texts"):
         typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty, or cut off when a batch's private-token budget ran out).")
+    extra = {k: v for k, v in s.items() if k not in ("records", "requested", "dropped_texts") and not k.startswith("_")}
+    if extra:
+        typer.echo("Run summary (for you, not for release): " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()))
     if not result.ledger.release_ready:
         typer.echo("NOT fit for release: " + "; ".join(result.ledger.not_release_ready_reasons) + ".", err=True)
 
@@ -149,6 +152,84 @@ def budget_show(file: Annotated[Path, typer.Argument(help="Budget file.")]) -> N
     from synthdp.privacy.ledger import Budget
 
     typer.echo(Budget.load(file).describe())
+
+
+@app.command()
+@user_errors
+def evaluate(
+    synthetic: Annotated[Path, typer.Option(help="A run folder (its synthetic.jsonl) or a synthetic data file.")],
+    real: Annotated[Path, typer.Option(help="Real held-out data: the classifiers' test set and the similarity reference.")],
+    private: Annotated[Path, typer.Option(help="The private data the corpus was generated from (the canaried copy if any).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.html and its plots.")],
+    text_field: Annotated[str, typer.Option(help="Text field of --real and --private.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label field of --real and --private; '' for unlabelled data.")] = "label",
+    synthetic_text_field: Annotated[str, typer.Option(help="Text field of the synthetic file.")] = "text",
+    synthetic_label_field: Annotated[str, typer.Option(help="Label field of the synthetic file.")] = "label",
+    canaries: Annotated[Optional[Path], typer.Option(help="Canaries file from `synthdp canaries insert`: count how many come back.")] = None,
+    ngram: Annotated[int, typer.Option(min=1, help="n of the private n-gram overlap check.")] = 8,
+) -> None:
+    """Utility and leakage report of a synthetic corpus: train-on-synthetic accuracy, similarity, copying checks."""
+    from synthdp.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(
+        synthetic=synthetic, real=real, private=private, out=out, text_field=text_field,
+        label_field=label_field or None, synthetic_text_field=synthetic_text_field,
+        synthetic_label_field=synthetic_label_field or None, canaries=canaries, ngram=ngram,
+    )
+    r = result.report
+    utility = r["utility"]
+    if "skipped" not in utility:
+        for clf, arms in utility.items():
+            scores = ", ".join(f"{arm} acc {s['accuracy']:.3f} F1 {s['macro_f1']:.3f}" for arm, s in arms.items())
+            typer.echo(f"{clf}: {scores}")
+    leak = r["leakage"]
+    frechet = r["similarity"]["frechet_distance"]["synthetic_vs_real"]
+    typer.echo(f"Fréchet distance to real: {'n/a' if frechet is None else format(frechet, '.4g')}; "
+               f"private {leak['ngram_n']}-gram in {leak['fraction_with_private_ngram']:.1%} of synthetic texts; "
+               f"exact copies: {leak['exact_copies']}"
+               + (f"; canaries found: {leak['canaries']['found']} of {leak['canaries']['inserted']}" if leak["canaries"] else ""))
+    typer.echo(f"Report: {result.report_html} (confidential: computed from the private data without DP).")
+
+
+canaries_app = typer.Typer(no_args_is_help=True, help="Canaries: unique strings planted in the private data to test for copying.")
+app.add_typer(canaries_app, name="canaries")
+
+
+@canaries_app.command("insert")
+@user_errors
+def canaries_insert(
+    data: Annotated[Path, typer.Argument(help="The private data file.")],
+    out: Annotated[Path, typer.Argument(help="The canaried copy to write (.jsonl or .csv); generate from this file.")],
+    k: Annotated[int, typer.Option("--k", min=1, help="Number of unique canaries.")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="Copies of each canary.")] = 1,
+    text_field: Annotated[str, typer.Option(help="Text field.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label field; '' for unlabelled data.")] = "label",
+) -> None:
+    """Write a copy of the private data with K canary records, and the canaries to OUT.canaries.json."""
+    import json
+
+    from synthdp.evaluate import insert_canaries
+
+    planted = insert_canaries(data, out, k, text_field, label_field or None, repeats=repeats)
+    saved = out.with_name(out.name + ".canaries.json")
+    saved.write_text(json.dumps(planted, indent=1) + "\n", encoding="utf-8")
+    typer.echo(f"Wrote {out} with {k} canaries x {repeats}; canaries in {saved} (pass it to `synthdp evaluate --canaries`).")
+
+
+@app.command()
+@user_errors
+def sample(
+    from_: Annotated[Path, typer.Option("--from", help="Folder of a complete dp-finetune run (holds its DP adapter).")],
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="Number of synthetic texts.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the corpus and its ledger.")],
+    seed: Annotated[Optional[int], typer.Option(help="Fixed seed for debugging.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: as in the run.")] = None,
+) -> None:
+    """Sample more texts from a dp-finetune run's DP adapter: post-processing, no privacy spent."""
+    from synthdp.pipelines.finetune.pipeline import sample_from_run
+
+    corpus, count = sample_from_run(from_, num_samples, out, seed=seed, device=device)
+    typer.echo(f"Wrote {count} synthetic texts to {corpus} (post-processing of {from_}: no new privacy spent).")
 
 
 def main() -> None:  # console-script entry point

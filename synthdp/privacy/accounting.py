@@ -206,3 +206,112 @@ def event_from_json(data: dict[str, Any]) -> dp_event.DpEvent:
 
     kwargs = {f.name: convert(data[f.name]) for f in attr.fields(cls) if f.name in data}
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- private evolution
+
+
+def private_evolution_event(noise_multiplier: float, iterations: int) -> dp_event.DpEvent:
+    """T rounds of the DP nearest-neighbour histogram of Private Evolution (Aug-PE, Xie et al. 2024).
+
+    Each round releases the vote vector (L2 sensitivity 1 under add/remove, with k votes scaled by
+    1/sqrt(k)) plus N(0, sigma^2) noise: a Gaussian mechanism with noise multiplier sigma. Labels
+    partition the records, so the vote vectors of all labels together are one vector of sensitivity 1
+    (parallel composition): this event is the whole run's, whatever the number of labels.
+    """
+    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), iterations)
+
+
+def _pld_accountant(discretization: float) -> Callable[[], dp_accounting.PrivacyAccountant]:
+    return lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization)
+
+
+def calibrate_gaussian_compositions(
+    target_epsilon: float, delta: float, count: int, *, tolerance: float = 1e-3,
+) -> float:
+    """Smallest noise multiplier sigma (to within `tolerance` relative) with
+    epsilon(SelfComposedDpEvent(GaussianDpEvent(sigma), count)) <= target_epsilon at `delta`.
+
+    `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial. The RDP accountant gives
+    an upper bracket quickly (RDP is a valid but looser bound, so its sigma already meets the target);
+    the PLD accountant (tight for Gaussians) then searches below it. The PLD trials use a coarser
+    value discretization than `epsilon_report`; pessimistic PLDs only overestimate epsilon as the grid
+    coarsens, so the result also meets the target under the finer accountant. Rounds toward more noise.
+    """
+    if count < 1:
+        raise ValueError(f"`count` must be positive. Found {count}.")
+
+    def make_event(sigma: float) -> dp_event.DpEvent:
+        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
+
+    try:
+        upper = float(dp_accounting.calibrate_dp_mechanism(
+            rdp_accountant, make_event, target_epsilon, delta,
+            dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
+        ))
+        lower = 0.5 * upper
+        if float(_pld_accountant(1e-3)().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
+            return upper  # cannot happen for Gaussians (PLD is within a few % of RDP); keep the safe value
+        return float(dp_accounting.calibrate_dp_mechanism(
+            _pld_accountant(1e-3), make_event, target_epsilon, delta,
+            dp_accounting.ExplicitBracketInterval(lower, upper), tol=tolerance * upper,
+        ))
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:  # pragma: no cover
+        raise PrivacyParameterError(
+            f"Cannot calibrate the noise for epsilon {target_epsilon:g} at delta {delta:g}: {err}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- DP-SGD
+
+
+def dpsgd_event(noise_multiplier: float, sampling_probability: float, steps: int) -> dp_event.DpEvent:
+    """DP-SGD (Abadi et al. 2016) with Poisson sampling: `steps` self-composed rounds, each the
+    Gaussian mechanism with noise std `noise_multiplier` x clip on the sum of per-example gradients
+    clipped to L2 norm `clip`, over a batch that holds every record independently with probability
+    `sampling_probability` (q = B / n). Under add/remove adjacency one record moves the sum by at most
+    `clip`; the PLD and RDP accountants support this event for add/remove adjacency.
+    """
+    return dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(sampling_probability, dp_event.GaussianDpEvent(noise_multiplier)), steps
+    )
+
+
+def calibrate_dpsgd_noise(
+    sampling_probability: float, steps: int, target_epsilon: float, delta: float,
+    other_events: tuple[dp_event.DpEvent, ...] = (), *, tolerance: float = 1e-3,
+) -> float:
+    """Smallest noise multiplier (within `tolerance` relative, rounded toward more noise) with which
+    DP-SGD, composed with `other_events` (e.g. a DP label histogram of the same run), stays within
+    `target_epsilon` at `delta`.
+
+    `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial: RDP first (fast, a
+    valid but looser bound, so its sigma already meets the target), then PLD searching below it with
+    a value discretization of 1e-3 (pessimistic PLDs only overestimate epsilon as the grid coarsens,
+    so the result also meets the target under the finer accountant of `epsilon_report`).
+    Raises PrivacyParameterError when no noise multiplier reaches the target.
+    """
+
+    def make_event(sigma: float) -> dp_event.DpEvent:
+        return dp_event.ComposedDpEvent([*other_events, dpsgd_event(sigma, sampling_probability, steps)])
+
+    def coarse_pld() -> dp_accounting.PrivacyAccountant:
+        return pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+
+    try:
+        upper = float(dp_accounting.calibrate_dp_mechanism(
+            rdp_accountant, make_event, target_epsilon, delta,
+            dp_accounting.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4,
+        ))
+        lower = 0.5 * upper
+        if float(coarse_pld().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
+            return upper  # PLD is never this far below RDP for these events; keep the safe value
+        return float(dp_accounting.calibrate_dp_mechanism(
+            coarse_pld, make_event, target_epsilon, delta,
+            dp_accounting.ExplicitBracketInterval(lower, upper), tol=tolerance * upper,
+        ))
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
+        raise PrivacyParameterError(
+            f"No noise multiplier reaches epsilon {target_epsilon:g} at delta {delta:g} with sampling rate "
+            f"{sampling_probability:.4g} over {steps} steps ({err}). Raise --epsilon, or lower epochs or batch_size."
+        ) from None

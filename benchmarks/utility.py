@@ -1,0 +1,231 @@
+"""Cross-pipeline utility benchmark on AG News: pipeline x epsilon -> accuracy, macro-F1, Fréchet
+distance, canary hits, wall time. Prints one table; writes results.json and every run and report
+into --work-dir (outside the repository: AG News is research-only data and stays where it is).
+
+    python benchmarks/utility.py --data-dir ../shared/data/ag_news                    # small CPU defaults
+    python benchmarks/utility.py --data-dir ../shared/data/ag_news --device cuda \\
+        --max-private 8000 --max-test 7600 --num-samples 2000 --set private-prediction:max_tokens=64   # paper scale
+
+Arms: each installed pipeline (synthdp.pipelines.base.available_pipelines()) at each epsilon of
+--epsilons; "inf" means no meaningful noise and is run as epsilon = 1e6 (the table says so). The
+epsilon = 0 baseline reads no private data: the generator samples from the public prompt of each
+label only. K canaries are planted in the private rows before every run; the table counts how many
+come back. Private rows: train_subset_8000.csv (minus its few texts that also occur in the test
+set), subsampled evenly per class; held-out: the official test.csv, subsampled the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import synthdp
+from synthdp.evaluate import evaluate, insert_canaries
+from synthdp.models.embedder import Embedder
+from synthdp.pipelines.base import available_pipelines
+
+INF_EPSILON = 1e6
+# Small CPU defaults per pipeline (pipeline options by name); --set PIPELINE:KEY=VALUE overrides.
+CPU_OPTIONS: dict[str, dict[str, Any]] = {
+    "private-prediction": {"max_tokens": 48, "label_name": "News Type"},
+}
+PUBLIC_PROMPT = "Here are texts with {label_name}: {label}. Text: <text of {label_name}: {label}> Please give me another one."
+
+
+class CachedEmbedder:
+    """The same texts (private, held-out) are embedded once across all arms."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.cache = inner, inner.name, {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            for text, row in zip(missing, self.inner.embed(missing)):
+                self.cache[text] = row
+        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+
+def read_split(path: Path, names: list[str]) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [{"text": row["content"], "label": names[int(row["label"]) - 1]} for row in csv.DictReader(handle)]
+
+
+def balanced_subsample(rows: list[dict[str, str]], limit: int, rng: random.Random) -> list[dict[str, str]]:
+    by_label: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    per_label = max(1, limit // len(by_label))
+    picked = [row for group in by_label.values() for row in rng.sample(group, min(per_label, len(group)))]
+    rng.shuffle(picked)
+    return picked
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@torch.no_grad()
+def public_baseline(out: Path, labels: list[str], num_samples: int, model: str | None, device: str | None,
+                    max_tokens: int, seed: int) -> Path:
+    """Epsilon = 0: sample from the public prompt of each label only (temperature 1); no private data."""
+    from synthdp.models.local import LocalLM
+
+    lm = LocalLM.load(model, device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows: list[dict[str, str]] = []
+    for i, label in enumerate(labels):
+        quota = num_samples // len(labels) + (1 if i < num_samples % len(labels) else 0)
+        if quota == 0:
+            continue
+        prompt = lm.chat_ids(PUBLIC_PROMPT.format(label_name="News Type", label=label), "Text:")
+        decoder = lm.decoder([prompt] * quota, max_new_tokens=max_tokens)
+        logits = decoder.prefill()  # (quota, V)
+        tokens: list[list[int]] = [[] for _ in range(quota)]
+        done = [False] * quota
+        for step in range(max_tokens):
+            probs = torch.softmax(logits.float().cpu(), dim=-1)  # (quota, V)
+            picked = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # (quota,)
+            for r, tok in enumerate(picked.tolist()):
+                if not done[r]:
+                    if tok in lm.stop_ids:
+                        done[r] = True
+                    else:
+                        tokens[r].append(tok)
+            if all(done) or step == max_tokens - 1:
+                break
+            logits = decoder.step(picked.to(lm.device))
+        rows += [{"text": lm.decode(t).strip(), "label": label} for t in tokens if lm.decode(t).strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    return write_jsonl(out / "synthetic.jsonl", rows)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
+    options: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        head, _, value = pair.partition("=")
+        pipeline, _, key = head.partition(":")
+        if not key or not _:
+            sys.exit(f"--set takes PIPELINE:KEY=VALUE. Found {pair!r}.")
+        options.setdefault(pipeline, {})[key] = value
+    return options
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, required=True, help="AG News folder (train_subset_8000.csv, test.csv, classes.txt)")
+    ap.add_argument("--work-dir", type=Path, default=None, help="runs, reports and results.json (default: a new temp folder)")
+    ap.add_argument("--pipelines", default=None, help="comma-separated; default: every installed pipeline")
+    ap.add_argument("--epsilons", default="0,1,3,inf", help="comma-separated; 0 = public-prompt baseline, inf = 1e6")
+    ap.add_argument("--delta", type=float, default=1e-5)
+    ap.add_argument("--max-private", type=int, default=1000, help="private rows, even per class (paper: 8000)")
+    ap.add_argument("--max-test", type=int, default=1000, help="held-out test rows, even per class (paper: 7600)")
+    ap.add_argument("--num-samples", type=int, default=100, help="synthetic texts per run (paper: 2000+)")
+    ap.add_argument("--canaries", type=int, default=10, help="unique canaries planted in the private rows")
+    ap.add_argument("--canary-repeats", type=int, default=1)
+    ap.add_argument("--baseline-max-tokens", type=int, default=48)
+    ap.add_argument("--model", default=None, help="generator (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="PIPELINE:KEY=VALUE pipeline option")
+    ap.add_argument("--seed", type=int, default=0, help="subsampling and baseline seed; pipelines get --run-seed")
+    ap.add_argument("--run-seed", type=int, default=None, help="fixed pipeline seed (runs then not fit for release)")
+    args = ap.parse_args()
+
+    installed = available_pipelines()
+    pipelines = args.pipelines.split(",") if args.pipelines else list(installed)
+    unknown = [p for p in pipelines if p not in installed]
+    if unknown:
+        sys.exit(f"Unknown pipeline(s) {', '.join(unknown)}. Installed: {', '.join(installed)}.")
+    epsilons = [math.inf if e.strip() == "inf" else float(e) for e in args.epsilons.split(",")]
+    overrides = parse_sets(args.sets)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    # Data: private rows (drop texts that also occur in the test set), held-out test rows.
+    names = [line.strip() for line in (args.data_dir / "classes.txt").read_text().splitlines() if line.strip()]
+    test_all = read_split(args.data_dir / "test.csv", names)
+    test_texts = {r["text"] for r in test_all}
+    train_all = [r for r in read_split(args.data_dir / "train_subset_8000.csv", names) if r["text"] not in test_texts]
+    rng = random.Random(args.seed)
+    private = write_jsonl(work / "private.jsonl", balanced_subsample(train_all, args.max_private, rng))
+    heldout = write_jsonl(work / "heldout.jsonl", balanced_subsample(test_all, args.max_test, rng))
+    canaried = work / "private_canaried.jsonl"
+    canaries = insert_canaries(private, canaried, args.canaries, "text", "label", repeats=args.canary_repeats)
+    print(f"work dir: {work}; private rows {args.max_private} + {args.canaries}x{args.canary_repeats} canaries, "
+          f"held-out {args.max_test}, {args.num_samples} synthetic texts per run", file=sys.stderr)
+
+    embedder = CachedEmbedder(Embedder.load(device=args.device))
+    arms: list[tuple[str, float]] = [("public prompts (no private data)", 0.0)] if 0.0 in epsilons else []
+    arms += [(p, e) for p in pipelines for e in epsilons if e != 0.0]
+    results: list[dict[str, Any]] = []
+    try:
+        run_arms(arms, args, work, canaried, heldout, canaries, names, overrides, embedder, results)
+    except KeyboardInterrupt:  # Ctrl-C: still print the arms that finished
+        print("interrupted: the table holds the arms that finished", file=sys.stderr)
+    print_table(results)
+
+
+def run_arms(arms: list[tuple[str, float]], args: argparse.Namespace, work: Path, canaried: Path, heldout: Path,
+             canaries: list[str], names: list[str], overrides: dict[str, dict[str, str]], embedder: Any,
+             results: list[dict[str, Any]]) -> None:
+    for pipeline, eps in arms:
+        out = work / f"{pipeline.split()[0]}-eps{eps:g}"
+        row: dict[str, Any] = {"pipeline": pipeline, "epsilon": eps}
+        started = time.monotonic()
+        try:
+            if eps == 0.0:
+                public_baseline(out, names, args.num_samples, args.model, args.device, args.baseline_max_tokens, args.seed)
+            else:
+                options = {**CPU_OPTIONS.get(pipeline, {}), **overrides.get(pipeline, {})}
+                synthdp.generate(out=out, data=canaried, pipeline=pipeline, epsilon=INF_EPSILON if math.isinf(eps) else eps,
+                                 delta=args.delta, num_samples=args.num_samples, labels=names, model=args.model,
+                                 options=options, seed=args.run_seed)
+            row["generate_s"] = time.monotonic() - started
+            report = evaluate(synthetic=out, real=heldout, private=canaried, out=out / "report", embedder=embedder,
+                              canaries=canaries, seed=args.seed).report
+            row.update(
+                records=report["inputs"]["synthetic"]["records"],
+                accuracy=report["utility"]["tfidf_logreg"]["synthetic"]["accuracy"],
+                macro_f1=report["utility"]["tfidf_logreg"]["synthetic"]["macro_f1"],
+                emb_accuracy=report["utility"]["embedding_logreg"]["synthetic"]["accuracy"],
+                frechet=report["similarity"]["frechet_distance"]["synthetic_vs_real"],
+                canary_hits=report["leakage"]["canaries"]["total_hits"],
+                ceiling=report["utility"]["tfidf_logreg"]["private (ceiling)"]["accuracy"],
+            )
+        except Exception as err:  # noqa: BLE001 - one failing arm must not hide the others; the table says why
+            row["error"] = f"{type(err).__name__}: {err}"
+        row["wall_s"] = time.monotonic() - started
+        results.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # after every arm
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    ceiling = next((r["ceiling"] for r in results if "ceiling" in r), None)
+    print("| pipeline | epsilon | texts | accuracy (TF-IDF LR) | macro-F1 | accuracy (emb. LR) | Fréchet | canary hits | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        eps = "inf (run as 1e6)" if math.isinf(r["epsilon"]) else f"{r['epsilon']:g}"
+        if "error" in r:
+            print(f"| {r['pipeline']} | {eps} | failed: {r['error'][:80]} | | | | | | {r['wall_s']:.0f} |")
+            continue
+        print(f"| {r['pipeline']} | {eps} | {r['records']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
+              f"{r['emb_accuracy']:.3f} | {r['frechet']:.3f} | {r['canary_hits']} | {r['wall_s']:.0f} |")
+    if ceiling is not None:
+        print(f"\nCeiling (TF-IDF LR trained on the real private rows): accuracy {ceiling:.3f}.")
+
+
+if __name__ == "__main__":
+    main()

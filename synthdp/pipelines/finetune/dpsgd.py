@@ -1,0 +1,132 @@
+"""DP-SGD building blocks (Abadi et al. 2016), model-agnostic apart from the per-example gradients.
+
+One logical step, as in the paper:
+  1. Poisson-sample the logical batch: every record independently with probability q = B / n.
+  2. In micro-batches: per-example gradients of a per-sequence loss, clip each to L2 norm <= C
+     (or scale by C / (||g|| + gamma): automatic clipping, Bu et al. 2023), accumulate the sum.
+  3. Add N(0, (sigma C)^2) noise to the sum once, divide by the EXPECTED batch size B (not the
+     realised one: that would leak the batch size), and hand it to the optimizer as the gradient.
+Per-example gradients come from opacus' GradSampleModule hooks (only the LoRA linears are
+trainable, so only they pay) or from torch.func (functional_call + vmap(grad)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+Engine = Literal["opacus", "torch.func"]
+
+
+def poisson_batch(n: int, q: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson-sampled batch: each of n records independently with probability q."""
+    return torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
+
+
+def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(b, T, V) logits, (b, T) labels (-100 = no loss) -> (b,) mean next-token loss of each sequence.
+
+    Reduced per sequence, so one example's gradient never depends on the other examples' lengths
+    (a token mean over the batch, as Hugging Face's default loss does, would).
+    """
+    targets = labels[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                         reduction="none").view(targets.shape)  # (b, T-1)
+    return ce.sum(dim=1) / (targets != -100).sum(dim=1).clamp(min=1)
+
+
+class PerExampleGrads:
+    """Per-example gradients of `per_sequence_loss` w.r.t. the trainable parameters of `model`.
+
+    Rows are right-padded and passed without an attention mask: in a causal LM a padding token
+    after the text cannot change the logits of the text, and padding carries label -100.
+    """
+
+    def __init__(self, model: torch.nn.Module, engine: Engine) -> None:
+        self.model = model
+        self.engine = engine
+        self.params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+        self._gsm: Any = None
+        if engine == "opacus":
+            from opacus import GradSampleModule
+
+            self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+
+    def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(b, T) ids and labels -> {name: (b, *param.shape)} per-example gradients."""
+        if self.engine == "opacus":
+            return self._opacus(input_ids, labels)
+        return self._functional(input_ids, labels)
+
+    def _opacus(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        for p in self.params.values():
+            p.grad, p.grad_sample = None, None  # type: ignore[attr-defined]
+        logits = self._gsm(input_ids=input_ids).logits
+        per_sequence_loss(logits, labels).sum().backward()  # sum: grad_sample holds unscaled per-example grads
+        out = {k: p.grad_sample for k, p in self.params.items()}  # type: ignore[attr-defined]
+        for p in self.params.values():
+            p.grad, p.grad_sample = None, None  # type: ignore[attr-defined]
+        return out
+
+    def _functional(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        from torch.func import functional_call, grad, vmap
+
+        detached = {k: p.detach() for k, p in self.params.items()}
+
+        def loss_one(params: dict[str, torch.Tensor], ids: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            logits = functional_call(self.model, params, (ids.unsqueeze(0),)).logits  # (1, T, V)
+            return per_sequence_loss(logits, lab.unsqueeze(0))[0]
+
+        return vmap(grad(loss_one), in_dims=(None, 0, 0))(detached, input_ids, labels)
+
+    def close(self) -> None:
+        if self._gsm is not None:
+            self._gsm._close()  # remove the hooks; the inner model is left as it was
+            self._gsm = None
+
+
+def per_example_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """{name: (b, ...)} -> (b,) L2 norm of each example's whole gradient."""
+    return torch.stack([g.flatten(1).float().norm(dim=1) for g in grads.values()]).norm(dim=0)
+
+
+def clip_factors(norms: torch.Tensor, clip: float, auto_clip: bool, gamma: float = 0.01) -> torch.Tensor:
+    """Scale of each example's gradient: min(1, C/||g||), or C/(||g|| + gamma) with automatic clipping.
+    Either way every scaled gradient has norm <= C, the sensitivity of the sum."""
+    if auto_clip:
+        return clip / (norms + gamma)
+    return (clip / (norms + 1e-12)).clamp(max=1.0)
+
+
+def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, gamma: float = 0.01) -> dict[str, torch.Tensor]:
+    """Sum over the examples of their clipped gradients."""
+    factors = clip_factors(per_example_norms(grads), clip, auto_clip, gamma)
+    return {k: torch.einsum("b,b...->...", factors.to(g.dtype), g) for k, g in grads.items()}
+
+
+def noisy_average(total: dict[str, torch.Tensor], noise_std: float, expected_batch: float,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """(sum + N(0, noise_std^2 I)) / B with B the expected batch size. Noise is drawn on the CPU from
+    `generator` (so the same draws on any device) and moved to the gradient's device."""
+    out = {}
+    for k, t in total.items():
+        noise = torch.normal(0.0, noise_std, size=t.shape, generator=generator, dtype=torch.float32)
+        out[k] = (t.float() + noise.to(t.device)) / expected_batch
+    return out
+
+
+def dp_step(
+    grad_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]], params: dict[str, torch.Tensor], *, clip: float,
+    auto_clip: bool, noise_multiplier: float, expected_batch: float, generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """One logical DP-SGD step over a Poisson batch already split into micro-batches -> the noisy
+    gradient per parameter. The sum of clipped gradients is accumulated across micro-batches and
+    noised once (an empty batch is noise only)."""
+    total = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for k, p in params.items()}
+    for input_ids, labels in micro_batches:
+        for k, s in clipped_sum(grad_fn(input_ids, labels), clip, auto_clip).items():
+            total[k] += s.float()
+    return noisy_average(total, noise_multiplier * clip, expected_batch, generator)

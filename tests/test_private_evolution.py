@@ -1,0 +1,208 @@
+"""Private Evolution (Aug-PE): calibration, ledger plan, parallel composition, label counts, empty
+answers, resume from the response cache, and the CLI end to end on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pe_helpers import EchoBackend, HashEmbedder
+from typer.testing import CliRunner
+
+from synthdp.cli import app
+from synthdp.data import LoadedData, Record
+from synthdp.errors import ModelError, OptionError, PrivacyParameterError
+from synthdp.models.generator import CachedGenerator
+from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
+from synthdp.pipelines.private_evolution import PrivateEvolutionResources, split_by_weights
+from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
+from synthdp.privacy.ledger import Ledger
+
+runner = CliRunner()
+
+# algorithms.md section 2: T = 10, delta = 1/(n ln n), the papers' sigmas at epsilon 1 / 2 / 4.
+REFERENCE = [(1_939_290, (15.34, 8.03, 4.24)), (8_396, (11.60, 6.22, 3.38)), (75_316, (13.26, 7.01, 3.75))]
+
+
+@pytest.mark.parametrize("n,sigmas", REFERENCE, ids=["yelp", "openreview", "pubmed"])
+def test_calibration_reproduces_the_reference_sigmas(n: int, sigmas: tuple[float, ...]) -> None:
+    delta = 1.0 / (n * math.log(n))
+    for epsilon, reference in zip((1.0, 2.0, 4.0), sigmas):
+        sigma = calibrate_gaussian_compositions(epsilon, delta, 10)
+        assert sigma == pytest.approx(reference, rel=0.01)
+        # the calibrated noise meets the target under the ledger's own accountant, and barely
+        spent = epsilon_report(private_evolution_event(sigma, 10), delta).epsilon
+        assert epsilon * 0.99 <= spent <= epsilon
+
+
+def data_of(labels: tuple[str, ...], per_label: int = 6, duplicate: int = 0) -> LoadedData:
+    records = [Record(f"{lbl} review number {i} about food", lbl) for lbl in labels for i in range(per_label)]
+    records += [records[0]] * duplicate
+    return LoadedData(records, labels, True, {}, "test")
+
+
+def plan_of(labels: tuple[str, ...], epsilon: float = 2.0, delta: float = 1e-5, **options: object):
+    pipe = get_pipeline("private-evolution")
+    opts = parse_options(pipe.options_class, {k: str(v) for k, v in options.items()})
+    return pipe.plan(opts, Target(epsilon, delta), data_of(labels), None)
+
+
+def test_parallel_composition_across_labels() -> None:
+    """All labels' votes in a round are one Gaussian release: epsilon does not grow with the labels."""
+    plans = [plan_of(tuple(f"l{i}" for i in range(k))) for k in (1, 2, 7)]
+    epsilons = [epsilon_report([e.event for e in p.events], 1e-5).epsilon for p in plans]
+    assert all(len(p.events) == 1 for p in plans)
+    assert epsilons[0] == pytest.approx(epsilons[1]) == pytest.approx(epsilons[2])
+    assert epsilons[0] <= 2.0
+    assert "parallel composition" in plans[2].events[0].description
+
+
+def test_plan_is_t_gaussian_compositions_at_the_calibrated_sigma() -> None:
+    plan = plan_of(("a", "b"), iterations=4)
+    event = plan.events[0].event
+    assert event == private_evolution_event(plan.parameters["noise_multiplier"], 4)
+    assert plan.parameters["noise_std"] == plan.parameters["noise_multiplier"]
+    replace = get_pipeline("private-evolution").plan(
+        parse_options(get_pipeline("private-evolution").options_class, {"iterations": "4"}),
+        Target(2.0, 1e-5, "replace_one"), data_of(("a",)), None)
+    assert replace.parameters["noise_std"] == pytest.approx(math.sqrt(2) * replace.parameters["noise_multiplier"])
+
+
+def test_noise_override_is_checked_against_the_target() -> None:
+    loose = plan_of(("a",), noise=50.0)
+    assert loose.parameters["noise_multiplier"] == 50.0
+    assert epsilon_report([e.event for e in loose.events], 1e-5).epsilon < 2.0
+    with pytest.raises(PrivacyParameterError, match="noise >= "):
+        plan_of(("a",), noise=1.2)
+
+
+def test_dp_label_histogram_is_paid_from_the_budget() -> None:
+    plan = plan_of(("a", "b", "c"), label_counts="dp", iterations=5)
+    assert [e.name for e in plan.events] == ["private-evolution label histogram", "private-evolution votes"]
+    sigma = plan.parameters["noise_multiplier"]
+    assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 6))  # T + 1 releases at one sigma
+    assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 2.0
+    assert any("DP label histogram" in a for a in plan.public_assumptions)
+
+
+def test_bad_options_are_user_errors() -> None:
+    pipe = get_pipeline("private-evolution")
+    for bad in ({"iterations": "0"}, {"variation_degree": "1.5"}, {"label_counts": "a=3"},
+                {"random_prompt": "Write {nonsense}"}, {"paraphrase_prompt": "no text here"}, {"nois": "3"}):
+        with pytest.raises(OptionError):
+            parse_options(pipe.options_class, bad)
+    with pytest.raises(OptionError, match="not in the label set"):
+        plan_of(("a", "b"), label_counts="a:1,zz:2")
+
+
+def test_split_by_weights() -> None:
+    assert split_by_weights(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_by_weights(5, [3, 0, 1]) == [4, 0, 1]
+    assert split_by_weights(4, [-2.0, -1.0]) == [2, 2]  # noisy counts all <= 0: uniform
+
+
+# ---------------------------------------------------------------- run with fake backends
+
+
+def run_pipeline(records: list[Record], labels: tuple[str, ...], backend: object, work_dir: Path | None,
+                 resume: bool = False, num_samples: int = 4, **options: object):
+    pipe = get_pipeline("private-evolution")
+    opts = parse_options(pipe.options_class, {"iterations": "2", "variations": "2", **{k: str(v) for k, v in options.items()}})
+    resources = PrivateEvolutionResources(CachedGenerator(backend), HashEmbedder())  # type: ignore[arg-type]
+    data = LoadedData(records, labels, True, {}, "test")
+    plan = pipe.plan(opts, Target(4.0, 1e-5), data, resources)
+    ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=num_samples, labels=labels,
+                     resources=resources, work_dir=work_dir, resume=resume)
+    out = list(pipe.run(records, opts, plan, ctx))
+    return out, ctx, resources
+
+
+def test_run_releases_per_label_counts_and_never_copies_private_counts(tmp_path: Path) -> None:
+    data = data_of(("big", "small"))
+    records = data.records * 1 + [Record(f"big extra {i}", "big") for i in range(40)]
+    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=6)
+    assert len(out) == 6 and [r.label for r in out].count("big") == 3  # uniform, not 46:6
+    assert ctx.summary["samples_per_label"] == {"big": 3, "small": 3}
+    assert all(not r.text.startswith(("big review", "small review", "big extra")) for r in out)
+    weighted, _, _ = run_pipeline(data.records, ("big", "small"), EchoBackend(), None, num_samples=4,
+                                  label_counts="big:1,small:3")
+    assert [r.label for r in weighted].count("small") == 3
+
+
+def test_duplicate_private_records_are_counted() -> None:
+    data = data_of(("a",), duplicate=3)
+    _, ctx, _ = run_pipeline(data.records, ("a",), EchoBackend(), None)
+    assert ctx.summary["duplicate_private_records"] == 3
+
+
+def test_empty_answers_are_regenerated_counted_and_never_replaced(tmp_path: Path) -> None:
+    # every other answer is empty: each is regenerated (new request id), none is replaced by its prompt
+    backend = EchoBackend(lambda prompt, n: "" if n % 2 else f"answer {n}")
+    out, ctx, _ = run_pipeline(data_of(("a",)).records, ("a",), backend, tmp_path)
+    assert ctx.summary["empty_generations"] > 0
+    assert all(r.text.startswith("answer ") for r in out)
+
+
+def test_mostly_empty_answers_are_refused_before_anything_is_spent() -> None:
+    with pytest.raises(ModelError, match="empty"):
+        run_pipeline(data_of(("a",)).records, ("a",), EchoBackend(lambda prompt, n: "  "), None)
+
+
+def test_resume_from_the_response_cache_makes_no_new_requests(tmp_path: Path) -> None:
+    records = data_of(("a", "b")).records
+    backend = EchoBackend()
+    first, ctx1, _ = run_pipeline(records, ("a", "b"), backend, tmp_path, probe=0)
+    made = backend.calls
+    assert made > 0 and ctx1.summary["generation_requests"] == made
+    second, ctx2, _ = run_pipeline(records, ("a", "b"), backend, tmp_path, resume=True, probe=0)
+    assert backend.calls == made and ctx2.summary["generation_requests"] == 0
+    assert second == first  # the checkpointed DP selections are reused, never drawn again
+
+
+def test_interrupted_run_resumes_without_redrawing_the_votes(tmp_path: Path) -> None:
+    records = data_of(("a",)).records
+    calls = {"n": 0}
+
+    def flaky(prompt: str, n: int) -> str:
+        calls["n"] += 1
+        if calls["n"] == 20:  # mid-run: after the first DP selection
+            raise KeyboardInterrupt
+        return f"text {n}"
+
+    backend = EchoBackend(flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(records, ("a",), backend, tmp_path, probe=0, iterations=3)
+    state = json.loads((tmp_path / ".synthdp-private-evolution" / "state.json").read_text())
+    assert "1" in state["selections"]
+    out, ctx, _ = run_pipeline(records, ("a",), backend, tmp_path, resume=True, probe=0, iterations=3)
+    state2 = json.loads((tmp_path / ".synthdp-private-evolution" / "state.json").read_text())
+    assert state2["selections"]["1"] == state["selections"]["1"]
+    assert ctx.summary["cached_answers_reused"] >= 18 and len(out) == 4
+
+
+# ---------------------------------------------------------------- CLI end to end on a tiny local model
+
+
+def test_generate_private_evolution_end_to_end_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    rows = [{"text": f"message number {i} about the cup final", "label": "spam" if i % 3 == 0 else "ham"} for i in range(24)]
+    data = tmp_path / "private.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "release"
+    result = runner.invoke(app, [
+        "generate", "--data", str(data), "--pipeline", "private-evolution", "--epsilon", "3", "--delta", "1e-5",
+        "--num-samples", "4", "--out", str(out), "--model", str(tiny_model_dir), "--no-progress",
+        "--set", "iterations=2", "--set", "variations=1", "--set", "max_tokens=8", "--set", "probe=2",
+    ])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and sorted(r["label"] for r in records) == ["ham", "ham", "spam", "spam"]
+    assert all(r["text"] and "message number" not in r["text"] for r in records)
+    ledger = Ledger.read(out)
+    assert ledger.status == "complete" and 2.9 < ledger.epsilon <= 3.0
+    assert [e.name for e in ledger.events] == ["private-evolution votes"]
+    assert "message number" not in (out / "ledger.json").read_text()
+    assert (out / ".synthdp-private-evolution" / "responses.jsonl").is_file()
+    assert "private-evolution" in runner.invoke(app, ["pipelines"]).output
