@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from synthdp.errors import ModelError
 
@@ -236,10 +237,13 @@ class Decoder:
         inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
         inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
         self.cache = caches[0]
-        for i, layer in enumerate(self.cache.layers):
-            for name in ("keys", "values"):
-                parts = [_left_pad(getattr(c.layers[i], name), self.prompt_len) for c in caches]
-                setattr(layer, name, torch.cat(parts, dim=0).index_select(0, inverse))
+        capacity = self.mask.shape[1]
+        layers = []
+        for i in range(len(self.cache.layers)):
+            keys, values = (torch.cat([_left_pad(getattr(c.layers[i], name), self.prompt_len) for c in caches],
+                                      dim=0).index_select(0, inverse) for name in ("keys", "values"))
+            layers.append(PreallocatedLayer(keys, values, capacity))
+        self.cache.layers = layers
         self.prompt_logits = torch.cat(logits, dim=0).index_select(0, inverse)  # (B, V)
         return self.prompt_logits
 
@@ -279,3 +283,44 @@ def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
     if missing == 0:
         return t
     return torch.cat([t.new_zeros(t.shape[0], t.shape[1], missing, t.shape[3]), t], dim=2)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A cache layer whose keys and values live in buffers with room for `capacity` positions.
+
+    Appending a token writes in place; DynamicLayer's torch.cat copies the whole cache at every step,
+    which with hundreds of rows makes the step at position 200 twice as slow as at position 20.
+    `keys`/`values` are views of the filled prefix, so the attention code sees a normal cache.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        batch, heads, length, _ = keys.shape
+        self._keys = keys.new_zeros(batch, heads, capacity, keys.shape[3])
+        self._values = values.new_zeros(batch, values.shape[1], capacity, values.shape[3])
+        self._keys[:, :, :length] = keys
+        self._values[:, :, :length] = values
+        self.is_initialized = True
+        self._fill(length)
+
+    def _fill(self, length: int) -> None:
+        self.length = length
+        self.keys = self._keys[:, :, :length]
+        self.values = self._values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[2]:
+            raise ValueError(f"KV cache full ({self._keys.shape[2]} positions).")
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self._fill(end)
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last `-tokens_to_remove` positions (transformers 5 convention: a negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove.")
+        self._fill(self.length + tokens_to_remove)
