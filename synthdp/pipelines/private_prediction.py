@@ -32,7 +32,7 @@ DEFAULT_PLACEHOLDER = "<text of {label_name}: {label}>"
 @dataclass(frozen=True, kw_only=True)
 class PrivatePredictionOptions:
     """Knobs of private prediction. Defaults: Amin et al. 2024, section 5 (s = 255, c = 10,
-    tau = 2, tau_public = 1.5, SVT (theta, sigma) = (0.5, 0.2))."""
+    tau = 2, tau_public = 1.5, SVT (theta, sigma) = (0.5, 0.2), public top-1024 candidates)."""
 
     batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits")
     clip: float = option(10.0, "c: logits are re-centred to top c and floored at -c")
@@ -43,7 +43,8 @@ class PrivatePredictionOptions:
     svt_noise: float = option(0.2, "sigma: Laplace scale of the SVT threshold (query noise is 2 sigma)")
     max_private_tokens: int | None = option(None, "r per batch; default: calibrated from epsilon")
     max_tokens: int = option(64, "length cap of one synthetic text, in tokens")
-    top_k: int | None = option(None, "restrict sampling to the public prediction's top k tokens (free)")
+    top_k: int | None = option(1024, "sample only among the public prediction's top k tokens (a public set: free; "
+                                     "Amin et al. use 1024); none: the whole vocabulary")
     max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt")
     label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
     prompt_template: str = option(DEFAULT_PROMPT, "user turn; {label_name}, {label}, {text}")
