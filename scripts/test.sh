@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Test extras: pytest and llama.cpp's OpenAI-compatible server (compiled once, then cached by pip).
+python -m pip install -q -e ".[test]"
 python -m pytest -q -p no:cacheprovider "$@"
