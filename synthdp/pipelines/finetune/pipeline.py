@@ -25,7 +25,7 @@ from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
-from synthdp.pipelines.finetune.dpsgd import Engine, PerExampleGrads, dp_step, poisson_batch
+from synthdp.pipelines.finetune.dpsgd import PerExampleGrads, dp_step, poisson_batch
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
 
