@@ -103,3 +103,14 @@ def test_bad_epsilon(bad: object) -> None:
 def test_bad_delta(bad: object) -> None:
     with pytest.raises(PrivacyParameterError, match="delta"):
         check_delta(bad)
+
+
+def test_nearly_noiseless_mechanisms_use_rdp_only_and_do_not_exhaust_memory() -> None:
+    # A huge epsilon (the "no noise" arm of a benchmark) once made PLD allocate tens of GB.
+    from synthdp.privacy.accounting import PLD_MAX_EPSILON, calibrate_gaussian_compositions
+
+    sigma = calibrate_gaussian_compositions(1e6, 1e-5, 4)
+    report = epsilon_report(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), 4), 1e-5)
+    assert 0 < sigma < 0.1 and report.epsilon <= 1e6 and set(report.by_accountant) == {"rdp"}
+    moderate = epsilon_report(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 4), 1e-5)
+    assert moderate.epsilon < PLD_MAX_EPSILON and "pld" in moderate.by_accountant

@@ -95,6 +95,11 @@ def private_prediction_event(rho_token: float, tokens: int) -> dp_event.DpEvent:
 # --------------------------------------------------------------------------- epsilon
 
 
+# Above this epsilon the PLD accountant is not tried: for nearly noiseless mechanisms its discretised
+# privacy-loss support grows without bound (tens of GB), and a tighter value no longer matters.
+PLD_MAX_EPSILON = 100.0
+
+
 @dataclass(frozen=True)
 class EpsilonReport:
     """Epsilon of an event at a delta, as each applicable accountant computes it."""
@@ -122,7 +127,7 @@ def epsilon_report(events: list[dp_event.DpEvent] | dp_event.DpEvent, delta: flo
     rdp = rdp_privacy_accountant.RdpAccountant()
     if rdp.supports(composed):
         results["rdp"] = float(rdp.compose(composed).get_epsilon(delta))
-    if _pld_supports(composed):
+    if _pld_supports(composed) and results.get("rdp", 0.0) <= PLD_MAX_EPSILON:
         results["pld"] = float(pld_privacy_accountant.PLDAccountant().compose(composed).get_epsilon(delta))
     if not results:
         raise ValueError(f"No accountant supports the event {composed}.")
@@ -249,6 +254,8 @@ def calibrate_gaussian_compositions(
             rdp_accountant, make_event, target_epsilon, delta,
             dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
         ))
+        if target_epsilon > PLD_MAX_EPSILON:
+            return upper  # RDP's sigma meets the target; PLD would not fit in memory here
         lower = 0.5 * upper
         if float(_pld_accountant(1e-3)().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
             return upper  # cannot happen for Gaussians (PLD is within a few % of RDP); keep the safe value
@@ -303,6 +310,8 @@ def calibrate_dpsgd_noise(
             rdp_accountant, make_event, target_epsilon, delta,
             dp_accounting.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4,
         ))
+        if target_epsilon > PLD_MAX_EPSILON:
+            return upper  # RDP's sigma meets the target; PLD would not fit in memory here
         lower = 0.5 * upper
         if float(coarse_pld().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
             return upper  # PLD is never this far below RDP for these events; keep the safe value
