@@ -114,3 +114,11 @@ def test_nearly_noiseless_mechanisms_use_rdp_only_and_do_not_exhaust_memory() ->
     assert 0 < sigma < 0.1 and report.epsilon <= 1e6 and set(report.by_accountant) == {"rdp"}
     moderate = epsilon_report(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 4), 1e-5)
     assert moderate.epsilon < PLD_MAX_EPSILON and "pld" in moderate.by_accountant
+
+
+def test_dpsgd_calibration_for_a_huge_epsilon_returns_the_smallest_searched_noise() -> None:
+    from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event
+
+    sigma = calibrate_dpsgd_noise(0.158, 13, 1e6, 1e-5)
+    assert sigma == 1e-2
+    assert epsilon_report(dpsgd_event(sigma, 0.158, 13), 1e-5).epsilon <= 1e6

@@ -305,10 +305,13 @@ def calibrate_dpsgd_noise(
     def coarse_pld() -> dp_accounting.PrivacyAccountant:
         return pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
 
+    floor = 1e-2  # the smallest noise multiplier searched; a target it already meets gets this one
+    if float(rdp_accountant().compose(make_event(floor)).get_epsilon(delta)) <= target_epsilon:
+        return floor
     try:
         upper = float(dp_accounting.calibrate_dp_mechanism(
             rdp_accountant, make_event, target_epsilon, delta,
-            dp_accounting.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4,
+            dp_accounting.LowerEndpointAndGuess(floor, 1.0), tol=1e-4,
         ))
         if target_epsilon > PLD_MAX_EPSILON:
             return upper  # RDP's sigma meets the target; PLD would not fit in memory here
