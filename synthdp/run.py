@@ -87,7 +87,6 @@ class SpendTracker:
 
     def __init__(self, delta: float) -> None:
         self.delta = delta
-        self.worst: dp_event.DpEvent | None = None
         self.epsilon = 0.0
         self._last = 0.0
 
@@ -95,7 +94,7 @@ class SpendTracker:
         if spent is not None and time.monotonic() - self._last > 0.5:
             eps = epsilon_report(spent, self.delta).epsilon
             if eps > self.epsilon:
-                self.worst, self.epsilon = spent, eps
+                self.epsilon = eps
             self._last = time.monotonic()
         return self.epsilon
 

@@ -9,6 +9,7 @@ The loop below follows Algorithm 1 of docs/algorithms.md.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
@@ -134,7 +135,8 @@ class PrivatePrediction:
                 f"epsilon {target.epsilon:g} at delta {target.delta:g} does not pay for a single private "
                 f"token (rho per token {rho:.3g}). Raise --epsilon, raise batch_size or temperature, or lower clip."
             )
-        n_by_label = {label: sum(1 for rec in data.records if rec.label == label) for label in (data.labels or (None,))}
+        counts = Counter(rec.label for rec in data.records)
+        n_by_label = {label: counts[label] for label in (data.labels or (None,))}
         batches = batches_per_label(n_by_label, options.batch_size)
         event = private_prediction_event(rho, r)
         svt_words = (
@@ -146,7 +148,7 @@ class PrivatePrediction:
             f"per hash batch (batches are disjoint and compose in parallel): at most r = {r} private tokens, "
             f"each the exponential mechanism on (1/s) sum clip_c(logits) with s = {options.batch_size}, "
             f"c = {options.clip:g}, tau = {options.temperature:g} (bounded range, "
-            f"{self.token_rho(options, Target(target.epsilon, target.delta, target.neighboring)):.4g}-zCDP per "
+            f"{rho:.4g}-zCDP per "
             f"private token including SVT){svt_words}"
         )
         assumptions = [
@@ -175,12 +177,14 @@ class PrivatePrediction:
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         per_label = split_quota(ctx.num_samples, len(labels))
         salt = salt_bytes(ctx.rng, ctx.seeded)
+        texts_by_label: dict[str | None, list[str]] = {}
+        for rec in records:
+            texts_by_label.setdefault(rec.label, []).append(rec.text)
         for label, quota in zip(labels, per_label):
             b = int(plan.parameters["batches_per_label"][str(label)])
             batches: list[list[str]] = [[] for _ in range(b)]
-            for rec in records:
-                if rec.label == label:
-                    batches[hash_batch(salt, label, rec.text, b)].append(rec.text)
+            for text in texts_by_label.get(label, []):
+                batches[hash_batch(salt, label, text, b)].append(text)
             carry = 0  # examples a batch could not make (its r ran out) move on to the next batch
             for texts, want in zip(batches, split_quota(quota, b)):
                 made = 0
@@ -196,8 +200,10 @@ class PrivatePrediction:
 
         rows = []
         for text in texts:
-            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][: o.max_record_tokens]
-            rows.append(lm.chat_ids(fill(lm.decode(ids)), o.assistant_prefix))
+            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > o.max_record_tokens:  # cut only records that are too long
+                text = lm.decode(ids[: o.max_record_tokens])
+            rows.append(lm.chat_ids(fill(text), o.assistant_prefix))
         placeholder = o.public_placeholder.format(label_name=o.label_name, label=label if label is not None else "any")
         rows.append(lm.chat_ids(fill(placeholder), o.assistant_prefix))
         return rows

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 
 from dp_accounting import dp_event
 
-from synthdp.errors import BudgetExceededError, OutputError, PrivacyParameterError, UserError
+from synthdp.errors import BudgetExceededError, OutputError, UserError
 from synthdp.privacy.accounting import (
     NEIGHBORING_WORDS,
     EpsilonReport,
@@ -355,12 +355,3 @@ def check_delta_against_n(delta: float, n: int) -> str | None:
         )
     return None
 
-
-__all__ = [
-    "Budget",
-    "Ledger",
-    "LedgerEvent",
-    "PrivacyParameterError",
-    "check_delta_against_n",
-    "write_json_atomic",
-]
