@@ -2,9 +2,8 @@
 distance, canary hits, wall time. Prints one table; writes results.json and every run and report
 into --work-dir (outside the repository: AG News is research-only data and stays where it is).
 
-    python benchmarks/utility.py --data-dir ../shared/data/ag_news                    # small CPU defaults
-    python benchmarks/utility.py --data-dir ../shared/data/ag_news --device cuda \\
-        --max-private 8000 --max-test 7600 --num-samples 2000 --set private-prediction:max_tokens=64   # paper scale
+    python benchmarks/utility.py --data-dir ../shared/data/ag_news                          # CPU preset
+    python benchmarks/utility.py --data-dir ../shared/data/ag_news --scale paper --device cuda   # paper scale
 
 Arms: each installed pipeline (synthdp.pipelines.base.available_pipelines()) at each epsilon of
 --epsilons; "inf" means no meaningful noise and is run as epsilon = 1e6 (the table says so). The
@@ -36,9 +35,28 @@ from synthdp.models.embedder import Embedder
 from synthdp.pipelines.base import available_pipelines
 
 INF_EPSILON = 1e6
-# Small CPU defaults per pipeline (pipeline options by name); --set PIPELINE:KEY=VALUE overrides.
-CPU_OPTIONS: dict[str, dict[str, Any]] = {
-    "private-prediction": {"max_tokens": 48, "label_name": "News Type"},
+# Two presets of sizes and pipeline options; explicit flags and --set PIPELINE:KEY=VALUE override them.
+# "cpu" is sized so that all ten arms (1000 private rows, 40 texts) finish on a 2-core CPU within the
+# hour with the embedded 135M model; "paper" follows the papers' AG News settings (8000 private rows,
+# the official 7.6k test set, 2000 texts, 64-token texts, T = 10 PE rounds, DP-SGD with large batches).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "sizes": {"max_private": 1000, "max_test": 1000, "num_samples": 40, "baseline_max_tokens": 32},
+        "options": {
+            "private-prediction": {"max_tokens": 32, "label_name": "News Type"},
+            "private-evolution": {"iterations": 3, "max_tokens": 32},
+            "dp-finetune": {"epochs": 2, "max_new_tokens": 32},
+        },
+    },
+    "paper": {
+        "sizes": {"max_private": 8000, "max_test": 7600, "num_samples": 2000, "baseline_max_tokens": 64},
+        "options": {
+            "private-prediction": {"max_tokens": 64, "label_name": "News Type"},
+            "private-evolution": {"iterations": 10, "max_tokens": 64},
+            "dp-finetune": {"epochs": 10, "batch_size": 1024, "micro_batch_size": 32, "max_length": 128,
+                            "max_new_tokens": 64, "sample_batch_size": 128},
+        },
+    },
 }
 PUBLIC_PROMPT = "Here are texts with {label_name}: {label}. Text: <text of {label_name}: {label}> Please give me another one."
 
@@ -130,18 +148,24 @@ def main() -> None:
     ap.add_argument("--pipelines", default=None, help="comma-separated; default: every installed pipeline")
     ap.add_argument("--epsilons", default="0,1,3,inf", help="comma-separated; 0 = public-prompt baseline, inf = 1e6")
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--max-private", type=int, default=1000, help="private rows, even per class (paper: 8000)")
-    ap.add_argument("--max-test", type=int, default=1000, help="held-out test rows, even per class (paper: 7600)")
-    ap.add_argument("--num-samples", type=int, default=100, help="synthetic texts per run (paper: 2000+)")
+    ap.add_argument("--scale", choices=sorted(PRESETS), default="cpu", help="preset of sizes and pipeline options")
+    ap.add_argument("--max-private", type=int, default=None, help="private rows, even per class (cpu 1000, paper 8000)")
+    ap.add_argument("--max-test", type=int, default=None, help="held-out test rows, even per class (cpu 1000, paper 7600)")
+    ap.add_argument("--num-samples", type=int, default=None, help="synthetic texts per run (cpu 40, paper 2000)")
     ap.add_argument("--canaries", type=int, default=10, help="unique canaries planted in the private rows")
     ap.add_argument("--canary-repeats", type=int, default=1)
-    ap.add_argument("--baseline-max-tokens", type=int, default=48)
+    ap.add_argument("--baseline-max-tokens", type=int, default=None, help="length cap of the baseline texts (cpu 32, paper 64)")
     ap.add_argument("--model", default=None, help="generator (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="PIPELINE:KEY=VALUE pipeline option")
     ap.add_argument("--seed", type=int, default=0, help="subsampling and baseline seed; pipelines get --run-seed")
     ap.add_argument("--run-seed", type=int, default=None, help="fixed pipeline seed (runs then not fit for release)")
     args = ap.parse_args()
+    started = time.monotonic()
+    preset = PRESETS[args.scale]
+    for key, value in preset["sizes"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     installed = available_pipelines()
     pipelines = args.pipelines.split(",") if args.pipelines else list(installed)
@@ -150,8 +174,11 @@ def main() -> None:
         sys.exit(f"Unknown pipeline(s) {', '.join(unknown)}. Installed: {', '.join(installed)}.")
     epsilons = [math.inf if e.strip() == "inf" else float(e) for e in args.epsilons.split(",")]
     overrides = parse_sets(args.sets)
+    args.options = {p: {**preset["options"].get(p, {}), **overrides.get(p, {})} for p in pipelines}
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
     work.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (work / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
     # Data: private rows (drop texts that also occur in the test set), held-out test rows.
     names = [line.strip() for line in (args.data_dir / "classes.txt").read_text().splitlines() if line.strip()]
@@ -171,14 +198,16 @@ def main() -> None:
     arms += [(p, e) for p in pipelines for e in epsilons if e != 0.0]
     results: list[dict[str, Any]] = []
     try:
-        run_arms(arms, args, work, canaried, heldout, canaries, names, overrides, embedder, results)
+        run_arms(arms, args, work, canaried, heldout, canaries, names, embedder, results)
     except KeyboardInterrupt:  # Ctrl-C: still print the arms that finished
         print("interrupted: the table holds the arms that finished", file=sys.stderr)
     print_table(results)
+    print(f"Total wall time {time.monotonic() - started:.0f} s ({len(results)} arms, --scale {args.scale}, "
+          f"{args.max_private} private rows, {args.num_samples} texts per run).")
 
 
 def run_arms(arms: list[tuple[str, float]], args: argparse.Namespace, work: Path, canaried: Path, heldout: Path,
-             canaries: list[str], names: list[str], overrides: dict[str, dict[str, str]], embedder: Any,
+             canaries: list[str], names: list[str], embedder: Any,
              results: list[dict[str, Any]]) -> None:
     for pipeline, eps in arms:
         out = work / f"{pipeline.split()[0]}-eps{eps:g}"
@@ -188,7 +217,7 @@ def run_arms(arms: list[tuple[str, float]], args: argparse.Namespace, work: Path
             if eps == 0.0:
                 public_baseline(out, names, args.num_samples, args.model, args.device, args.baseline_max_tokens, args.seed)
             else:
-                options = {**CPU_OPTIONS.get(pipeline, {}), **overrides.get(pipeline, {})}
+                options = args.options[pipeline]
                 synthdp.generate(out=out, data=canaried, pipeline=pipeline, epsilon=INF_EPSILON if math.isinf(eps) else eps,
                                  delta=args.delta, num_samples=args.num_samples, labels=names, model=args.model,
                                  options=options, seed=args.run_seed)
