@@ -6,8 +6,12 @@ A deterministic hashing embedder stands in for MiniLM everywhere but one test, t
 
 from __future__ import annotations
 
+import html
 import json
 import random
+import re
+import shutil
+import subprocess
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -194,6 +198,36 @@ def check_report(out: Path) -> dict:
             image.verify()
     assert "not a differential-privacy guarantee" in page and "sanity check" in page
     return report
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+# Appended to a copy of the page: once every image has loaded or failed, list each image's state.
+PROBE = ("<script>addEventListener('load', () => { const p = document.createElement('pre'); p.id = 'probe';"
+         " p.textContent = JSON.stringify([...document.images].map(i => [i.getAttribute('src'),"
+         " i.complete && i.naturalWidth > 0])); document.body.appendChild(p); });</script>")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (Debian: apt-get install chromium; .ci/run installs it)")
+def test_report_opens_in_headless_chromium_offline(tmp_path: Path, tiny_sets: dict[str, Path]) -> None:
+    result = evaluate(**tiny_sets, out=tmp_path / "report", embedder=HashEmbedder())
+    page = (result.out / "report.html").read_text()
+    assert page.count("</body>") == 1
+    probe = result.out / "probe.html"  # beside the report, so its relative image paths resolve the same way
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--host-resolver-rules=MAP * ~NOTFOUND",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    found = re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.DOTALL)
+    assert found, f"the page did not finish loading in Chromium: {dom[:500]!r}"
+    images = json.loads(html.unescape(found.group(1)))
+    report = json.loads((result.out / "report.json").read_text())
+    assert [src for src, _ in images] == [plot["file"] for plot in report["plots"]] and images
+    assert all(loaded for _, loaded in images), f"images that did not render: {images}"
+    assert "synthdp evaluation report" in dom
 
 
 def test_report_renders_with_every_image(tmp_path: Path, tiny_sets: dict[str, Path]) -> None:
