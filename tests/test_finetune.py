@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dp_accounting import pld, rdp
+from dp_accounting import dp_event, pld, rdp
 from typer.testing import CliRunner
 
 from synthdp.cli import app
@@ -261,3 +261,16 @@ def test_bad_input_exits_2_and_spends_nothing(case: str, tmp_path: Path, data_fi
     assert result.exit_code == 2, result.output
     assert words in result.output.lower() and "Traceback" not in result.output
     assert not out.exists() and Budget.load(budget).runs == []
+
+
+@pytest.mark.parametrize("spelling", ["dp", "dp_histogram"])
+def test_dp_label_histogram_is_planned_under_either_spelling(spelling: str) -> None:
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import Target, get_pipeline, parse_options
+
+    pipe = get_pipeline("dp-finetune")
+    options = parse_options(pipe.options_class, {"label_counts": spelling, "epochs": "1"})
+    records = [Record(f"text {i}", "ab"[i % 2]) for i in range(64)]
+    plan = pipe.plan(options, Target(3.0, 1e-5), LoadedData(records, ("a", "b"), False, {}, "test"), None)
+    assert [e.name for e in plan.events] == ["DP label histogram", "DP-SGD (LoRA)"]
+    assert plan.events[0].event == dp_event.GaussianDpEvent(options.histogram_noise)

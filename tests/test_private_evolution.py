@@ -79,8 +79,9 @@ def test_noise_override_is_checked_against_the_target() -> None:
         plan_of(("a",), noise=1.2)
 
 
-def test_dp_label_histogram_is_paid_from_the_budget() -> None:
-    plan = plan_of(("a", "b", "c"), label_counts="dp", iterations=5)
+@pytest.mark.parametrize("spelling", ["dp", "dp_histogram"])
+def test_dp_label_histogram_is_paid_from_the_budget(spelling: str) -> None:
+    plan = plan_of(("a", "b", "c"), label_counts=spelling, iterations=5)
     assert [e.name for e in plan.events] == ["private-evolution label histogram", "private-evolution votes"]
     sigma = plan.parameters["noise_multiplier"]
     assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 6))  # T + 1 releases at one sigma

@@ -121,6 +121,10 @@ def _load_entry_points() -> None:
             register_pipeline(ep.load())
 
 
+# The two spellings of `label_counts` that ask for a DP label histogram (private evolution and DP fine-tuning accept both).
+DP_LABEL_COUNTS = ("dp", "dp_histogram")
+
+
 def available_pipelines() -> dict[str, type]:
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))

@@ -47,6 +47,7 @@ from synthdp.models.embedder import Embedder
 from synthdp.models.generator import CachedGenerator, LocalGenerator, Request
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
+    DP_LABEL_COUNTS,
     ModelSpec,
     PrivacyPlan,
     RunContext,
@@ -83,8 +84,8 @@ class PrivateEvolutionOptions:
     selection: Literal["rank", "sample"] = option("rank", "rank: keep the top n_c; sample: draw prop. to votes")
     variation: Literal["paraphrase", "blanks"] = option("paraphrase", "VARIATION_API: paraphrase or fill in the blanks")
     variation_degree: float = option(0.5, "fill-in-the-blanks: probability that a word is masked")
-    label_counts: str = option("uniform", "samples per label: uniform, dp (a DP label histogram, paid from the "
-                                          "budget), or public weights like 'ham:3,spam:1'")
+    label_counts: str = option("uniform", "samples per label: uniform, dp (or dp_histogram: a DP label histogram, "
+                                          "paid from the budget), or public weights like 'ham:3,spam:1'")
     concurrency: int = option(8, "API requests in flight at once")
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
@@ -149,7 +150,7 @@ class PrivateEvolutionOptions:
 
     def label_weights(self) -> dict[str, float] | None:
         """Public per-label weights given as 'a:3,b:1'; None for 'uniform' or 'dp'."""
-        if self.label_counts in ("uniform", "dp"):
+        if self.label_counts in ("uniform", *DP_LABEL_COUNTS):
             return None
         weights: dict[str, float] = {}
         for part in self.label_counts.split(","):
@@ -159,8 +160,8 @@ class PrivateEvolutionOptions:
             except ValueError:
                 weight = -1.0
             if not sep or not label.strip() or not weight >= 0:
-                raise ValueError(f"`label_counts` must be uniform, dp, or weights like 'ham:3,spam:1'. Found "
-                                 f"{self.label_counts!r}.")
+                raise ValueError("`label_counts` must be uniform, dp (or dp_histogram), or weights like "
+                                 f"'ham:3,spam:1'. Found {self.label_counts!r}.")
             weights[label.strip()] = weight
         if sum(weights.values()) <= 0:
             raise ValueError(f"`label_counts` weights must not all be 0. Found {self.label_counts!r}.")
@@ -233,7 +234,7 @@ class PrivateEvolution:
             if unknown or not labels:
                 raise OptionError(f"`label_counts` names label(s) {unknown or list(weights)} that are not in the label "
                                   f"set ({', '.join(labels) or 'unlabelled data'}). Name labels of the set.")
-        dp_labels = options.label_counts == "dp" and len(labels) > 1
+        dp_labels = options.label_counts in DP_LABEL_COUNTS and len(labels) > 1
         count = options.iterations + int(dp_labels)
         sensitivity = l2_sensitivity(target.neighboring)
         if options.noise is None:

@@ -24,7 +24,7 @@ from synthdp import __version__
 from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
+from synthdp.pipelines.base import DP_LABEL_COUNTS, ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
 from synthdp.pipelines.finetune.dpsgd import PerExampleGrads, dp_step, poisson_batch
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
@@ -55,8 +55,9 @@ class FinetuneOptions:
     max_length: int = option(64, "tokens of prompt + text in training; texts are cut to fit")
     prompt_template: str = option("{label_name}: {label} | Text: ", "public control prompt; {label_name}, {label}")
     label_name: str = option("Label", "what the label is called in the control prompt")
-    label_counts: Literal["uniform", "dp_histogram"] = option(
-        "uniform", "samples per label: uniform (public), or from a DP label histogram paid from the same budget")
+    label_counts: Literal["uniform", "dp_histogram", "dp"] = option(
+        "uniform", "samples per label: uniform (public), or dp / dp_histogram: from a DP label histogram paid from "
+                   "the same budget")
     histogram_noise: float = option(20.0, "noise multiplier of the DP label histogram (Gaussian, sensitivity 1)")
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
@@ -299,7 +300,7 @@ class DPFinetune:
         n = len(data.records)
         q, steps = self.schedule(options, n)
         labels = data.labels or ()
-        histogram = dp_event.GaussianDpEvent(options.histogram_noise) if options.label_counts == "dp_histogram" and labels else None
+        histogram = dp_event.GaussianDpEvent(options.histogram_noise) if options.label_counts in DP_LABEL_COUNTS and labels else None
         others = (histogram,) if histogram is not None else ()
         if options.noise is None:
             sigma = calibrate_dpsgd_noise(q, steps, target.epsilon, target.delta, others)
@@ -358,7 +359,7 @@ class DPFinetune:
             weights = meta["label_weights"]
         else:
             histogram = state["histogram"] if state is not None else None
-            if histogram is None and options.label_counts == "dp_histogram" and ctx.labels:
+            if histogram is None and options.label_counts in DP_LABEL_COUNTS and ctx.labels:
                 histogram = self.dp_histogram(records, ctx.labels, options.histogram_noise, torch_generator(ctx.rng, 1))
             weights = histogram or [1.0] * len(labels)
             self.train(model, lm, records, options, plan, ctx, state, fingerprint, weights)
