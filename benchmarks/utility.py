@@ -143,7 +143,9 @@ def parse_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, required=True, help="AG News folder (train_subset_8000.csv, test.csv, classes.txt)")
+    ap.add_argument("--data-dir", type=Path, help="AG News folder (train_subset_8000.csv, test.csv, classes.txt)")
+    ap.add_argument("--from-results", type=Path, default=None,
+                    help="print the table of an earlier run from its results.json (settings.json beside it); runs nothing")
     ap.add_argument("--work-dir", type=Path, default=None, help="runs, reports and results.json (default: a new temp folder)")
     ap.add_argument("--pipelines", default=None, help="comma-separated; default: every installed pipeline")
     ap.add_argument("--epsilons", default="0,1,3,inf", help="comma-separated; 0 = public-prompt baseline, inf = 1e6")
@@ -162,6 +164,14 @@ def main() -> None:
     ap.add_argument("--run-seed", type=int, default=None, help="fixed pipeline seed (runs then not fit for release)")
     args = ap.parse_args()
     started = time.monotonic()
+    if args.from_results is not None:
+        settings = json.loads((args.from_results.parent / "settings.json").read_text())
+        results = json.loads(args.from_results.read_text())
+        print_table(results)
+        print("\n".join(["", *versus_baseline(results, settings["max_test"])]))
+        return
+    if args.data_dir is None:
+        ap.error("--data-dir is required (or --from-results to reprint an earlier run).")
     preset = PRESETS[args.scale]
     for key, value in preset["sizes"].items():
         if getattr(args, key) is None:
@@ -202,6 +212,7 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C: still print the arms that finished
         print("interrupted: the table holds the arms that finished", file=sys.stderr)
     print_table(results)
+    print("\n".join(["", *versus_baseline(results, len(heldout.read_text().splitlines()))]))
     print(f"Total wall time {time.monotonic() - started:.0f} s ({len(results)} arms, --scale {args.scale}, "
           f"{args.max_private} private rows, {args.num_samples} texts per run).")
 
@@ -254,6 +265,27 @@ def print_table(results: list[dict[str, Any]]) -> None:
               f"{r['emb_accuracy']:.3f} | {r['frechet']:.3f} | {r['canary_hits']} | {r['wall_s']:.0f} |")
     if ceiling is not None:
         print(f"\nCeiling (TF-IDF LR trained on the real private rows): accuracy {ceiling:.3f}.")
+
+
+def versus_baseline(results: list[dict[str, Any]], n_test: int) -> list[str]:
+    """Per pipeline and classifier, the epsilons whose accuracy beats the epsilon = 0 baseline by more
+    than two standard errors of a difference of two accuracies on n_test held-out rows."""
+    base = next((r for r in results if r["epsilon"] == 0.0 and "error" not in r), None)
+    if base is None:
+        return []
+    lines = [f"Against the epsilon = 0 baseline (a win needs a margin over 2 standard errors of the held-out "
+             f"estimate, n = {n_test}; the spread from rerunning the noise is not in it):"]
+    pipelines = list(dict.fromkeys(r["pipeline"] for r in results if r is not base))
+    for pipeline in pipelines:
+        parts = []
+        for key, name in (("accuracy", "TF-IDF LR"), ("emb_accuracy", "embedding LR")):
+            margin = 2.0 * math.sqrt(2.0 * base[key] * (1.0 - base[key]) / n_test)
+            wins = [("inf" if math.isinf(r["epsilon"]) else f"{r['epsilon']:g}") for r in results
+                    if r["pipeline"] == pipeline and "error" not in r and r[key] > base[key] + margin]
+            parts.append(f"{name} (baseline {base[key]:.3f} + {margin:.3f}): "
+                         + (f"beats it at epsilon {', '.join(wins)}" if wins else "never beats it"))
+        lines.append(f"- {pipeline}: " + "; ".join(parts))
+    return lines
 
 
 if __name__ == "__main__":
