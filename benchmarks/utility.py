@@ -36,16 +36,17 @@ from synthdp.pipelines.base import available_pipelines
 
 INF_EPSILON = 1e6
 # Two presets of sizes and pipeline options; explicit flags and --set PIPELINE:KEY=VALUE override them.
-# "cpu" is sized so that all ten arms (1000 private rows, 40 texts) finish on a 2-core CPU within the
+# "cpu" is sized so that all ten arms (1000 private rows, 32 texts) finish on a 2-core CPU within the
 # hour with the embedded 135M model; "paper" follows the papers' AG News settings (8000 private rows,
 # the official 7.6k test set, 2000 texts, 64-token texts, T = 10 PE rounds, DP-SGD with large batches).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "sizes": {"max_private": 1000, "max_test": 1000, "num_samples": 40, "baseline_max_tokens": 32},
+        "sizes": {"max_private": 1000, "max_test": 1000, "num_samples": 32, "baseline_max_tokens": 32},
         "options": {
-            "private-prediction": {"max_tokens": 32, "label_name": "News Type"},
+            # s = 127 (the smallest s of the paper's sweep): a token costs one decode step of s + 1 rows
+            "private-prediction": {"max_tokens": 32, "label_name": "News Type", "batch_size": 127},
             "private-evolution": {"iterations": 3, "max_tokens": 32},
-            "dp-finetune": {"epochs": 2, "max_new_tokens": 32},
+            "dp-finetune": {"epochs": 1, "max_new_tokens": 32},
         },
     },
     "paper": {
@@ -153,7 +154,7 @@ def main() -> None:
     ap.add_argument("--scale", choices=sorted(PRESETS), default="cpu", help="preset of sizes and pipeline options")
     ap.add_argument("--max-private", type=int, default=None, help="private rows, even per class (cpu 1000, paper 8000)")
     ap.add_argument("--max-test", type=int, default=None, help="held-out test rows, even per class (cpu 1000, paper 7600)")
-    ap.add_argument("--num-samples", type=int, default=None, help="synthetic texts per run (cpu 40, paper 2000)")
+    ap.add_argument("--num-samples", type=int, default=None, help="synthetic texts per run (cpu 32, paper 2000)")
     ap.add_argument("--canaries", type=int, default=10, help="unique canaries planted in the private rows")
     ap.add_argument("--canary-repeats", type=int, default=1)
     ap.add_argument("--baseline-max-tokens", type=int, default=None, help="length cap of the baseline texts (cpu 32, paper 64)")
