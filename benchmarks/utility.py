@@ -230,9 +230,10 @@ def run_arms(arms: list[tuple[str, float]], args: argparse.Namespace, work: Path
                 public_baseline(out, names, args.num_samples, args.model, args.device, args.baseline_max_tokens, args.seed)
             else:
                 options = args.options[pipeline]
-                synthdp.generate(out=out, data=canaried, pipeline=pipeline, epsilon=INF_EPSILON if math.isinf(eps) else eps,
+                result = synthdp.generate(out=out, data=canaried, pipeline=pipeline, epsilon=INF_EPSILON if math.isinf(eps) else eps,
                                  delta=args.delta, num_samples=args.num_samples, labels=names, model=args.model,
                                  options=options, seed=args.run_seed)
+                row["run_summary"] = json.loads(json.dumps(result.summary, default=str))
             row["generate_s"] = time.monotonic() - started
             report = evaluate(synthetic=out, real=heldout, private=canaried, out=out / "report", embedder=embedder,
                               canaries=canaries, seed=args.seed).report

@@ -93,6 +93,7 @@ def test_private_token_budget_r_is_enforced_inside_the_token_loop(r: int, made: 
         pp.choose_token = real  # type: ignore[assignment]
     assert calls["private"] == r  # never more than r, and the batch goes on until r is used
     assert len(texts) == made and ctx.summary.get("dropped_texts", 0) == dropped
+    assert ctx.summary["private_tokens"] == r and ctx.summary["public_tokens"] == 0  # the run summary's tally
 
 
 def test_aggregation_divides_by_the_fixed_s_not_the_realised_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,12 +220,14 @@ class PrivatePrediction:
         spent = 0  # t: private tokens used by this batch
         made = 0
         logits = decoder.prefill()  # (rows, V): rows = len(texts) private + 1 public
+        tally = [0, 0]  # tokens chosen from the public prediction (free), and private tokens
         while made < quota and spent < r:
             tokens: list[int] = []
             finished = False
             for _ in range(o.max_tokens):
                 token, private = choose_token(logits, o, svt, rng)
                 spent += private
+                tally[private] += 1
                 if token in lm.stop_ids:
                     finished = True
                     break
@@ -245,4 +247,6 @@ class PrivatePrediction:
                 ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + 1
             logits = decoder.rewind()
         ctx.summary["batches_out_of_budget"] = ctx.summary.get("batches_out_of_budget", 0) + int(spent >= r)
+        for key, count in (("public_tokens", tally[0]), ("private_tokens", tally[1])):
+            ctx.summary[key] = ctx.summary.get(key, 0) + count
 
