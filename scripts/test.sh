@@ -8,8 +8,9 @@ python -m pip install -q -e ".[test]"
 # Headless Chromium for the test that opens the evaluation report in a browser (Debian's package).
 # Best effort: without it (not root, no apt) that one test is skipped and says why.
 if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q chromium >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 900 apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { timeout 300 apt-get update -q >/dev/null 2>&1 && timeout 900 apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "Could not install Debian's chromium: the headless-browser report test will be skipped."
 fi
 python -m pytest -q -p no:cacheprovider "$@"
