@@ -169,7 +169,7 @@ def main() -> None:
         settings = json.loads((args.from_results.parent / "settings.json").read_text())
         results = json.loads(args.from_results.read_text())
         print_table(results)
-        print("\n".join(["", *versus_baseline(results, settings["max_test"])]))
+        print("\n".join(["", *versus_baseline(results, settings.get("heldout_rows", settings["max_test"]))]))
         return
     if args.data_dir is None:
         ap.error("--data-dir is required (or --from-results to reprint an earlier run).")
@@ -199,6 +199,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     private = write_jsonl(work / "private.jsonl", balanced_subsample(train_all, args.max_private, rng))
     heldout = write_jsonl(work / "heldout.jsonl", balanced_subsample(test_all, args.max_test, rng))
+    settings["heldout_rows"] = len(heldout.read_text().splitlines())
+    (work / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     canaried = work / "private_canaried.jsonl"
     canaries = insert_canaries(private, canaried, args.canaries, "text", "label", repeats=args.canary_repeats)
     print(f"work dir: {work}; private rows {args.max_private} + {args.canaries}x{args.canary_repeats} canaries, "
@@ -213,7 +215,7 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C: still print the arms that finished
         print("interrupted: the table holds the arms that finished", file=sys.stderr)
     print_table(results)
-    print("\n".join(["", *versus_baseline(results, len(heldout.read_text().splitlines()))]))
+    print("\n".join(["", *versus_baseline(results, settings["heldout_rows"])]))
     print(f"Total wall time {time.monotonic() - started:.0f} s ({len(results)} arms, --scale {args.scale}, "
           f"{args.max_private} private rows, {args.num_samples} texts per run).")
 

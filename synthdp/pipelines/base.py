@@ -121,7 +121,8 @@ def _load_entry_points() -> None:
             register_pipeline(ep.load())
 
 
-# The two spellings of `label_counts` that ask for a DP label histogram (private evolution and DP fine-tuning accept both).
+# The two spellings of `label_counts` that ask for a DP label histogram; private evolution and DP
+# fine-tuning accept both.
 DP_LABEL_COUNTS = ("dp", "dp_histogram")
 
 

@@ -24,7 +24,16 @@ from synthdp import __version__
 from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.base import DP_LABEL_COUNTS, ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
+from synthdp.pipelines.base import (
+    DP_LABEL_COUNTS,
+    ModelSpec,
+    PrivacyPlan,
+    RunContext,
+    SyntheticRecord,
+    Target,
+    option,
+    register_pipeline,
+)
 from synthdp.pipelines.finetune.dpsgd import PerExampleGrads, dp_step, poisson_batch
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
