@@ -188,8 +188,6 @@ def main() -> None:
     args.options = {p: {**preset["options"].get(p, {}), **overrides.get(p, {})} for p in pipelines}
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
     work.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (work / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
     # Data: private rows (drop texts that also occur in the test set), held-out test rows.
     names = [line.strip() for line in (args.data_dir / "classes.txt").read_text().splitlines() if line.strip()]
@@ -198,8 +196,10 @@ def main() -> None:
     train_all = [r for r in read_split(args.data_dir / "train_subset_8000.csv", names) if r["text"] not in test_texts]
     rng = random.Random(args.seed)
     private = write_jsonl(work / "private.jsonl", balanced_subsample(train_all, args.max_private, rng))
-    heldout = write_jsonl(work / "heldout.jsonl", balanced_subsample(test_all, args.max_test, rng))
-    settings["heldout_rows"] = len(heldout.read_text().splitlines())
+    heldout_rows = balanced_subsample(test_all, args.max_test, rng)
+    heldout = write_jsonl(work / "heldout.jsonl", heldout_rows)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings["heldout_rows"] = len(heldout_rows)
     (work / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     canaried = work / "private_canaried.jsonl"
     canaries = insert_canaries(private, canaried, args.canaries, "text", "label", repeats=args.canary_repeats)
