@@ -26,7 +26,7 @@ from dp_accounting import dp_event
 from typer.testing import CliRunner
 
 from synthdp.cli import app
-from synthdp.privacy.accounting import epsilon_report, event_to_json
+from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 

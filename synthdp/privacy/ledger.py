@@ -19,6 +19,7 @@ from typing import Any, Literal
 from dp_accounting import dp_event
 
 from synthdp.atomic import check_writable_dir, locked, read_only_mode, write_json_atomic
+from synthdp.corpus import remove_run_partials
 from synthdp.errors import BudgetExceededError, OptionError, OutputError, UserError
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, EpsilonReport, check_delta, check_epsilon
 from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to_json
@@ -38,7 +39,7 @@ def now() -> str:
 
 def _recovered_words(owner: dict[str, Any], status: str) -> str:
     return (f"the process that ran it ({owner_words(owner)}) ended without recording how; "
-            f"recorded as {status} (still charged) when read on {now()}")
+            f"read as {status} on {now()} (its privacy stays charged)")
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,6 @@ class Ledger:
     def read(cls, path: Path) -> Ledger:
         """Read and check a ledger. A run still marked running whose process has ended is read as failed,
         and the partial files it left in its folder are removed."""
-        from synthdp.corpus import remove_run_partials
-
         path = Path(path)
         if path.is_dir():
             path = path / "ledger.json"
@@ -348,8 +347,8 @@ class Budget:
 
     def describe(self) -> str:
         spent = self.spent()
-        relation = (f"Neighbouring datasets: {NEIGHBORING_WORDS[self.neighboring]} ({self.neighboring}, fixed at "
-                    "`synthdp budget init`)." if self.neighboring else
+        relation = (f"Neighbouring relation: {self.neighboring}, fixed at `synthdp budget init`: "
+                    f"{NEIGHBORING_WORDS[self.neighboring]}." if self.neighboring else
                     "Neighbouring relation: not recorded (a file from an earlier synthdp); no run can be charged "
                     'until "neighboring" is added to the file.')
         lines = [
