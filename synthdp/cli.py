@@ -134,15 +134,18 @@ def budget_init(
     file: Annotated[Path, typer.Argument(help="Budget file to create.")],
     epsilon: EpsilonOpt = None,
     delta: DeltaOpt = None,
+    neighboring: Annotated[str, typer.Option(help="The neighbouring relation of every run charged to it: add_remove or replace_one.")] = "add_remove",
     description: Annotated[str, typer.Option(help="Which dataset this budget protects.")] = "",
 ) -> None:
-    """Create a budget file holding a dataset's total (epsilon, delta)."""
+    """Create a budget file holding a dataset's total (epsilon, delta) and its neighbouring relation."""
     from synthdp.privacy.ledger import Budget
 
     if epsilon is None or delta is None:
         raise UserError("`synthdp budget init FILE` needs --epsilon and --delta, e.g. --epsilon 8 --delta 1e-6.")
-    budget = Budget.init(file, epsilon=epsilon, delta=delta, description=description)
-    typer.echo(f"Created {budget.path}: total ({budget.epsilon:g}, {budget.delta:g})-DP, nothing spent.")
+    budget = Budget.init(file, epsilon=epsilon, delta=delta, neighboring=neighboring, description=description)
+    typer.echo(f"Created {budget.path}: total ({budget.epsilon:g}, {budget.delta:g})-DP for runs under the "
+               f"{budget.neighboring} relation (every run charged to it must use --neighboring {budget.neighboring} "
+               f"and --delta {budget.delta:g}); nothing spent.")
 
 
 @budget_app.command("show")

@@ -25,6 +25,7 @@ from synthdp.mechanisms.randomness import secure_generator
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
+from synthdp.privacy.owner import record_failure
 from synthdp.release import release_markdown
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
     if budget is not None and not resuming:
-        budget.check([])  # refuse an exhausted budget before reading anything
+        budget.check([], neighboring=cfg.neighboring, delta=cfg.delta)  # refuse before reading anything
     # Data (validation only: no mechanism sees it yet) and models.
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
     for reason, count in data.skipped.items():
@@ -146,7 +147,7 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     if planned.epsilon > cfg.epsilon * (1 + 1e-9):
         raise AssertionError(f"pipeline {cfg.pipeline} planned epsilon {planned.epsilon} > target {cfg.epsilon}")
     if budget is not None and not resuming:
-        budget.check([e.event for e in plan.events])
+        budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
     model_name = str(getattr(resources, "name", cfg.model or "default"))
     return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
 
@@ -171,10 +172,15 @@ def generate_run(
     # Write-ahead: from here on the run counts as spent, whatever happens.
     out = cfg.out
     if p.budget is not None:
-        p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events)
-    out.mkdir(parents=True, exist_ok=True)
-    ledger.write(out / "ledger.json")
-    write_config(out / "config.toml", cfg.to_toml_dict(p.options))
+        p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events,
+                         neighboring=cfg.neighboring, delta=cfg.delta)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        ledger.write(out / "ledger.json")
+        write_config(out / "config.toml", cfg.to_toml_dict(p.options))
+    except BaseException as err:
+        record_failure(ledger, out, p.budget, err)
+        raise
     return _execute(p, ledger, show_progress=show_progress, resume=False)
 
 
@@ -218,31 +224,36 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
 
     ctx = RunContext(rng=rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples, labels=p.data.labels,
                      resources=p.resources, work_dir=out, resume=resume, progress=progress)
-    writer = CorpusWriter(out)
+    writer: CorpusWriter | None = None
     try:
+        writer = CorpusWriter(out)
         for record in p.pipeline.run(p.data.records, p.options, p.plan, ctx):
             writer.write({"text": record.text, "label": record.label})
         corpus = writer.commit()
-    except BaseException:
-        writer.abort()
-        ledger.status = "failed"
+        write_parquet(corpus)
+        # The ledger saying "complete" is the run folder's commit point: written once the corpus is in
+        # place, before the datasheet; the budget is marked last. A crash in between leaves a ledger that
+        # says running, read as failed once this process has ended (see synthdp/privacy/owner.py).
+        ledger.status = "complete"
+        ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         ledger.write(out / "ledger.json")
-        if p.budget is not None:
-            p.budget.mark(ledger.run_id, "failed")
+        count = writer.count
+        write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, count, p.model_name))
+    except BaseException as err:
+        if writer is not None:
+            writer.abort()
+        record_failure(ledger, out, p.budget, err)
         raise
     finally:
         if bar is not None:
             bar.close()
-    # Release bundle.
-    ledger.status = "complete"
-    ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    summary = {"records": writer.count, "requested": cfg.num_samples, **ctx.summary}
-    write_parquet(corpus)
-    write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, writer.count, p.model_name))
-    ledger.write(out / "ledger.json")
+    summary = {"records": count, "requested": cfg.num_samples, **ctx.summary}
     if p.budget is not None:
-        p.budget.mark(ledger.run_id, "complete")
-    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=writer.count, summary=summary)
+        try:
+            p.budget.mark(ledger.run_id, "complete")
+        except UserError as err:  # the run is complete; its budget entry reads so once this process has ended
+            log.warning("The budget could not record the run as complete: %s", err)
+    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary)
 
 
 def _warn(message: str) -> None:

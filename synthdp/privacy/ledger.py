@@ -10,28 +10,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import tempfile
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from dp_accounting import dp_event
 
-from synthdp.errors import BudgetExceededError, OutputError, UserError
-from synthdp.privacy.accounting import (
-    NEIGHBORING_WORDS,
-    EpsilonReport,
-    check_delta,
-    check_epsilon,
-    epsilon_report,
-    event_from_json,
-    event_to_json,
-)
+from synthdp.atomic import check_writable_dir, locked, read_only_mode, write_json_atomic
+from synthdp.corpus import remove_run_partials
+from synthdp.errors import BudgetExceededError, OptionError, OutputError, UserError
+from synthdp.privacy.accounting import NEIGHBORING_WORDS, EpsilonReport, check_delta, check_epsilon
+from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to_json
+from synthdp.privacy.owner import current_owner, owner_gone, owner_words
+from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
+
+__all__ = ["Budget", "Ledger", "LedgerEvent", "check_delta_against_n", "write_json_atomic"]
 
 LEDGER_FORMAT = "synthdp-ledger/1"
 BUDGET_FORMAT = "synthdp-budget/1"
@@ -42,27 +37,9 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` through a temporary file, fsync it, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _recovered_words(owner: dict[str, Any], status: str) -> str:
+    return (f"the process that ran it ({owner_words(owner)}) ended without recording how; "
+            f"read as {status} on {now()} (its privacy stays charged)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +75,8 @@ class Ledger:
     finished: str | None = None
     budget_file: str | None = None
     synthdp_version: str = ""
+    owner: dict[str, Any] | None = None  # the process running it (kept in the file while running only)
+    recovered: str | None = None  # set when read: the run's process ended without recording how
 
     @property
     def report(self) -> EpsilonReport:
@@ -146,12 +125,12 @@ class Ledger:
             "release_ready": self.release_ready,
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
-        }
+        } | ({"owner": self.owner} if self.status == "running" and self.owner else {})
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Ledger:
-        if data.get("format") != LEDGER_FORMAT:
-            raise UserError(f"Not a synthdp ledger (format {data.get('format')!r}, expected {LEDGER_FORMAT!r}).")
+    def from_json(cls, data: Any, source: Any = "ledger") -> Ledger:
+        """A ledger from its JSON, after checking it against its schema (`InvalidFileError` if not)."""
+        validate_ledger(data, source, LEDGER_FORMAT)
         return cls(
             run_id=data["run_id"],
             pipeline=data["pipeline"],
@@ -166,29 +145,36 @@ class Ledger:
             finished=data.get("finished"),
             budget_file=data.get("budget_file"),
             synthdp_version=data.get("synthdp_version", ""),
+            owner=data.get("owner"),
         )
 
     def write(self, path: Path) -> None:
+        """Write atomically. A running ledger records the process writing it (see `owner`)."""
+        if self.status == "running":
+            self.owner = current_owner()
         write_json_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> Ledger:
+        """Read and check a ledger. A run still marked running whose process has ended is read as failed,
+        and the partial files it left in its folder are removed."""
         path = Path(path)
         if path.is_dir():
             path = path / "ledger.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"No ledger at {path}. Pass a run directory or its ledger.json.") from None
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserError(f"Cannot read the ledger {path}: {err}.") from None
-        return cls.from_json(data)
+        data = read_json(path, "ledger", "Pass a run folder or its ledger.json.", LEDGER_FIX)
+        ledger = cls.from_json(data, path)
+        if ledger.status == "running" and ledger.owner and owner_gone(ledger.owner):
+            ledger.recovered = _recovered_words(ledger.owner, "failed")
+            ledger.status = "failed"
+            remove_run_partials(path.parent)
+        return ledger
 
     def describe(self) -> str:
         """The ledger in words, for `synthdp ledger show`."""
         report = self.report
         lines = [
-            f"Run {self.run_id} ({self.pipeline}), status: {self.status}, created {self.created}.",
+            f"Run {self.run_id} ({self.pipeline}), status: {self.status}, created {self.created}."
+            + (f" Note: {self.recovered}." if self.recovered else ""),
             f"Guarantee: ({report.epsilon:.4g}, {self.delta:.3g})-differential privacy "
             f"[{report.accountant.upper()} accountant of dp_accounting; "
             + ", ".join(f"{k.upper()} {v:.4g}" for k, v in report.by_accountant.items())
@@ -210,65 +196,60 @@ class Ledger:
 # --------------------------------------------------------------------------- budget
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    lock = Path(str(path) + ".lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+NOTHING_CHARGED = "Nothing was run or charged."
 
 
 @dataclass
 class Budget:
-    """The total (epsilon, delta) of one private dataset and every run charged to it."""
+    """The total (epsilon, delta) of one private dataset, its neighbouring relation, and every run charged
+    to it. `neighboring` is None only in a file written before synthdp recorded it: such a budget is
+    shown but charged no more until the relation is written into it."""
 
     path: Path
     epsilon: float
     delta: float
     runs: list[dict[str, Any]]
     description: str = ""
+    neighboring: str | None = "add_remove"
 
     @classmethod
-    def init(cls, path: Path, *, epsilon: float, delta: float, description: str = "") -> Budget:
+    def init(cls, path: Path, *, epsilon: float, delta: float, neighboring: str = "add_remove",
+             description: str = "") -> Budget:
         path = Path(path)
         epsilon, delta = check_epsilon(epsilon), check_delta(delta)
+        if neighboring not in NEIGHBORING_WORDS:
+            raise OptionError(f"`--neighboring` must be one of {', '.join(NEIGHBORING_WORDS)}. Found {neighboring!r}.")
         if path.exists():
             raise OutputError(f"The budget file {path} already exists. Use another path, or `synthdp budget show {path}`.")
         if not path.parent.is_dir():
             raise OutputError(f"The folder {path.parent} does not exist. Create it first.")
-        budget = cls(path, epsilon, delta, [], description)
+        budget = cls(path, epsilon, delta, [], description, neighboring)
         budget._write()
         return budget
 
     @classmethod
     def load(cls, path: Path) -> Budget:
+        """Read and check a budget file (`InvalidFileError` unless every entry is valid). A run still marked
+        running whose process has ended is read as failed (or complete, if its ledger says so); that is
+        written to the file the next time the budget is charged or marked."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(
-                f"No budget file at {path}. Create one with `synthdp budget init {path} --epsilon E --delta D`."
-            ) from None
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserError(f"Cannot read the budget file {path}: {err}.") from None
-        if data.get("format") != BUDGET_FORMAT:
-            raise UserError(f"{path} is not a synthdp budget file (format {data.get('format')!r}).")
-        return cls(path, float(data["epsilon"]), float(data["delta"]), list(data["runs"]), data.get("description", ""))
+        data = read_json(path, "budget file",
+                         f"Create one with `synthdp budget init {path} --epsilon E --delta D`.", BUDGET_FIX)
+        validate_budget(data, path, BUDGET_FORMAT)
+        budget = cls(path, float(data["epsilon"]), float(data["delta"]), list(data["runs"]),
+                     data.get("description", ""), data.get("neighboring"))
+        for run in budget.runs:
+            if run["status"] == "running" and owner_gone(run.get("owner")):
+                run["status"] = _status_in_ledger(run)
+                run["finished"] = now()
+                run["recovered"] = _recovered_words(run["owner"], run["status"])
+        return budget
 
     def _write(self) -> None:
-        write_json_atomic(
-            self.path,
-            {
-                "format": BUDGET_FORMAT,
-                "description": self.description,
-                "epsilon": self.epsilon,
-                "delta": self.delta,
-                "runs": self.runs,
-            },
-        )
+        write_json_atomic(self.path, {
+            "format": BUDGET_FORMAT, "description": self.description, "epsilon": self.epsilon,
+            "delta": self.delta, "neighboring": self.neighboring, "runs": self.runs,
+        })
 
     def events(self) -> list[dp_event.DpEvent]:
         return [event_from_json(e["dp_event"]) for run in self.runs for e in run["events"]]
@@ -277,14 +258,48 @@ class Budget:
         """Epsilon at the budget's delta of every run charged so far (crashed runs included)."""
         return epsilon_report(self.events(), self.delta)
 
-    def check(self, planned: list[dp_event.DpEvent], what: str = "this run") -> EpsilonReport:
-        """Raise `BudgetExceededError` with the numbers when `planned` would exceed the total."""
+    def check_run(self, neighboring: str, delta: float) -> None:
+        """Refuse a run this budget cannot be charged for: another neighbouring relation or delta, a budget
+        file or folder that cannot be written."""
+        if self.neighboring is None:
+            raise UserError(
+                f"The budget file {self.path} does not record its neighbouring relation (it was written by an "
+                "earlier synthdp), and every run charged to one budget must use the same one. Add "
+                '"neighboring": "add_remove" (or "replace_one") to it: the relation of the runs already charged, '
+                f'which each run\'s ledger.json states under "neighboring". {NOTHING_CHARGED}'
+            )
+        if neighboring != self.neighboring:
+            raise OptionError(
+                f"`--neighboring` must be {self.neighboring}, the relation of the budget {self.path} (fixed at "
+                f"`synthdp budget init`). Found {neighboring}. Runs under different relations do not compose into "
+                f"one guarantee: pass --neighboring {self.neighboring}. {NOTHING_CHARGED}"
+            )
+        if not math.isclose(delta, self.delta, rel_tol=1e-9):
+            raise OptionError(
+                f"`--delta` must be {self.delta:g}, the delta of the budget {self.path} (fixed at `synthdp budget "
+                f"init`). Found {delta:g}. Every run charged to a budget is accounted at its delta: pass --delta "
+                f"{self.delta:g}. {NOTHING_CHARGED}"
+            )
+        mode = read_only_mode(self.path)
+        if mode is not None:
+            raise OutputError(
+                f"The budget file {self.path} is read-only (mode {mode:04o}); a run is recorded in it before it "
+                f"starts, so nothing can be charged to it. Make it writable (chmod u+w {self.path}) to run against "
+                f"it. {NOTHING_CHARGED}"
+            )
+        check_writable_dir(self.path.parent.absolute(), f"The budget file {self.path} cannot be charged")
+
+    def check(self, planned: list[dp_event.DpEvent], *, neighboring: str, delta: float,
+              what: str = "this run") -> EpsilonReport:
+        """Raise unless a run of relation `neighboring` at `delta` planning `planned` can be charged: see
+        `check_run`, and `BudgetExceededError` with the numbers when its events would exceed the total."""
+        self.check_run(neighboring, delta)
         spent = self.spent()
         after = epsilon_report(self.events() + list(planned), self.delta)
         if spent.epsilon >= self.epsilon:
             raise BudgetExceededError(
                 f"The budget in {self.path} is exhausted: {spent.epsilon:.4g} of epsilon {self.epsilon:g} "
-                f"(at delta {self.delta:g}) is spent by {len(self.runs)} run(s). Nothing was run. "
+                f"(at delta {self.delta:g}) is spent by {len(self.runs)} run(s). {NOTHING_CHARGED} "
                 "A dataset's budget cannot be refilled; use fewer releases or a new dataset."
             )
         if after.epsilon > self.epsilon:
@@ -292,58 +307,75 @@ class Budget:
             raise BudgetExceededError(
                 f"{what} would exceed the budget in {self.path}: spent {spent.epsilon:.4g}, this run alone "
                 f"{alone:.4g}, together {after.epsilon:.4g} > total epsilon {self.epsilon:g} (at delta "
-                f"{self.delta:g}). Nothing was run. Lower --epsilon (at most about "
-                f"{max(self.epsilon - spent.epsilon, 0):.3g} is left) or use another budget."
+                f"{self.delta:g}). {NOTHING_CHARGED} Runs compose by their DP events, not by adding epsilons, so "
+                f"the epsilon left is not {self.epsilon:g} - {spent.epsilon:.4g}: lower --epsilon and try again "
+                "(a refused run costs nothing), or use another budget."
             )
         return after
 
-    def reserve(self, run_id: str, pipeline: str, out: str, events: list[LedgerEvent]) -> EpsilonReport:
-        """Write-ahead: check and append the run's planned events, fsynced, under a file lock."""
-        with _locked(self.path):
+    def reserve(self, run_id: str, pipeline: str, out: str, events: list[LedgerEvent], *,
+                neighboring: str, delta: float) -> EpsilonReport:
+        """Write-ahead: check and append the run's planned events, fsynced, under a file lock, with the
+        process that runs it."""
+        with locked(self.path, "budget file"):
             fresh = Budget.load(self.path)
-            after = fresh.check([e.event for e in events])
-            fresh.runs.append(
-                {
-                    "run_id": run_id,
-                    "pipeline": pipeline,
-                    "out": out,
-                    "status": "running",
-                    "reserved": now(),
-                    "events": [e.to_json() for e in events],
-                }
-            )
+            after = fresh.check([e.event for e in events], neighboring=neighboring, delta=delta)
+            fresh.runs.append({
+                "run_id": run_id, "pipeline": pipeline, "out": out, "status": "running", "reserved": now(),
+                "events": [e.to_json() for e in events], "owner": current_owner(),
+            })
             fresh._write()
             self.runs = fresh.runs
         return after
 
     def mark(self, run_id: str, status: RunStatus) -> None:
-        """Record how a reserved run ended. Its events stay charged whatever the status."""
-        with _locked(self.path):
+        """Record how a reserved run ended (or that it runs again, in this process). Its events stay
+        charged whatever the status."""
+        with locked(self.path, "budget file"):
             fresh = Budget.load(self.path)
             for run in fresh.runs:
                 if run["run_id"] == run_id:
                     run["status"] = status
-                    run["finished"] = now()
+                    run.pop("recovered", None)
+                    if status == "running":
+                        run["owner"] = current_owner()
+                        run.pop("finished", None)
+                    else:
+                        run["finished"] = now()
             fresh._write()
             self.runs = fresh.runs
 
     def describe(self) -> str:
         spent = self.spent()
+        relation = (f"Neighbouring relation: {self.neighboring}, fixed at `synthdp budget init`: "
+                    f"{NEIGHBORING_WORDS[self.neighboring]}." if self.neighboring else
+                    "Neighbouring relation: not recorded (a file from an earlier synthdp); no run can be charged "
+                    'until "neighboring" is added to the file.')
         lines = [
             f"Budget {self.path}: total ({self.epsilon:g}, {self.delta:g})-DP"
-            + (f" for {self.description}" if self.description else "")
-            + ".",
+            + (f" for {self.description}" if self.description else "") + ". " + relation,
             f"Spent: epsilon {spent.epsilon:.4g} at delta {self.delta:g} over {len(self.runs)} run(s) "
-            f"({spent.accountant.upper() if self.runs else 'nothing yet'}); "
-            f"left: about {max(self.epsilon - spent.epsilon, 0.0):.4g}.",
+            f"({spent.accountant.upper() if self.runs else 'nothing yet'}). Runs compose by their DP events, so "
+            f"what is left is not {self.epsilon:g} minus that: a run is accepted when dp_accounting's composition "
+            f"of its events with these stays within epsilon {self.epsilon:g}.",
         ]
         for run in self.runs:
             alone = epsilon_report([event_from_json(e["dp_event"]) for e in run["events"]], self.delta)
             lines.append(
                 f"  - {run['run_id']} {run['pipeline']} ({run['status']}, {run.get('reserved', '')}): "
                 f"epsilon {alone.epsilon:.4g} alone -> {run.get('out', '')}"
+                + (f"\n      Note: {run['recovered']}." if run.get("recovered") else "")
             )
         return "\n".join(lines)
+
+
+def _status_in_ledger(run: dict[str, Any]) -> RunStatus:
+    """How a run whose process is gone ended: complete only when its own ledger says so."""
+    try:
+        ledger = Ledger.read(Path(run["out"]))
+    except UserError:
+        return "failed"
+    return "complete" if ledger.run_id == run["run_id"] and ledger.status == "complete" else "failed"
 
 
 def check_delta_against_n(delta: float, n: int) -> str | None:
