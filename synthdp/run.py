@@ -25,7 +25,7 @@ from synthdp.mechanisms.randomness import secure_generator
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
-from synthdp.release import release_markdown
+from synthdp.release import release_blockers, release_markdown
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -70,7 +70,9 @@ class GenerateResult:
     corpus_path: Path
     ledger: Ledger
     num_records: int
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # public or DP-derived values only
+    # Exact statistics of the private data, NOT DP: for the operator's eyes; never written to --out, do not publish.
+    operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epsilon(self) -> float:
@@ -167,6 +169,7 @@ def generate_run(
         seed=cfg.seed,
         budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
         synthdp_version=__version__,
+        release_blockers=release_blockers(p.data),
     )
     # Write-ahead: from here on the run counts as spent, whatever happens.
     out = cfg.out
@@ -242,7 +245,8 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
     ledger.write(out / "ledger.json")
     if p.budget is not None:
         p.budget.mark(ledger.run_id, "complete")
-    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=writer.count, summary=summary)
+    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=writer.count, summary=summary,
+                          operator_only_not_dp=dict(ctx.operator_only_not_dp))
 
 
 def _warn(message: str) -> None:

@@ -98,6 +98,7 @@ class Ledger:
     finished: str | None = None
     budget_file: str | None = None
     synthdp_version: str = ""
+    release_blockers: list[str] = field(default_factory=list)  # reasons not to release, set by the run
 
     @property
     def report(self) -> EpsilonReport:
@@ -120,6 +121,7 @@ class Ledger:
             )
         if self.status != "complete":
             reasons.append(f"the run did not complete (status: {self.status})")
+        reasons += self.release_blockers
         return reasons
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +148,7 @@ class Ledger:
             "release_ready": self.release_ready,
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
+            "release_blockers": self.release_blockers,
         }
 
     @classmethod
@@ -166,6 +169,7 @@ class Ledger:
             finished=data.get("finished"),
             budget_file=data.get("budget_file"),
             synthdp_version=data.get("synthdp_version", ""),
+            release_blockers=list(data.get("release_blockers", [])),
         )
 
     def write(self, path: Path) -> None:
