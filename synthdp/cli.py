@@ -103,7 +103,11 @@ def _report(result: Any) -> None:
         typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty, or cut off when a batch's private-token budget ran out).")
     extra = {k: v for k, v in s.items() if k not in ("records", "requested", "dropped_texts") and not k.startswith("_")}
     if extra:
-        typer.echo("Run summary (for you, not for release): " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()))
+        typer.echo("Run summary (public or DP-derived values): " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()))
+    exact = getattr(result, "operator_only_not_dp", None)
+    if exact:
+        typer.echo("Exact statistics of the private data (NOT DP, do not publish): "
+                   + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in exact.items()), err=True)
     if not result.ledger.release_ready:
         typer.echo("NOT fit for release: " + "; ".join(result.ledger.not_release_ready_reasons) + ".", err=True)
 

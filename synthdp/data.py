@@ -35,7 +35,7 @@ class Record:
 class LoadedData:
     records: list[Record]
     labels: tuple[str, ...]  # sorted if read from the data, in given order if passed in, () if unlabelled
-    labels_from_data: bool  # True when the label set was read from the (private) data
+    labels_from_data: bool  # True when the label set was read from private data (never for the bundled public sample)
     skipped: dict[str, int]  # reason -> number of rows skipped
     source: str  # the path as given, or BUNDLED_SOURCE
 
@@ -94,7 +94,21 @@ def load_records(
         label_set = wanted
     else:
         label_set = tuple(sorted({r.label for r in records if r.label is not None}))
-    return LoadedData(records, label_set, label_field is not None and wanted is None, dict(skipped), source)
+    # The bundled sample is public data: its label set may be read from it.
+    from_private = label_field is not None and wanted is None and path is not None
+    return LoadedData(records, label_set, from_private, dict(skipped), source)
+
+
+def label_set_words(data: LoadedData) -> str:
+    """How the label set came to be public, for the ledger's public assumptions."""
+    if not data.labels:
+        return "the data is unlabelled"
+    if data.labels_from_data:
+        return ("the label set was read from the data, not given with --labels: it is published without DP, "
+                "so the run is not fit for release")
+    if data.source == BUNDLED_SOURCE:
+        return "the label set is public (labels of the bundled public SMS Spam sample)"
+    return "the label set is public (given with --labels)"
 
 
 def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tuple[str, ...] | None:

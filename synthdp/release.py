@@ -12,6 +12,18 @@ if TYPE_CHECKING:
     from synthdp.run import RunConfig
 
 
+def release_blockers(data: LoadedData) -> list[str]:
+    """Why a run on `data` must not be released whatever its DP events: things read from the private
+    data without noise. Each entry says what and how to fix it."""
+    if data.labels_from_data:
+        return [
+            "the label set was read from the private data without DP (a label held by one record would be "
+            "published); give the public label set with --labels A,B (labels=[...] in the library), or drop the "
+            "labels with --label-field ''"
+        ]
+    return []
+
+
 def release_markdown(ledger: Ledger, cfg: RunConfig, data: LoadedData, count: int, model_name: Any) -> str:
     report = ledger.report
     status = (

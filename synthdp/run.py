@@ -26,7 +26,7 @@ from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, g
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
-from synthdp.release import release_markdown
+from synthdp.release import release_blockers, release_markdown
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -71,7 +71,9 @@ class GenerateResult:
     corpus_path: Path
     ledger: Ledger
     num_records: int
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # public or DP-derived values only
+    # Exact statistics of the private data, NOT DP: for the operator's eyes; never written to --out, do not publish.
+    operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epsilon(self) -> float:
@@ -168,6 +170,7 @@ def generate_run(
         seed=cfg.seed,
         budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
         synthdp_version=__version__,
+        release_blockers=release_blockers(p.data),
     )
     # Write-ahead: from here on the run counts as spent, whatever happens.
     out = cfg.out
@@ -253,7 +256,8 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
             p.budget.mark(ledger.run_id, "complete")
         except UserError as err:  # the run is complete; its budget entry reads so once this process has ended
             log.warning("The budget could not record the run as complete: %s", err)
-    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary)
+    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary,
+                          operator_only_not_dp=dict(ctx.operator_only_not_dp))
 
 
 def _warn(message: str) -> None:

@@ -37,7 +37,8 @@ def test_generate_end_to_end_on_a_tiny_model(tmp_path: Path, data_file: Path, ti
     budget = tmp_path / "data.budget"
     assert runner.invoke(app, ["budget", "init", str(budget), "--epsilon", "10", "--delta", "1e-5"]).exit_code == 0
     result = runner.invoke(app, gen(
-        "--data", str(data_file), "--text-field", "text", "--label-field", "label", "--pipeline", "private-prediction",
+        "--data", str(data_file), "--text-field", "text", "--label-field", "label", "--labels", "ham,spam",
+        "--pipeline", "private-prediction",
         "--epsilon", "3", "--delta", "1e-5", "--num-samples", "5", "--out", str(out), "--model", str(tiny_model_dir),
         "--budget", str(budget), *FAST,
     ))
@@ -51,7 +52,7 @@ def test_generate_end_to_end_on_a_tiny_model(tmp_path: Path, data_file: Path, ti
         assert key in ledger
     assert 0 < ledger["epsilon"] <= 3 and ledger["delta"] == 1e-5 and ledger["release_ready"] is True
     assert ledger["status"] == "complete" and ledger["neighboring"] == "add_remove"
-    assert any("label set" in a and "read from the data" in a for a in ledger["public_assumptions"])
+    assert any("label set" in a and "given with --labels" in a for a in ledger["public_assumptions"])
     # nothing computed from the private data leaks into the ledger
     assert "message number" not in (out / "ledger.json").read_text()
     assert Ledger.read(out).epsilon == pytest.approx(ledger["epsilon"])

@@ -273,4 +273,6 @@ def test_dp_label_histogram_is_planned_under_either_spelling(spelling: str) -> N
     records = [Record(f"text {i}", "ab"[i % 2]) for i in range(64)]
     plan = pipe.plan(options, Target(3.0, 1e-5), LoadedData(records, ("a", "b"), False, {}, "test"), None)
     assert [e.name for e in plan.events] == ["DP label histogram", "DP-SGD (LoRA)"]
-    assert plan.events[0].event == dp_event.GaussianDpEvent(options.histogram_noise)
+    from synthdp.mechanisms import label_histogram
+
+    assert plan.events[0].event == dp_event.GaussianDpEvent(label_histogram.calibrate_noise(3.0, 1e-5))

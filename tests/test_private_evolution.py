@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from synthdp.cli import app
 from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError
+from synthdp.mechanisms import label_histogram
 from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.private_evolution import PrivateEvolutionResources, split_by_weights
@@ -84,7 +85,10 @@ def test_dp_label_histogram_is_paid_from_the_budget(spelling: str) -> None:
     plan = plan_of(("a", "b", "c"), label_counts=spelling, iterations=5)
     assert [e.name for e in plan.events] == ["private-evolution label histogram", "private-evolution votes"]
     sigma = plan.parameters["noise_multiplier"]
-    assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 6))  # T + 1 releases at one sigma
+    # the shared histogram's noise (5% of epsilon alone), and the votes calibrated on the composition
+    sigma_h = label_histogram.calibrate_noise(2.0, 1e-5)
+    assert plan.events[0].event == label_histogram.histogram_event(sigma_h)
+    assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=(plan.events[0].event,)))
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 2.0
     assert any("DP label histogram" in a for a in plan.public_assumptions)
 
@@ -136,7 +140,7 @@ def test_run_releases_per_label_counts_and_never_copies_private_counts(tmp_path:
 def test_duplicate_private_records_are_counted() -> None:
     data = data_of(("a",), duplicate=3)
     _, ctx, _ = run_pipeline(data.records, ("a",), EchoBackend(), None)
-    assert ctx.summary["duplicate_private_records"] == 3
+    assert ctx.operator_only_not_dp["duplicate_private_records"] == 3 and "duplicate_private_records" not in ctx.summary
 
 
 def test_empty_answers_are_regenerated_counted_and_never_replaced(tmp_path: Path) -> None:

@@ -66,7 +66,9 @@ class RunContext:
     work_dir: Path | None = None  # the run's output folder (checkpoints, caches); never the corpus itself
     resume: bool = False  # continuing a run whose plan is already charged: never spend twice
     progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None
-    summary: dict[str, Any] = field(default_factory=dict)  # counts for the run summary (not the ledger)
+    summary: dict[str, Any] = field(default_factory=dict)  # run summary: public or DP-derived values only
+    # Exact statistics of the private data (not DP): shown to the operator on stderr, never written to --out.
+    operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
 Privacy: each round is one Gaussian release of the votes of all labels at once (labels partition the
 records: parallel composition), so the run is SelfComposedDpEvent(GaussianDpEvent(sigma), T), sigma
 calibrated by dp_accounting. Per-label sample counts come from a public choice (uniform or given) or
-from a DP label histogram, which then is one more Gaussian release at the same sigma (T + 1 in all).
+from the shared DP label histogram (mechanisms/label_histogram.py: its own noise, costing 5% of epsilon
+alone; sigma of the votes is then calibrated on the composition).
 See docs/algorithms.md, section 2.
 """
 
@@ -30,12 +31,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from dp_accounting import dp_event
 
-from synthdp.data import LoadedData, Record
+from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError
+from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.nn_histogram import (
-    add_gaussian_noise,
     dp_nn_histogram,
     l2_sensitivity,
     rank_select,
@@ -234,21 +234,23 @@ class PrivateEvolution:
             if unknown or not labels:
                 raise OptionError(f"`label_counts` names label(s) {unknown or list(weights)} that are not in the label "
                                   f"set ({', '.join(labels) or 'unlabelled data'}). Name labels of the set.")
-        dp_labels = options.label_counts in DP_LABEL_COUNTS and len(labels) > 1
-        count = options.iterations + int(dp_labels)
+        dp_labels = options.label_counts in DP_LABEL_COUNTS and label_histogram.needs_histogram(
+            len(labels), target.neighboring, uses_sizes=False)
         sensitivity = l2_sensitivity(target.neighboring)
-        if options.noise is None:
-            sigma = calibrate_gaussian_compositions(target.epsilon, target.delta, count)
-        else:
-            sigma = options.noise
         events = []
         if dp_labels:
+            sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
             events.append(LedgerEvent(
                 "private-evolution label histogram",
-                f"the number of private records per label, plus Gaussian noise of standard deviation "
-                f"{sigma * sensitivity:.4g} (noise multiplier {sigma:.4g} times L2 sensitivity {sensitivity:.3g}: a "
-                f"record counts in one label); sets how many synthetic texts each label gets",
-                dp_event.GaussianDpEvent(sigma)))
+                label_histogram.describe(sigma_h, target.neighboring, len(labels),
+                                         "sets how many synthetic texts each label gets"),
+                label_histogram.histogram_event(sigma_h)))
+        others = tuple(e.event for e in events)
+        count = options.iterations
+        if options.noise is None:
+            sigma = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others)
+        else:
+            sigma = options.noise
         events.append(LedgerEvent(
             "private-evolution votes",
             f"T = {options.iterations} rounds of the DP nearest-neighbour histogram: each private record casts "
@@ -261,9 +263,9 @@ class PrivateEvolution:
         if options.noise is not None:
             spent = epsilon_report([e.event for e in events], target.delta).epsilon
             if spent > target.epsilon * (1 + 1e-9):
-                needed = calibrate_gaussian_compositions(target.epsilon, target.delta, count)
+                needed = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others)
                 raise PrivacyParameterError(
-                    f"`noise` = {options.noise:g} over {count} Gaussian release(s) gives epsilon {spent:.4g} at delta "
+                    f"`noise` = {options.noise:g} over {count} vote round(s) gives epsilon {spent:.4g} at delta "
                     f"{target.delta:g}, above the target {target.epsilon:g}. Use noise >= {needed:.4g}, leave `noise` "
                     "unset to calibrate it, or raise --epsilon.")
         if resources is not None and options.probe:
@@ -275,8 +277,7 @@ class PrivateEvolution:
         else:
             counts_words = "split evenly across labels"
         assumptions = [
-            "the label set is public" + (" (read from the data, not given with --labels)" if data.labels_from_data
-                                         else " (given with --labels)" if labels else " (unlabelled data)"),
+            label_set_words(data),
             (f"the number of synthetic texts and the population per label are public: {counts_words}; the private "
              "per-label record counts are never used without noise"),
             "the prompt templates, keywords, styles, the generator model and the embedder are public",
@@ -284,7 +285,10 @@ class PrivateEvolution:
              "and earlier synthetic candidates"),
         ]
         parameters = {"noise_multiplier": sigma, "noise_std": sigma * sensitivity, "l2_sensitivity": sensitivity,
-                      "iterations": options.iterations, "gaussian_releases": count, "dp_label_histogram": dp_labels,
+                      "iterations": options.iterations, "gaussian_releases": count + int(dp_labels),
+                      "dp_label_histogram": dp_labels,
+                      "label_histogram": label_histogram.plan_parameters(float(others[0].noise_multiplier),  # type: ignore[attr-defined]
+                                                                         target.neighboring) if dp_labels else None,
                       "calibrated": options.noise is None, "neighboring": target.neighboring}
         return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
 
@@ -377,7 +381,6 @@ class PrivateEvolution:
         if isinstance(generator.backend, LocalGenerator):
             generator.backend.rng = ctx.rng
         sigma = float(plan.parameters["noise_multiplier"])
-        std = float(plan.parameters["noise_std"])
         labels: list[str | None] = list(ctx.labels) or [None]
         timings = {"generation": 0.0, "embedding": 0.0, "histogram": 0.0}
         summary = ctx.summary
@@ -400,17 +403,20 @@ class PrivateEvolution:
         salt = str(state["salt"])
         requests_before = generator.new_requests
 
-        # Duplicates give one person several votes: count them for the summary (never their content).
+        # Duplicates give one person several votes: an exact count of the private data, so for the operator
+        # only (never their content, never in the summary or --out).
         duplicates = sum(c - 1 for c in Counter((r.label, r.text) for r in records).values() if c > 1)
         if duplicates:
-            summary["duplicate_private_records"] = duplicates
+            ctx.operator_only_not_dp["duplicate_private_records"] = duplicates
 
         # Samples per label (n_c): public, or from a DP label histogram checkpointed before use.
         total = o.population if o.population is not None else ctx.num_samples
         if state["label_counts"] is None:
             if plan.parameters.get("dp_label_histogram"):
-                raw = np.array([sum(1 for r in records if r.label == lbl) for lbl in labels], dtype=np.float64)
-                noisy = add_gaussian_noise(raw, std, ctx.rng)
+                hist = plan.parameters["label_histogram"]
+                noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
+                                                     float(hist["noise_multiplier"]),
+                                                     str(plan.parameters["neighboring"]), ctx.rng)
                 counts = split_by_weights(total, list(noisy))
             else:
                 weights = o.label_weights()
@@ -495,7 +501,8 @@ class PrivateEvolution:
         summary["cached_answers_reused"] = generator.cache_hits
         if isinstance(generator.backend, ApiGenerator):
             summary.update(generator.backend.summary())
-        summary["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+        # Embedding time grows with the number of private records: for the operator only.
+        ctx.operator_only_not_dp["seconds"] = {k: round(v, 3) for k, v in timings.items()}
         release = split_by_weights(min(total, ctx.num_samples), [len(kept[lbl]) for lbl in labels])
         for lbl, quota in zip(labels, release):
             for text in kept[lbl][:quota]:  # rank order: the most voted first

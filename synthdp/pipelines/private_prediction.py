@@ -9,15 +9,17 @@ The loop below follows Algorithm 1 of docs/algorithms.md.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
 
-from synthdp.data import LoadedData, Record
-from synthdp.errors import PrivacyParameterError
+from dp_accounting import dp_event
+
+from synthdp.data import LoadedData, Record, label_set_words
+from synthdp.errors import OptionError, PrivacyParameterError
+from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.randomness import salt_bytes
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
@@ -56,6 +58,9 @@ class PrivatePredictionOptions:
     prompt_template: str = option(DEFAULT_PROMPT, "user turn; {label_name}, {label}, {text}")
     public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt")
     assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
+    label_sizes: str = option("dp", "how many private records each label holds, which sets the batch counts: dp (a DP "
+                                    "label histogram paid from the budget), or public sizes like 'ham:300,spam:100' "
+                                    "(unlabelled data: one number)")
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "clip": self.clip, "temperature": self.temperature,
@@ -69,6 +74,25 @@ class PrivatePredictionOptions:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
         if "{text}" not in self.prompt_template:
             raise ValueError("`prompt_template` must contain {text}, where the private record goes.")
+        self.public_label_sizes()  # validates the syntax
+
+    def public_label_sizes(self) -> dict[str | None, int] | None:
+        """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
+        text = self.label_sizes.strip()
+        if text.lower() == "dp":
+            return None
+        sizes: dict[str | None, int] = {}
+        for part in text.split(","):
+            label, sep, value = part.rpartition(":")
+            try:
+                size = int(value)
+            except ValueError:
+                size = -1
+            if size < 0 or (sep and not label.strip()) or (not sep and "," in text) or label.strip() in sizes:
+                raise ValueError("`label_sizes` must be dp, public sizes like 'ham:300,spam:100', or one number for "
+                                 f"unlabelled data. Found {self.label_sizes!r}.")
+            sizes[label.strip() if sep else None] = size
+        return sizes
 
 
 def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
@@ -77,9 +101,9 @@ def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
     return int.from_bytes(digest, "big") % batches
 
 
-def batches_per_label(n_by_label: dict[str | None, int], s: int) -> dict[str | None, int]:
-    """B_l = max(1, round(n_l / s)); n_l is treated as public (the ledger says so)."""
-    return {label: max(1, round(n / s)) for label, n in n_by_label.items()}
+def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
+    """B_l = max(1, round(n_l / s)), n_l a public size or a DP (noisy) count."""
+    return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
 
 
 def choose_token(
@@ -126,8 +150,21 @@ class PrivatePrediction:
         )
 
     def plan(self, options: PrivatePredictionOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
+        """Reads no record: the batch counts come from public sizes, or from a DP label histogram drawn in
+        `run` (after the write-ahead) and paid here."""
         rho = self.token_rho(options, target)
-        r = max_count_within(lambda k: private_prediction_event(rho, k), target.epsilon, target.delta)
+        labels: tuple[str | None, ...] = data.labels or (None,)
+        sizes = self.check_sizes(options, data.labels)
+        histogram = None
+        if sizes is None and label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
+            sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
+            histogram = LedgerEvent("label histogram", label_histogram.describe(
+                sigma_h, target.neighboring, len(data.labels),
+                "sets the number of hash batches per label, B = max(1, round(noisy count / s))"),
+                label_histogram.histogram_event(sigma_h))
+        others = [histogram.event] if histogram is not None else []
+        r = max_count_within(lambda k: dp_event.ComposedDpEvent([*others, private_prediction_event(rho, k)]),
+                             target.epsilon, target.delta)
         if options.max_private_tokens is not None:
             if options.max_private_tokens > r:
                 raise PrivacyParameterError(
@@ -140,9 +177,16 @@ class PrivatePrediction:
                 f"epsilon {target.epsilon:g} at delta {target.delta:g} does not pay for a single private "
                 f"token (rho per token {rho:.3g}). Raise --epsilon, raise batch_size or temperature, or lower clip."
             )
-        counts = Counter(rec.label for rec in data.records)
-        n_by_label = {label: counts[label] for label in (data.labels or (None,))}
-        batches = batches_per_label(n_by_label, options.batch_size)
+        if sizes is not None:
+            batches: dict[str | None, int] | None = batches_per_label(dict(sizes), options.batch_size)
+            sizes_words = (f"the per-label sizes given with label_sizes ({options.label_sizes}) are public (they are "
+                           "not checked against the data)")
+        elif histogram is None:  # replace-one with one label: n is the same in neighbouring data sets
+            batches = batches_per_label({labels[0]: len(data.records)}, options.batch_size)
+            sizes_words = f"the number of records n = {len(data.records)} is public under replace-one adjacency"
+        else:
+            batches = None
+            sizes_words = "the sizes come from the DP label histogram (an event of this ledger), drawn at run time"
         event = private_prediction_event(rho, r)
         svt_words = (
             f"; SVT with threshold noise Lap({options.svt_noise:g}) and query noise Lap({2 * options.svt_noise:g}) "
@@ -157,20 +201,36 @@ class PrivatePrediction:
             f"private token including SVT){svt_words}"
         )
         assumptions = [
-            f"the number of records n = {len(data.records)} and the per-label record counts are public: they set "
-            f"the number of hash batches per label, B = max(1, round(n_label / s)) = "
-            + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items())
-            + "; the guarantee is for neighbouring datasets with the same batch counts",
-            "the label set is public" + (" (read from the data, not given with --labels)" if data.labels_from_data else " (given with --labels)"),
+            "the number of hash batches per label is B = max(1, round(size / s)); " + sizes_words
+            + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
+            + "; each record goes to a batch by a salted hash of its own content",
+            label_set_words(data),
             "the prompt templates, the public placeholder prompt and the model are public",
             "the number of synthetic texts per label is public (split evenly across labels)",
         ]
-        return PrivacyPlan(
-            events=[LedgerEvent("private-prediction batch", description, event)],
-            parameters={"private_tokens_per_batch": r, "rho_per_private_token": rho, "batches_per_label":
-                        {str(k): v for k, v in batches.items()}, "divisor_s": options.batch_size},
-            public_assumptions=assumptions,
-        )
+        parameters = {
+            "private_tokens_per_batch": r, "rho_per_private_token": rho, "divisor_s": options.batch_size,
+            "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
+            "label_histogram": None if histogram is None else label_histogram.plan_parameters(
+                float(histogram.event.noise_multiplier), target.neighboring),  # type: ignore[attr-defined]
+            "neighboring": target.neighboring,
+        }
+        events = ([histogram] if histogram is not None else []) + [
+            LedgerEvent("private-prediction batch", description, event)]
+        return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
+
+    @staticmethod
+    def check_sizes(options: PrivatePredictionOptions, labels: tuple[str, ...]) -> dict[str | None, int] | None:
+        """The public sizes of `label_sizes`, checked against the label set (OptionError before any spend)."""
+        sizes = options.public_label_sizes()
+        if sizes is None:
+            return None
+        wanted: set[str | None] = set(labels) if labels else {None}
+        if set(sizes) != wanted:
+            expected = ",".join(f"{lbl}:N" for lbl in labels) if labels else "N (one number: unlabelled data)"
+            raise OptionError(f"`label_sizes` must give one size per label of the label set. Found "
+                              f"{options.label_sizes!r}. Use {expected}, or dp for a DP label histogram.")
+        return sizes
 
     # ------------------------------------------------------------------ run
 
@@ -182,11 +242,12 @@ class PrivatePrediction:
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         per_label = split_quota(ctx.num_samples, len(labels))
         salt = salt_bytes(ctx.rng, ctx.seeded)
+        batches_by_label = self.batch_counts(records, labels, plan, ctx)
         texts_by_label: dict[str | None, list[str]] = {}
         for rec in records:
             texts_by_label.setdefault(rec.label, []).append(rec.text)
         for label, quota in zip(labels, per_label):
-            b = int(plan.parameters["batches_per_label"][str(label)])
+            b = batches_by_label[label]
             batches: list[list[str]] = [[] for _ in range(b)]
             for text in texts_by_label.get(label, []):
                 batches[hash_batch(salt, label, text, b)].append(text)
@@ -197,6 +258,21 @@ class PrivatePrediction:
                     made += 1
                     yield SyntheticRecord(text, label)
                 carry = want + carry - made
+
+    @staticmethod
+    def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: PrivacyPlan,
+                     ctx: RunContext) -> dict[str | None, int]:
+        """B per label: public (from the plan), or from the DP label histogram drawn now (post-processing)."""
+        public = plan.parameters["batches_per_label"]
+        if public is not None:
+            return {label: int(public[str(label)]) for label in labels}
+        hist = plan.parameters["label_histogram"]
+        noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
+                                             float(hist["noise_multiplier"]), str(plan.parameters["neighboring"]),
+                                             ctx.rng)
+        batches = batches_per_label(dict(zip(labels, noisy)), int(plan.parameters["divisor_s"]))
+        ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
+        return batches
 
     def prompts(self, lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
         """Private prompts (one per record) followed by the public prompt, as token ids."""

@@ -22,8 +22,18 @@ from synthdp.errors import PrivacyParameterError
 
 Neighboring = Literal["add_remove", "replace_one"]
 NEIGHBORING_WORDS: dict[str, str] = {
-    "add_remove": "add or remove one record (the unit of privacy is one record)",
-    "replace_one": "replace one record by another (the unit of privacy is one record)",
+    "add_remove": (
+        "add or remove one record (the unit of privacy is one record): two data sets are neighbours when one is "
+        "the other with one record added, and every quantity the ledger lists as public (the label set, the "
+        "templates, the model, and any size listed there) is the same fixed input for both, so those are not "
+        "protected while everything else about the records, their number and per-label counts included, is"
+    ),
+    "replace_one": (
+        "replace one record by another (the unit of privacy is one record): two data sets are neighbours when "
+        "they have the same number of records n and differ in one record (its text and its label may both "
+        "change), and every quantity the ledger lists as public is the same fixed input for both, so n and those "
+        "are not protected while everything else about the records, their per-label counts included, is"
+    ),
 }
 
 
@@ -248,9 +258,11 @@ def _pld_accountant(discretization: float) -> Callable[[], dp_accounting.Privacy
 
 def calibrate_gaussian_compositions(
     target_epsilon: float, delta: float, count: int, *, tolerance: float = 1e-3,
+    other_events: tuple[dp_event.DpEvent, ...] = (),
 ) -> float:
     """Smallest noise multiplier sigma (to within `tolerance` relative) with
-    epsilon(SelfComposedDpEvent(GaussianDpEvent(sigma), count)) <= target_epsilon at `delta`.
+    epsilon(SelfComposedDpEvent(GaussianDpEvent(sigma), count)) <= target_epsilon at `delta`,
+    composed with `other_events` (e.g. a DP label histogram of the same run) when given.
 
     `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial. The RDP accountant gives
     an upper bracket quickly (RDP is a valid but looser bound, so its sigma already meets the target);
@@ -262,7 +274,8 @@ def calibrate_gaussian_compositions(
         raise ValueError(f"`count` must be positive. Found {count}.")
 
     def make_event(sigma: float) -> dp_event.DpEvent:
-        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
+        event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
+        return dp_event.ComposedDpEvent([*other_events, event]) if other_events else event
 
     try:
         upper = float(dp_accounting.calibrate_dp_mechanism(

@@ -77,6 +77,7 @@ class Ledger:
     synthdp_version: str = ""
     owner: dict[str, Any] | None = None  # the process running it (kept in the file while running only)
     recovered: str | None = None  # set when read: the run's process ended without recording how
+    release_blockers: list[str] = field(default_factory=list)  # reasons not to release, set by the run
 
     @property
     def report(self) -> EpsilonReport:
@@ -99,6 +100,7 @@ class Ledger:
             )
         if self.status != "complete":
             reasons.append(f"the run did not complete (status: {self.status})")
+        reasons += self.release_blockers
         return reasons
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +127,7 @@ class Ledger:
             "release_ready": self.release_ready,
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
+            "release_blockers": self.release_blockers,
         } | ({"owner": self.owner} if self.status == "running" and self.owner else {})
 
     @classmethod
@@ -146,6 +149,7 @@ class Ledger:
             budget_file=data.get("budget_file"),
             synthdp_version=data.get("synthdp_version", ""),
             owner=data.get("owner"),
+            release_blockers=list(data.get("release_blockers", [])),
         )
 
     def write(self, path: Path) -> None:

@@ -18,11 +18,11 @@ from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
-from dp_accounting import dp_event
 
 from synthdp import __version__
-from synthdp.data import LoadedData, Record
+from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
+from synthdp.mechanisms import label_histogram
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
     DP_LABEL_COUNTS,
@@ -66,8 +66,7 @@ class FinetuneOptions:
     label_name: str = option("Label", "what the label is called in the control prompt")
     label_counts: Literal["uniform", "dp_histogram", "dp"] = option(
         "uniform", "samples per label: uniform (public), or dp / dp_histogram: from a DP label histogram paid from "
-                   "the same budget")
-    histogram_noise: float = option(20.0, "noise multiplier of the DP label histogram (Gaussian, sensitivity 1)")
+                   "the same budget (its noise costs 5% of epsilon alone)")
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
     temperature: float = option(1.0, "sampling temperature")
@@ -79,7 +78,7 @@ class FinetuneOptions:
     def __post_init__(self) -> None:
         positive = {"lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "learning_rate": self.learning_rate,
                     "epochs": self.epochs, "batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
-                    "clip": self.clip, "max_length": self.max_length, "histogram_noise": self.histogram_noise,
+                    "clip": self.clip, "max_length": self.max_length,
                     "temperature": self.temperature, "sample_batch_size": self.sample_batch_size,
                     "checkpoint_every": self.checkpoint_every}
         for name, value in positive.items():
@@ -309,7 +308,10 @@ class DPFinetune:
         n = len(data.records)
         q, steps = self.schedule(options, n)
         labels = data.labels or ()
-        histogram = dp_event.GaussianDpEvent(options.histogram_noise) if options.label_counts in DP_LABEL_COUNTS and labels else None
+        histogram = None
+        if options.label_counts in DP_LABEL_COUNTS and label_histogram.needs_histogram(
+                len(labels), target.neighboring, uses_sizes=False):
+            histogram = label_histogram.histogram_event(label_histogram.calibrate_noise(target.epsilon, target.delta))
         others = (histogram,) if histogram is not None else ()
         if options.noise is None:
             sigma = calibrate_dpsgd_noise(q, steps, target.epsilon, target.delta, others)
@@ -324,8 +326,8 @@ class DPFinetune:
         if histogram is not None:
             events.append(LedgerEvent(
                 "DP label histogram",
-                f"the count of records per label ({len(labels)} labels) plus Gaussian noise of std {options.histogram_noise:g} "
-                "(one record changes one count by 1: L2 sensitivity 1); sets the number of synthetic texts per label",
+                label_histogram.describe(histogram.noise_multiplier, target.neighboring, len(labels),  # type: ignore[attr-defined]
+                                         "sets the number of synthetic texts per label"),
                 histogram))
         events.append(LedgerEvent(
             "DP-SGD (LoRA)",
@@ -337,15 +339,16 @@ class DPFinetune:
             dpsgd_event(sigma, q, steps)))
         assumptions = [
             f"the number of records n = {n} is public: it sets the sampling rate q = B/n and the number of steps T = {steps}",
-            "the label set is public" + (" (read from the data, not given with --labels)" if data.labels_from_data else " (given with --labels)")
-            if labels else "the data is unlabelled",
+            label_set_words(data),
             "the control prompts (" + options.prompt_template + "), the pretrained model and the LoRA configuration are public",
             ("the number of synthetic texts per label is set from the DP label histogram" if histogram is not None
              else "the number of synthetic texts per label is public (split evenly across labels)"),
         ]
         parameters = {"noise_multiplier": sigma, "sampling_rate": q, "steps": steps,
                       "expected_batch_size": options.batch_size, "clip": options.clip,
-                      "noise_calibrated": options.noise is None}
+                      "noise_calibrated": options.noise is None,
+                      "label_histogram": None if histogram is None else label_histogram.plan_parameters(
+                          histogram.noise_multiplier, target.neighboring)}  # type: ignore[attr-defined]
         return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
 
     # ------------------------------------------------------------------ run
@@ -368,8 +371,11 @@ class DPFinetune:
             weights = meta["label_weights"]
         else:
             histogram = state["histogram"] if state is not None else None
-            if histogram is None and options.label_counts in DP_LABEL_COUNTS and ctx.labels:
-                histogram = self.dp_histogram(records, ctx.labels, options.histogram_noise, torch_generator(ctx.rng, 1))
+            hist = plan.parameters.get("label_histogram")
+            if histogram is None and hist is not None:
+                histogram = label_histogram.noisy_counts(
+                    label_histogram.exact_counts((r.label for r in records), labels), float(hist["noise_multiplier"]),
+                    "add_remove", ctx.rng).tolist()
             weights = histogram or [1.0] * len(labels)
             self.train(model, lm, records, options, plan, ctx, state, fingerprint, weights)
             if work is not None:
@@ -379,12 +385,6 @@ class DPFinetune:
         yield from generate(lm, options, labels, weights, ctx.num_samples, torch_generator(ctx.rng, 3), ctx)
         if work is not None:
             shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
-
-    @staticmethod
-    def dp_histogram(records: list[Record], labels: tuple[str, ...], noise: float, generator: torch.Generator) -> list[float]:
-        """Counts per label plus N(0, noise^2): the Gaussian mechanism, L2 sensitivity 1 (add/remove)."""
-        counts = torch.tensor([sum(1 for r in records if r.label == lbl) for lbl in labels], dtype=torch.float64)
-        return (counts + torch.normal(0.0, noise, size=counts.shape, generator=generator, dtype=torch.float64)).tolist()
 
     def train(self, model: Any, lm: LocalLM, records: list[Record], options: FinetuneOptions, plan: PrivacyPlan,
               ctx: RunContext, state: dict[str, Any] | None, fingerprint: dict[str, Any], weights: list[float]) -> None:
