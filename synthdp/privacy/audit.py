@@ -93,11 +93,7 @@ def select_event(stat0: np.ndarray, stat1: np.ndarray, delta: float, alpha: floa
     thresholds = np.unique(np.quantile(np.concatenate([stat0, stat1]), np.linspace(0.0, 1.0, candidates)))
     best, best_value = Event(float(thresholds[0]), True, 1), -1.0
     for upper in (True, False):
-        counts = []
-        for stat in (stat0, stat1):  # events per threshold, by sorting: O((n + t) log n)
-            ordered = np.sort(stat)
-            below = np.searchsorted(ordered, thresholds, side="right")  # stat <= t
-            counts.append(len(stat) - np.searchsorted(ordered, thresholds, side="left") if upper else below)
+        counts = [_counts_at(stat, thresholds, upper) for stat in (stat0, stat1)]
         for numerator in (0, 1):
             values = epsilon_lower_bounds(counts[numerator], len((stat0, stat1)[numerator]), counts[1 - numerator],
                                           len((stat0, stat1)[1 - numerator]), delta, alpha)
@@ -105,6 +101,14 @@ def select_event(stat0: np.ndarray, stat1: np.ndarray, delta: float, alpha: floa
             if values[i] > best_value:
                 best, best_value = Event(float(thresholds[i]), upper, numerator), float(values[i])
     return best
+
+
+def _counts_at(stat: np.ndarray, thresholds: np.ndarray, upper: bool) -> np.ndarray:
+    """How many of `stat` are >= (upper) or <= each threshold, by binary search in the sorted values."""
+    ordered = np.sort(stat)
+    if upper:
+        return len(stat) - np.searchsorted(ordered, thresholds, side="left")
+    return np.searchsorted(ordered, thresholds, side="right")
 
 
 @dataclass(frozen=True)
