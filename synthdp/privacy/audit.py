@@ -324,7 +324,8 @@ def svt_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, batch_size
     """One SVT query with Laplace scale noise_factor x sigma, `offset` below the threshold in D0;
     claim: the single-query epsilon 1/(2 s sigma)."""
     base, added, public = svt_worst_case(batch_size)
-    sampler = svt_sampler(base, added, public, batch_size=batch_size, noise=noise_factor * noise, offset=offset, rng=rng)
+    sampler = svt_sampler(base, added, public, batch_size=batch_size, noise=noise_factor * noise, offset=offset,
+                          rng=rng)
     return Setup("SVT (one query)", svt_claim(batch_size=batch_size, noise=noise), 0.0, sampler,
                  f"s={batch_size}, sigma={noise:g}, theta = d(D0) + {offset:g}")
 
