@@ -13,10 +13,11 @@ al. 2020; Nasr et al. 2021). The event is chosen on a separate set of trials and
 on fresh ones, so only one event is tested and no union bound over events is needed.
 
 An audit gives a lower bound, for one pair of datasets and one event; it cannot prove a mechanism
-private. Each `*_sampler` below builds a worst-case neighbouring pair for one mechanism, runs the
-mechanism's real code on it and returns a `Sampler`; `*_claim` is the tight per-call epsilon it is held
-to. A new mechanism (InvisibleInk's difference clipping) needs one sampler: `exponential_sampler`
-takes the score function as `scores_fn`.
+private. Per mechanism: `*_worst_case` builds the neighbouring pair, `*_sampler` runs the mechanism's
+real code on it, `*_claim` is the tight per-call epsilon it is held to, and `*_setup` puts them
+together (with `noise_factor` < 1 to cut the noise the code is given while the claim stays). A new
+mechanism needs one setup; InvisibleInk's difference clipping plugs into `exponential_setup` as
+`scores_fn` (with its own claim if its sensitivity differs).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import torch
 from dp_accounting import dp_event
 from scipy import stats
 
-from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms import nn_histogram
+from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.nn_histogram import dp_nn_histogram
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.pipelines.finetune.dpsgd import clipped_sum, dp_step, noisy_average, poisson_batch
