@@ -34,8 +34,8 @@ from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError
+from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
 from synthdp.mechanisms.nn_histogram import (
-    add_gaussian_noise,
     dp_nn_histogram,
     l2_sensitivity,
     rank_select,
@@ -410,7 +410,7 @@ class PrivateEvolution:
         if state["label_counts"] is None:
             if plan.parameters.get("dp_label_histogram"):
                 raw = np.array([sum(1 for r in records if r.label == lbl) for lbl in labels], dtype=np.float64)
-                noisy = add_gaussian_noise(raw, std, ctx.rng)
+                noisy = raw + discrete_gaussian(std, len(labels), ctx.noise_rng)  # integer counts: exact noise
                 counts = split_by_weights(total, list(noisy))
             else:
                 weights = o.label_weights()
@@ -477,7 +477,7 @@ class PrivateEvolution:
                     emb = res.embedder.embed(cands)
                     timings["embedding"] += time.perf_counter() - start
                     start = time.perf_counter()
-                    noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=sigma, rng=ctx.rng,
+                    noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=sigma, rng=ctx.noise_rng,
                                             votes=min(o.votes, len(cands)), threshold=o.threshold,
                                             neighboring=str(plan.parameters["neighboring"]),
                                             device=res.embedder.device)

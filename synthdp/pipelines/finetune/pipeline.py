@@ -23,6 +23,8 @@ from dp_accounting import dp_event
 from synthdp import __version__
 from synthdp.data import LoadedData, Record
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
+from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
+from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
     DP_LABEL_COUNTS,
@@ -245,9 +247,9 @@ def sample_texts(lm: LocalLM, prompt: list[int], count: int, options: FinetuneOp
 
 def save_checkpoint(work_dir: Path, step: int, model: Any, optimizer: torch.optim.Optimizer,
                     fingerprint: dict[str, Any], histogram: list[float] | None) -> None:
-    """Atomically write the training state after `step` steps. The noise and sampling generators are
-    deliberately NOT saved: from a torch (Mersenne Twister) state the earlier draws can be recomputed,
-    which would expose the noise of the steps already run; a resume draws fresh seeds instead."""
+    """Atomically write the training state after `step` steps. The noise stream's state is deliberately
+    NOT saved: from a generator state the earlier draws can be recomputed, which would expose the noise of
+    the steps already run; a resume forks a fresh noise stream instead."""
     folder = work_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -369,7 +371,7 @@ class DPFinetune:
         else:
             histogram = state["histogram"] if state is not None else None
             if histogram is None and options.label_counts in DP_LABEL_COUNTS and ctx.labels:
-                histogram = self.dp_histogram(records, ctx.labels, options.histogram_noise, torch_generator(ctx.rng, 1))
+                histogram = self.dp_histogram(records, ctx.labels, options.histogram_noise, ctx.noise_rng)
             weights = histogram or [1.0] * len(labels)
             self.train(model, lm, records, options, plan, ctx, state, fingerprint, weights)
             if work is not None:
@@ -381,10 +383,12 @@ class DPFinetune:
             shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
 
     @staticmethod
-    def dp_histogram(records: list[Record], labels: tuple[str, ...], noise: float, generator: torch.Generator) -> list[float]:
-        """Counts per label plus N(0, noise^2): the Gaussian mechanism, L2 sensitivity 1 (add/remove)."""
-        counts = torch.tensor([sum(1 for r in records if r.label == lbl) for lbl in labels], dtype=torch.float64)
-        return (counts + torch.normal(0.0, noise, size=counts.shape, generator=generator, dtype=torch.float64)).tolist()
+    def dp_histogram(records: list[Record], labels: tuple[str, ...], noise: float,
+                     rng: np.random.Generator) -> list[float]:
+        """Counts per label plus exact discrete Gaussian noise N_Z(0, noise^2) from the noise stream `rng`:
+        L2 sensitivity 1 (add/remove), accounted as the Gaussian mechanism (zCDP, `discrete_gaussian`)."""
+        counts = np.array([sum(1 for r in records if r.label == lbl) for lbl in labels], dtype=np.int64)
+        return [float(c) for c in counts + discrete_gaussian(noise, len(labels), rng)]
 
     def train(self, model: Any, lm: LocalLM, records: list[Record], options: FinetuneOptions, plan: PrivacyPlan,
               ctx: RunContext, state: dict[str, Any] | None, fingerprint: dict[str, Any], weights: list[float]) -> None:
@@ -399,18 +403,19 @@ class DPFinetune:
                     p.copy_(state["adapter"][k].to(p.device))
             optimizer.load_state_dict(state["optimizer"])
             start = int(state["step"])
-        # Fresh seeds, mixed with the step count, on every (re)start: never the same noise twice.
-        sampler, noise = torch_generator(ctx.rng, 10 + 2 * start), torch_generator(ctx.rng, 11 + 2 * start)
+        # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
+        # resume never replays the noise of the steps already run.
+        noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
         examples = [encode_example(lm, options, r) for r in records]
         grads = PerExampleGrads(model, options.grad_engine)
         model.train()
         try:
             for step in range(start, steps):
-                batch = poisson_batch(len(examples), q, sampler).tolist()
+                batch = poisson_batch(len(examples), q, noise).tolist()
                 micro = [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
                          for j in range(0, len(batch), options.micro_batch_size)]
                 noisy = dp_step(grads, micro, params, clip=clip, auto_clip=options.auto_clip, noise_multiplier=sigma,
-                                expected_batch=options.batch_size, generator=noise)
+                                expected_batch=options.batch_size, rng=noise)
                 for k, p in params.items():
                     p.grad = noisy[k].to(p.dtype)
                 optimizer.step()
