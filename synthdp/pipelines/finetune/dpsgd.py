@@ -29,9 +29,15 @@ import torch.nn.functional as F
 Engine = Literal["opacus", "torch.func"]
 
 
+def _check_rng(rng: object) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("`rng` must be a numpy Generator (the run's noise stream); noise never uses torch's generator.")
+
+
 def poisson_batch(n: int, q: float, rng: np.random.Generator) -> torch.Tensor:
     """Indices of a Poisson-sampled batch: each of n records independently with probability q (a 53-bit
     uniform compared with q), drawn from the noise stream `rng`."""
+    _check_rng(rng)
     return torch.from_numpy(np.flatnonzero(rng.random(n) < q))
 
 
@@ -119,6 +125,7 @@ def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, ga
 def gaussian_noise(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:
     """N(0, std^2) per entry in float64 from the noise stream: (Z1 + Z2 + Z3 + Z4) / 2 * std with Zi standard
     normals (the sum of 4 Gaussians of opacus' secure mode)."""
+    _check_rng(rng)
     z = rng.standard_normal((4, *shape))
     return (z[0] + z[1] + z[2] + z[3]) * (0.5 * std)
 
