@@ -13,9 +13,11 @@ Randomness. The Poisson masks and the Gaussian noise come from the run's noise s
 over ChaCha20, `synthdp.mechanisms.randomness.noise_generator`), not from torch's Mersenne Twister:
 opacus' secure mode needs `torchcsprng`, which is not published for current torch. As in opacus' secure
 mode, each noise coordinate is the sum of 4 independent N(0, std^2) draws divided by 2 (Holohan and
-Braghin 2021, "Secure random sampling in differential privacy", Sec. 5.1), which makes the low-order bits
-of the float noise hard to invert (Mironov 2012's attack on floating-point noise). The noise is drawn and
-added in float64 on the CPU and the result cast to float32.
+Braghin 2021, "Secure random sampling in differential privacy", Sec. 5.1): their defence against attacks
+that recover floating-point Gaussian noise from its low-order bits (the Gaussian analogue of Mironov
+2012's attack on floating-point Laplace noise). It is not a proof; the noisy gradients are never released,
+only the adapter after many optimizer steps. The noise is drawn and added in float64 on the CPU and the
+result cast to float32.
 """
 
 from __future__ import annotations
