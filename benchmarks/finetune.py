@@ -22,6 +22,7 @@ MODES = ("non-private", "dp-opacus", "dp-torch.func")
 def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
 
+    from synthdp.mechanisms.randomness import noise_generator
     from synthdp.models.local import LocalLM
     from synthdp.pipelines.finetune import dpsgd
     from synthdp.pipelines.finetune.pipeline import FinetuneOptions, attach_lora, sample_texts
@@ -33,6 +34,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.Adam(params.values(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
+    noise_rng = noise_generator(0)
     vocab = lm.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.length), generator=gen).to(lm.device)
     labels = ids.clone()
@@ -46,7 +48,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
             dpsgd.per_sequence_loss(model(input_ids=ids).logits, labels).sum().backward()
         else:
             noisy = dpsgd.dp_step(grads, [(ids, labels)], params, clip=1.0, auto_clip=False, noise_multiplier=1.0,
-                                  expected_batch=args.batch, generator=gen)
+                                  expected_batch=args.batch, rng=noise_rng)
             for k, p in params.items():
                 p.grad = noisy[k]
         optimizer.step()

@@ -21,7 +21,7 @@ from synthdp import __version__
 from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parquet, write_text_atomic
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, UserError
-from synthdp.mechanisms.randomness import secure_generator
+from synthdp.mechanisms.randomness import run_streams
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
@@ -215,7 +215,7 @@ def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], N
 
 def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) -> GenerateResult:
     cfg, out = p.cfg, p.cfg.out
-    rng = secure_generator(cfg.seed)
+    rng, noise_rng = run_streams(cfg.seed)  # released choices; noise (ChaCha20)
     tracker = SpendTracker(cfg.delta)
     bar = _progress_bar(cfg.num_samples, show_progress)
 
@@ -225,8 +225,8 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
             bar.update(n)
             bar.set_postfix_str(f"eps spent <= {eps:.3g} of {ledger.epsilon:.3g}")
 
-    ctx = RunContext(rng=rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples, labels=p.data.labels,
-                     resources=p.resources, work_dir=out, resume=resume, progress=progress)
+    ctx = RunContext(rng=rng, noise_rng=noise_rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples,
+                     labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume, progress=progress)
     writer: CorpusWriter | None = None
     try:
         writer = CorpusWriter(out)

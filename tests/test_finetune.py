@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from synthdp.cli import app
 from synthdp.data import Record
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.finetune import dpsgd
 from synthdp.pipelines.finetune.pipeline import DPFinetune, FinetuneOptions, attach_lora, collate, encode_example, prompt_ids
@@ -97,7 +98,7 @@ def test_lora_weights_change_after_a_step(tiny_model_dir: Path) -> None:
     optimizer = torch.optim.Adam(params.values(), lr=1e-2)
     grads = dpsgd.PerExampleGrads(model, "opacus")
     noisy = dpsgd.dp_step(grads, [batch(lm, TEXTS)], params, clip=1.0, auto_clip=False, noise_multiplier=0.5,
-                          expected_batch=3, generator=torch.Generator().manual_seed(0))
+                          expected_batch=3, rng=noise_generator(0))
     grads.close()
     for k, p in params.items():
         p.grad = noisy[k]
@@ -109,7 +110,7 @@ def test_lora_weights_change_after_a_step(tiny_model_dir: Path) -> None:
 def test_added_noise_has_the_stated_std() -> None:
     std, d = 1.7, 200_000
     total = {"w": torch.zeros(d)}
-    noisy = dpsgd.noisy_average(total, std, expected_batch=1.0, generator=torch.Generator().manual_seed(123))["w"].double()
+    noisy = dpsgd.noisy_average(total, std, expected_batch=1.0, rng=noise_generator())["w"].double()
     # sample std of d normals: relative standard error 1/sqrt(2d)
     assert abs(noisy.std().item() / std - 1) < Z / math.sqrt(2 * d)
     assert abs(noisy.mean().item()) < Z * std / math.sqrt(d)
@@ -117,7 +118,7 @@ def test_added_noise_has_the_stated_std() -> None:
 
 def test_sampling_is_poisson_and_the_noisy_sum_is_divided_by_the_expected_batch() -> None:
     n, q, draws = 100, 0.2, 2000
-    gen = torch.Generator().manual_seed(7)
+    gen = noise_generator()
     sizes = torch.tensor([len(dpsgd.poisson_batch(n, q, gen)) for _ in range(draws)], dtype=torch.float64)
     assert len(set(sizes.tolist())) > 5  # sizes vary
     assert abs(sizes.mean().item() - q * n) < Z * math.sqrt(n * q * (1 - q) / draws)
@@ -126,7 +127,7 @@ def test_sampling_is_poisson_and_the_noisy_sum_is_divided_by_the_expected_batch(
     per = [torch.tensor([[0.1, 0.2]]), torch.tensor([[0.3, 0.0], [0.0, 0.4]])]
     micro = [(g, g) for g in per]
     out = dpsgd.dp_step(lambda ids, lab: {"w": ids}, micro, {"w": torch.zeros(2)}, clip=1.0, auto_clip=False,
-                        noise_multiplier=0.0, expected_batch=10, generator=torch.Generator())
+                        noise_multiplier=0.0, expected_batch=10, rng=noise_generator())
     torch.testing.assert_close(out["w"], torch.tensor([0.4, 0.6]) / 10)
 
 

@@ -17,6 +17,7 @@ from synthdp.mechanisms.nn_histogram import (
     sample_select,
     vote_counts,
 )
+from synthdp.mechanisms.randomness import noise_generator
 
 
 def brute_force(x: np.ndarray, y: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -78,10 +79,13 @@ def test_replacing_a_record_moves_the_votes_by_at_most_sqrt2() -> None:
 
 @pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
 def test_noise_has_the_stated_standard_deviation(neighboring: str) -> None:
-    """Residuals of m = 100,000 counts: the sample variance lies in the chi-square interval that holds with
-    probability 1 - 1e-7 (false-failure rate < 1e-6), and the mean within a 1e-7 normal interval."""
-    rng = np.random.default_rng()  # fresh entropy: the bounds hold for any draw with the stated rate
-    sigma, m = 2.5, 100_000
+    """Residuals of m = 20,000 counts: the sample variance lies in the chi-square interval that holds with
+    probability 1 - 1e-7 (false-failure rate < 1e-6), and the mean within a 1e-7 normal interval. The noise is
+    discrete Gaussian: for sigma >= 1 its variance equals sigma^2 to 1e-9 and its squares have the same
+    second moment as a Gaussian's to that precision, so the chi-square interval (a normal approximation at
+    this m) applies as for continuous noise."""
+    rng = noise_generator()  # fresh entropy: the bounds hold for any draw with the stated rate
+    sigma, m = 2.5, 20_000
     x, y = np.random.default_rng(4).normal(size=(64, 8)), np.random.default_rng(5).normal(size=(m, 8))
     counts = vote_counts(nearest_neighbors(x, y, 1), m)
     noisy = dp_nn_histogram(x, y, noise_multiplier=sigma, rng=rng, neighboring=neighboring, threshold=-np.inf)
@@ -112,6 +116,24 @@ def test_threshold_zeroes_small_counts_and_rank_select_keeps_the_largest() -> No
 
 
 def test_empty_private_set_is_pure_noise() -> None:
-    noisy = dp_nn_histogram(np.zeros((0, 4)), np.ones((6, 4)), noise_multiplier=1.0, rng=np.random.default_rng(),
+    noisy = dp_nn_histogram(np.zeros((0, 4)), np.ones((200, 4)), noise_multiplier=1.0, rng=noise_generator(),
                             threshold=-np.inf)
-    assert noisy.shape == (6,) and np.all(noisy != 0)
+    assert noisy.shape == (200,) and np.any(noisy != 0)  # all 200 zero: probability 0.4^200
+
+
+@pytest.mark.parametrize("votes", [1, 4])
+@pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
+def test_vote_noise_is_integer_discrete_gaussian_on_the_integer_votes(votes: int, neighboring: str) -> None:
+    """The released vector times sqrt(votes) minus the integer votes is an integer vector: exact discrete noise
+    on integer counts (1/sqrt(votes) applied after, as post-processing). Its variance is
+    (noise_multiplier * sqrt(votes) * sensitivity)^2 (chi-square interval, false failure 1e-7)."""
+    sigma, m = 1.3, 4000
+    x, y = np.random.default_rng(12).normal(size=(40, 6)), np.random.default_rng(13).normal(size=(m, 6))
+    counts = np.bincount(nearest_neighbors(x, y, votes).reshape(-1), minlength=m)
+    noisy = dp_nn_histogram(x, y, noise_multiplier=sigma, rng=noise_generator(), votes=votes, neighboring=neighboring,
+                            threshold=-np.inf)
+    residual = noisy * math.sqrt(votes) - counts
+    assert np.allclose(residual, np.round(residual), atol=1e-6) and np.any(residual != 0)
+    std = sigma * math.sqrt(votes) * l2_sensitivity(neighboring)
+    ratio = np.sum(np.round(residual) ** 2) / std**2
+    assert stats.chi2.ppf(0.5e-7, m) <= ratio <= stats.chi2.ppf(1 - 0.5e-7, m), ratio / m

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dp_accounting.dp_event import GaussianDpEvent, SelfComposedDpEvent
 from pe_helpers import EchoBackend, HashEmbedder
 from typer.testing import CliRunner
 
@@ -35,8 +36,18 @@ def test_calibration_reproduces_the_reference_sigmas(n: int, sigmas: tuple[float
         sigma = calibrate_gaussian_compositions(epsilon, delta, 10)
         assert sigma == pytest.approx(reference, rel=0.01)
         # the calibrated noise meets the target under the ledger's own accountant, and barely
-        spent = epsilon_report(private_evolution_event(sigma, 10), delta).epsilon
+        spent = epsilon_report(SelfComposedDpEvent(GaussianDpEvent(sigma), 10), delta).epsilon
         assert epsilon * 0.99 <= spent <= epsilon
+
+
+def test_discrete_vote_noise_is_calibrated_on_its_proven_zcdp_bound() -> None:
+    """The votes get discrete Gaussian noise: the ledger holds the zCDP event (RDP-accounted, proven), never
+    the continuous Gaussian's PLD, and the calibration meets the target on that event."""
+    delta = 1e-5
+    sigma = calibrate_gaussian_compositions(2.0, delta, 10, discrete=True)
+    report = epsilon_report(private_evolution_event(sigma, 10), delta)
+    assert report.accountant == "rdp" and 2.0 * 0.99 <= report.epsilon <= 2.0
+    assert sigma > calibrate_gaussian_compositions(2.0, delta, 10)  # the proven bound costs some noise
 
 
 def data_of(labels: tuple[str, ...], per_label: int = 6, duplicate: int = 0) -> LoadedData:
@@ -88,7 +99,7 @@ def test_dp_label_histogram_is_paid_from_the_budget(spelling: str) -> None:
     # the shared histogram's noise (5% of epsilon alone), and the votes calibrated on the composition
     sigma_h = label_histogram.calibrate_noise(2.0, 1e-5)
     assert plan.events[0].event == label_histogram.histogram_event(sigma_h)
-    assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=(plan.events[0].event,)))
+    assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=(plan.events[0].event,), discrete=True))
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 2.0
     assert any("DP label histogram" in a for a in plan.public_assumptions)
 

@@ -6,8 +6,9 @@ batch counts, Private Evolution's and DP fine-tuning's samples per label).
 Sensitivity. Each record adds 1 to the count of its own label. Adding or removing one record moves
 one count by 1: L2 sensitivity 1. Replacing one record moves at most two counts by 1 each (its old
 and its new label): L2 sensitivity sqrt(2). With noise of standard deviation
-`noise_multiplier * sensitivity` on every count, one release is the Gaussian mechanism
-`GaussianDpEvent(noise_multiplier)` of dp_accounting (Dwork & Roth 2014, appendix A).
+`noise_multiplier * sensitivity` on every count, one release is the Gaussian mechanism; the counts are
+integers and the noise is the exact discrete Gaussian (Canonne, Kamath & Steinke 2020), ledgered as the
+zCDP event `discrete_gaussian_event(noise_multiplier)` = rho 1 / (2 noise_multiplier^2).
 
 Noise rule (the same for every pipeline): the noise multiplier is calibrated by dp_accounting so that
 the histogram on its own would cost `EPSILON_FRACTION` (5%) of the run's target epsilon at the run's
@@ -31,7 +32,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from dp_accounting import dp_event
 
-from synthdp.privacy.accounting import calibrate_gaussian_compositions
+from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
+from synthdp.privacy.accounting import calibrate_gaussian_compositions, discrete_gaussian_event
 
 EPSILON_FRACTION = 0.05  # the histogram alone costs this fraction of the target epsilon
 SENSITIVITY: dict[str, float] = {"add_remove": 1.0, "replace_one": math.sqrt(2.0)}
@@ -57,12 +59,12 @@ def calibrate_noise(target_epsilon: float, delta: float, fraction: float = EPSIL
     (dp_accounting, rounded toward more noise)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`fraction` must be in (0, 1). Found {fraction}.")
-    return calibrate_gaussian_compositions(fraction * target_epsilon, delta, 1)
+    return calibrate_gaussian_compositions(fraction * target_epsilon, delta, 1, discrete=True)
 
 
 def histogram_event(noise_multiplier: float) -> dp_event.DpEvent:
-    """One release of the noisy count vector (all labels at once)."""
-    return dp_event.GaussianDpEvent(noise_multiplier)
+    """One release of the noisy count vector (all labels at once): discrete Gaussian noise, zCDP-accounted."""
+    return discrete_gaussian_event(noise_multiplier)
 
 
 def exact_counts(record_labels: Iterable[str | None], labels: Sequence[str | None]) -> np.ndarray:
@@ -78,12 +80,13 @@ def exact_counts(record_labels: Iterable[str | None], labels: Sequence[str | Non
 
 def noisy_counts(counts: np.ndarray, noise_multiplier: float, neighboring: str,
                  rng: np.random.Generator) -> np.ndarray:
-    """counts + N(0, (noise_multiplier * sensitivity)^2) on every count, as float64."""
+    """counts + N_Z(0, (noise_multiplier * sensitivity)^2) on every count: exact discrete Gaussian noise
+    (the counts are integers) drawn from `rng`, the run's noise stream; returned as float64."""
     if not noise_multiplier > 0:
         raise ValueError(f"`noise_multiplier` must be > 0. Found {noise_multiplier}.")
     std = noise_multiplier * l2_sensitivity(neighboring)
-    counts = np.asarray(counts, dtype=np.float64)
-    return counts + rng.normal(0.0, std, size=counts.shape)
+    counts = np.asarray(counts, dtype=np.int64)
+    return (counts + discrete_gaussian(std, counts.size, rng).reshape(counts.shape)).astype(np.float64)
 
 
 def describe(noise_multiplier: float, neighboring: str, num_labels: int, purpose: str) -> str:

@@ -1,15 +1,20 @@
 """The DP nearest-neighbour histogram of Private Evolution (Lin et al. 2023; Xie et al. 2024, Aug-PE).
 
 Each private record votes for its k nearest candidates (in embedding space); the vote vector is
-released with Gaussian noise, then an optional threshold H zeroes the small counts.
+released with (discrete) Gaussian noise, then an optional threshold H zeroes the small counts.
 
-Sensitivity. A record contributes k votes of weight 1/sqrt(k) to k distinct candidates, so its
-contribution vector has L2 norm sqrt(k * (1/sqrt(k))^2) = 1. Adding or removing one record moves the
-count vector by exactly that vector: L2 sensitivity 1 under add/remove. Replacing one record removes
-one such vector and adds another: L2 sensitivity at most sqrt(2) under replace-one. With noise of
-standard deviation `noise_multiplier * sensitivity`, one release is the Gaussian mechanism
-`GaussianDpEvent(noise_multiplier)` of dp_accounting; T releases on the same records compose as
-`SelfComposedDpEvent(GaussianDpEvent(noise_multiplier), T)`.
+Sensitivity. A record casts k votes (weight 1 each) for k distinct candidates, so the integer vote vector
+moves by a 0/1 vector with k ones when one record is added or removed: L2 sensitivity sqrt(k) under
+add/remove; replacing one record removes one such vector and adds another: at most sqrt(2k) under
+replace-one. The integer votes get exact discrete Gaussian noise N_Z(0, sigma^2) per candidate with
+sigma = noise_multiplier * sqrt(k) * (1 or sqrt(2)) (`synthdp.mechanisms.discrete_gaussian`, drawn from
+the run's noise stream), and the result is divided by sqrt(k) (post-processing), so the released vector is
+on the same scale as the 1/sqrt(k)-weighted votes of Aug-PE, whose L2 sensitivity is 1 (add/remove) or
+sqrt(2) (replace-one). Delta / sigma = 1 / noise_multiplier either way, so one release is
+(1 / (2 noise_multiplier^2))-zCDP (Canonne, Kamath & Steinke 2020), ledgered as
+`synthdp.privacy.accounting.discrete_gaussian_event(noise_multiplier)`; T releases compose as
+`discrete_gaussian_event(noise_multiplier, T)`. The proven guarantee of the discrete Gaussian is the zCDP /
+RDP one (the module docstring of `discrete_gaussian` says exactly what holds), so RDP accounts for it.
 
 The search is exact and chunked: private rows are processed `chunk_rows` at a time against all
 candidates, so memory is O(chunk_rows * candidates + data) (100k x 100k at dim 384 stays a few GB).
@@ -23,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
 
 Metric = Literal["l2", "cosine"]
 SENSITIVITY: dict[str, float] = {"add_remove": 1.0, "replace_one": math.sqrt(2.0)}
@@ -75,15 +82,19 @@ def nearest_neighbors(
     return out
 
 
+def integer_votes(neighbors: np.ndarray, num_candidates: int) -> np.ndarray:
+    """The integer vote vector (int64): each row of `neighbors` (n, k) adds 1 to each of its k (distinct) candidates."""
+    return np.bincount(neighbors.reshape(-1), minlength=num_candidates).astype(np.int64)
+
+
 def vote_counts(neighbors: np.ndarray, num_candidates: int) -> np.ndarray:
-    """The vote vector: each row of `neighbors` (n, k) adds 1/sqrt(k) to each of its k (distinct) candidates."""
-    k = neighbors.shape[1]
-    counts = np.bincount(neighbors.reshape(-1), minlength=num_candidates).astype(np.float64)
-    return counts / math.sqrt(k)
+    """The weighted vote vector: each row of `neighbors` (n, k) adds 1/sqrt(k) to each of its k candidates."""
+    return integer_votes(neighbors, num_candidates) / math.sqrt(neighbors.shape[1])
 
 
 def add_gaussian_noise(counts: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    """counts + N(0, std^2) per entry, drawn from `rng`."""
+    """counts + N(0, std^2) per entry, drawn from `rng` in float64 (continuous: for quantities that are not
+    integers; integer counts take `discrete_gaussian`)."""
     if not std >= 0:
         raise ValueError(f"`std` must be >= 0. Found {std}.")
     return counts + rng.normal(0.0, std, size=counts.shape)
@@ -99,9 +110,10 @@ def dp_nn_histogram(
     rng: np.random.Generator, votes: int = 1, threshold: float = 0.0, neighboring: str = "add_remove",
     metric: Metric = "l2", chunk_rows: int = 4096, device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """One DP release: nearest-neighbour votes + N(0, (noise_multiplier * sensitivity)^2), thresholded at H.
+    """One DP release: (integer votes + N_Z(0, (noise_multiplier * sqrt(votes) * s)^2)) / sqrt(votes), thresholded
+    at H, with s = 1 (add/remove) or sqrt(2) (replace-one). Noise residuals are integers / sqrt(votes).
 
-    The DpEvent of one call is `GaussianDpEvent(noise_multiplier)`; `rng` must be the run's generator.
+    The DpEvent of one call is `discrete_gaussian_event(noise_multiplier)` (zCDP); `rng` must be the run's noise stream.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError("`rng` must be a numpy Generator (the run's generator); noise never uses global state.")
@@ -109,11 +121,14 @@ def dp_nn_histogram(
         raise ValueError(f"`noise_multiplier` must be > 0. Found {noise_multiplier}.")
     m = int(candidates.shape[0])
     if private.shape[0] == 0:
-        counts = np.zeros(m)
+        counts = np.zeros(m, dtype=np.int64)
     else:
-        counts = vote_counts(nearest_neighbors(private, candidates, votes, metric=metric, chunk_rows=chunk_rows,
-                                               device=device), m)
-    noisy = add_gaussian_noise(counts, noise_multiplier * l2_sensitivity(neighboring), rng)
+        counts = integer_votes(nearest_neighbors(private, candidates, votes, metric=metric, chunk_rows=chunk_rows,
+                                                 device=device), m)
+    scale = math.sqrt(votes)
+    # sigma >= noise_multiplier * (integer sensitivity): a relative 1e-12 up, so float rounding never shrinks it
+    sigma = noise_multiplier * l2_sensitivity(neighboring) * scale * (1 + 1e-12)
+    noisy = (counts + discrete_gaussian(sigma, m, rng)) / scale
     return apply_threshold(noisy, threshold)
 
 

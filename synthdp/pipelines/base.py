@@ -21,6 +21,7 @@ from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, Record
 from synthdp.errors import OptionError
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy.ledger import LedgerEvent
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"
@@ -56,13 +57,19 @@ class PrivacyPlan:
 
 @dataclass
 class RunContext:
-    """What a pipeline's `run` gets besides the records."""
+    """What a pipeline's `run` gets besides the records.
+
+    Two random streams (`synthdp.mechanisms.randomness`): `noise_rng` (ChaCha20, a CSPRNG) for every draw
+    that protects records (mechanism noise, exponential-mechanism draws, DP-SGD noise and sampling, hash
+    salts); `rng` only for choices that are released anyway (public tokens, samples from a DP model).
+    """
 
     rng: np.random.Generator
     seeded: bool
     num_samples: int
     labels: tuple[str, ...]
     resources: Any  # what `load_resources` returned (models)
+    noise_rng: np.random.Generator = field(default_factory=noise_generator)  # the run's noise stream
     work_dir: Path | None = None  # the run's output folder (checkpoints, caches); never the corpus itself
     resume: bool = False  # continuing a run whose plan is already charged: never spend twice
     progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None

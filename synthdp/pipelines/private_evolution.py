@@ -248,22 +248,24 @@ class PrivateEvolution:
         others = tuple(e.event for e in events)
         count = options.iterations
         if options.noise is None:
-            sigma = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others)
+            sigma = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others,
+                                                    discrete=True)
         else:
             sigma = options.noise
         events.append(LedgerEvent(
             "private-evolution votes",
             f"T = {options.iterations} rounds of the DP nearest-neighbour histogram: each private record casts "
             f"{options.votes} vote(s) of weight 1/sqrt({options.votes}) for its nearest candidate(s) of its own "
-            f"label (L2 sensitivity {sensitivity:.3g} for {target.neighboring.replace('_', '/')}), plus Gaussian noise "
-            f"of standard deviation {sigma * sensitivity:.4g} (noise multiplier {sigma:.4g}), threshold H = "
+            f"label (L2 sensitivity {sensitivity:.3g} for {target.neighboring.replace('_', '/')}), plus exact discrete "
+            f"Gaussian noise (zCDP, Canonne et al. 2020) of standard deviation {sigma * sensitivity:.4g} (noise multiplier {sigma:.4g}), threshold H = "
             f"{options.threshold:g}. Labels partition the records, so all labels' votes in a round are one Gaussian "
             f"release (parallel composition: the cost does not grow with the number of labels)",
             private_evolution_event(sigma, options.iterations)))
         if options.noise is not None:
             spent = epsilon_report([e.event for e in events], target.delta).epsilon
             if spent > target.epsilon * (1 + 1e-9):
-                needed = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others)
+                needed = calibrate_gaussian_compositions(target.epsilon, target.delta, count, other_events=others,
+                                                    discrete=True)
                 raise PrivacyParameterError(
                     f"`noise` = {options.noise:g} over {count} vote round(s) gives epsilon {spent:.4g} at delta "
                     f"{target.delta:g}, above the target {target.epsilon:g}. Use noise >= {needed:.4g}, leave `noise` "
@@ -416,7 +418,7 @@ class PrivateEvolution:
                 hist = plan.parameters["label_histogram"]
                 noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
                                                      float(hist["noise_multiplier"]),
-                                                     str(plan.parameters["neighboring"]), ctx.rng)
+                                                     str(plan.parameters["neighboring"]), ctx.noise_rng)
                 counts = split_by_weights(total, list(noisy))
             else:
                 weights = o.label_weights()
@@ -483,7 +485,7 @@ class PrivateEvolution:
                     emb = res.embedder.embed(cands)
                     timings["embedding"] += time.perf_counter() - start
                     start = time.perf_counter()
-                    noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=sigma, rng=ctx.rng,
+                    noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=sigma, rng=ctx.noise_rng,
                                             votes=min(o.votes, len(cands)), threshold=o.threshold,
                                             neighboring=str(plan.parameters["neighboring"]),
                                             device=res.embedder.device)

@@ -107,11 +107,13 @@ def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str |
 
 
 def choose_token(
-    logits: torch.Tensor, o: PrivatePredictionOptions, svt: SparseVector | None, rng: np.random.Generator
+    logits: torch.Tensor, o: PrivatePredictionOptions, svt: SparseVector | None, rng: np.random.Generator,
+    noise_rng: np.random.Generator | None = None,
 ) -> tuple[int, bool]:
     """One token of Algorithm 1. logits: (m + 1, V), m private rows then the public row.
 
-    Returns (token, whether it was private). The SVT distance uses the raw logits; the exponential
+    Returns (token, whether it was private). The private draw comes from `noise_rng` (the run's noise
+    stream; `rng` when None), the public one from `rng`. The SVT distance uses the raw logits; the exponential
     mechanism uses the re-centred, clipped ones, averaged with the fixed divisor s.
     """
     private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
@@ -120,7 +122,7 @@ def choose_token(
         allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
     if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
         scores = aggregate_clipped(private_logits, o.clip, o.batch_size).double().cpu().numpy()
-        return sample_softmax(scores, o.temperature, rng, allowed), True
+        return sample_softmax(scores, o.temperature, rng if noise_rng is None else noise_rng, allowed), True
     return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
 
 
@@ -241,7 +243,7 @@ class PrivatePrediction:
         rho = float(plan.parameters["rho_per_private_token"])
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         per_label = split_quota(ctx.num_samples, len(labels))
-        salt = salt_bytes(ctx.rng, ctx.seeded)
+        salt = salt_bytes(ctx.noise_rng, ctx.seeded)
         batches_by_label = self.batch_counts(records, labels, plan, ctx)
         texts_by_label: dict[str | None, list[str]] = {}
         for rec in records:
@@ -269,7 +271,7 @@ class PrivatePrediction:
         hist = plan.parameters["label_histogram"]
         noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
                                              float(hist["noise_multiplier"]), str(plan.parameters["neighboring"]),
-                                             ctx.rng)
+                                             ctx.noise_rng)
         batches = batches_per_label(dict(zip(labels, noisy)), int(plan.parameters["divisor_s"]))
         ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
         return batches
@@ -297,7 +299,7 @@ class PrivatePrediction:
             return
         rng = ctx.rng
         decoder = lm.decoder(self.prompts(lm, texts, label, o), max_new_tokens=o.max_tokens)
-        svt = SparseVector(o.svt_threshold, o.svt_noise, rng) if o.svt else None
+        svt = SparseVector(o.svt_threshold, o.svt_noise, ctx.noise_rng) if o.svt else None
         spent = 0  # t: private tokens used by this batch
         made = 0
         logits = decoder.prefill()  # (rows, V): rows = len(texts) private + 1 public
@@ -306,7 +308,7 @@ class PrivatePrediction:
             tokens: list[int] = []
             finished = False
             for _ in range(o.max_tokens):
-                token, private = choose_token(logits, o, svt, rng)
+                token, private = choose_token(logits, o, svt, rng, ctx.noise_rng)
                 spent += private
                 tally[private] += 1
                 if token in lm.stop_ids:

@@ -241,15 +241,31 @@ def event_from_json(data: dict[str, Any]) -> dp_event.DpEvent:
 # --------------------------------------------------------------------------- private evolution
 
 
+def discrete_gaussian_event(noise_multiplier: float, count: int = 1) -> dp_event.DpEvent:
+    """`count` releases of an integer-valued query of L2 sensitivity Delta plus discrete Gaussian noise
+    N_Z(0, (noise_multiplier * Delta)^2) per coordinate, as the zCDP event rho = count / (2 noise_multiplier^2).
+
+    Canonne, Kamath & Steinke 2020 (Theorem 4, composed): the discrete Gaussian has the continuous
+    Gaussian's RDP curve, so this rho is proven. Its PLD is NOT the continuous Gaussian's (it is slightly
+    worse at some points: synthdp/mechanisms/discrete_gaussian.py), so discrete releases are never ledgered
+    as `GaussianDpEvent`; the PLD accountant does not support `ZCDpEvent`, and a report that includes this
+    event is RDP's: the proven bound.
+    """
+    if not noise_multiplier > 0 or count < 1:
+        raise ValueError(f"`noise_multiplier` must be > 0 and `count` >= 1. Found {noise_multiplier}, {count}.")
+    return dp_event.ZCDpEvent(count / (2.0 * noise_multiplier**2))
+
+
 def private_evolution_event(noise_multiplier: float, iterations: int) -> dp_event.DpEvent:
     """T rounds of the DP nearest-neighbour histogram of Private Evolution (Aug-PE, Xie et al. 2024).
 
-    Each round releases the vote vector (L2 sensitivity 1 under add/remove, with k votes scaled by
-    1/sqrt(k)) plus N(0, sigma^2) noise: a Gaussian mechanism with noise multiplier sigma. Labels
-    partition the records, so the vote vectors of all labels together are one vector of sensitivity 1
-    (parallel composition): this event is the whole run's, whatever the number of labels.
+    Each round releases the integer vote vector (L2 sensitivity sqrt(k) with k votes per record under
+    add/remove) plus discrete Gaussian noise of sigma = noise_multiplier * sensitivity: `discrete_gaussian_event`
+    (zCDP 1 / (2 noise_multiplier^2) per round). Labels partition the records, so the vote vectors of all
+    labels together are one vector of the same sensitivity (parallel composition): this event is the
+    whole run's, whatever the number of labels.
     """
-    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), iterations)
+    return discrete_gaussian_event(noise_multiplier, iterations)
 
 
 def _pld_accountant(discretization: float) -> Callable[[], dp_accounting.PrivacyAccountant]:
@@ -258,11 +274,12 @@ def _pld_accountant(discretization: float) -> Callable[[], dp_accounting.Privacy
 
 def calibrate_gaussian_compositions(
     target_epsilon: float, delta: float, count: int, *, tolerance: float = 1e-3,
-    other_events: tuple[dp_event.DpEvent, ...] = (),
+    other_events: tuple[dp_event.DpEvent, ...] = (), discrete: bool = False,
 ) -> float:
     """Smallest noise multiplier sigma (to within `tolerance` relative) with
     epsilon(SelfComposedDpEvent(GaussianDpEvent(sigma), count)) <= target_epsilon at `delta`,
-    composed with `other_events` (e.g. a DP label histogram of the same run) when given.
+    composed with `other_events` (e.g. a DP label histogram of the same run) when given. With `discrete`,
+    the releases are discrete Gaussian ones (`discrete_gaussian_event`), accounted by RDP only.
 
     `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial. The RDP accountant gives
     an upper bracket quickly (RDP is a valid but looser bound, so its sigma already meets the target);
@@ -274,7 +291,10 @@ def calibrate_gaussian_compositions(
         raise ValueError(f"`count` must be positive. Found {count}.")
 
     def make_event(sigma: float) -> dp_event.DpEvent:
-        event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
+        if discrete:
+            event = discrete_gaussian_event(sigma, count)
+        else:
+            event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
         return dp_event.ComposedDpEvent([*other_events, event]) if other_events else event
 
     try:
@@ -282,8 +302,8 @@ def calibrate_gaussian_compositions(
             rdp_accountant, make_event, target_epsilon, delta,
             dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
         ))
-        if target_epsilon > PLD_MAX_EPSILON:
-            return upper  # RDP's sigma meets the target; PLD would not fit in memory here
+        if target_epsilon > PLD_MAX_EPSILON or not _pld_supports(make_event(upper)):
+            return upper  # RDP's sigma meets the target; PLD would not fit in memory, or does not apply
         lower = 0.5 * upper
         if float(_pld_accountant(1e-3)().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
             return upper  # cannot happen for Gaussians (PLD is within a few % of RDP); keep the safe value
@@ -341,8 +361,8 @@ def calibrate_dpsgd_noise(
             rdp_accountant, make_event, target_epsilon, delta,
             dp_accounting.LowerEndpointAndGuess(floor, 1.0), tol=1e-4,
         ))
-        if target_epsilon > PLD_MAX_EPSILON:
-            return upper  # RDP's sigma meets the target; PLD would not fit in memory here
+        if target_epsilon > PLD_MAX_EPSILON or not _pld_supports(make_event(upper)):
+            return upper  # RDP's sigma meets the target; PLD would not fit in memory, or does not apply
         lower = 0.5 * upper
         if float(coarse_pld().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
             return upper  # PLD is never this far below RDP for these events; keep the safe value

@@ -23,6 +23,7 @@ from synthdp import __version__
 from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserError
 from synthdp.mechanisms import label_histogram
+from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
     DP_LABEL_COUNTS,
@@ -244,9 +245,9 @@ def sample_texts(lm: LocalLM, prompt: list[int], count: int, options: FinetuneOp
 
 def save_checkpoint(work_dir: Path, step: int, model: Any, optimizer: torch.optim.Optimizer,
                     fingerprint: dict[str, Any], histogram: list[float] | None) -> None:
-    """Atomically write the training state after `step` steps. The noise and sampling generators are
-    deliberately NOT saved: from a torch (Mersenne Twister) state the earlier draws can be recomputed,
-    which would expose the noise of the steps already run; a resume draws fresh seeds instead."""
+    """Atomically write the training state after `step` steps. The noise stream's state is deliberately
+    NOT saved: from a generator state the earlier draws can be recomputed, which would expose the noise of
+    the steps already run; a resume forks a fresh noise stream instead."""
     folder = work_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -375,7 +376,7 @@ class DPFinetune:
             if histogram is None and hist is not None:
                 histogram = label_histogram.noisy_counts(
                     label_histogram.exact_counts((r.label for r in records), labels), float(hist["noise_multiplier"]),
-                    "add_remove", ctx.rng).tolist()
+                    "add_remove", ctx.noise_rng).tolist()
             weights = histogram or [1.0] * len(labels)
             self.train(model, lm, records, options, plan, ctx, state, fingerprint, weights)
             if work is not None:
@@ -399,18 +400,19 @@ class DPFinetune:
                     p.copy_(state["adapter"][k].to(p.device))
             optimizer.load_state_dict(state["optimizer"])
             start = int(state["step"])
-        # Fresh seeds, mixed with the step count, on every (re)start: never the same noise twice.
-        sampler, noise = torch_generator(ctx.rng, 10 + 2 * start), torch_generator(ctx.rng, 11 + 2 * start)
+        # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
+        # resume never replays the noise of the steps already run.
+        noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
         examples = [encode_example(lm, options, r) for r in records]
         grads = PerExampleGrads(model, options.grad_engine)
         model.train()
         try:
             for step in range(start, steps):
-                batch = poisson_batch(len(examples), q, sampler).tolist()
+                batch = poisson_batch(len(examples), q, noise).tolist()
                 micro = [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
                          for j in range(0, len(batch), options.micro_batch_size)]
                 noisy = dp_step(grads, micro, params, clip=clip, auto_clip=options.auto_clip, noise_multiplier=sigma,
-                                expected_batch=options.batch_size, generator=noise)
+                                expected_batch=options.batch_size, rng=noise)
                 for k, p in params.items():
                     p.grad = noisy[k].to(p.dtype)
                 optimizer.step()
