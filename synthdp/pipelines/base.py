@@ -97,7 +97,8 @@ class Pipeline(Protocol):
 
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`
-        (its size, its label set and the per-label sizes it declares public)."""
+        (its label set; its size only where the ledger then lists it as public). Anything else computed
+        from the records (e.g. per-label counts) is drawn with noise in `run` and paid for here."""
 
     def run(self, records: list[Record], options: Any, plan: PrivacyPlan, ctx: RunContext) -> Iterator[SyntheticRecord]:
         """Generate the synthetic records."""
