@@ -237,7 +237,7 @@ class PrivateEvolution:
         dp_labels = options.label_counts in DP_LABEL_COUNTS and label_histogram.needs_histogram(
             len(labels), target.neighboring, uses_sizes=False)
         sensitivity = l2_sensitivity(target.neighboring)
-        events = []
+        events, sigma_h = [], 0.0
         if dp_labels:
             sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
             events.append(LedgerEvent(
@@ -289,8 +289,7 @@ class PrivateEvolution:
         parameters = {"noise_multiplier": sigma, "noise_std": sigma * sensitivity, "l2_sensitivity": sensitivity,
                       "iterations": options.iterations, "gaussian_releases": count + int(dp_labels),
                       "dp_label_histogram": dp_labels,
-                      "label_histogram": label_histogram.plan_parameters(float(others[0].noise_multiplier),  # type: ignore[attr-defined]
-                                                                         target.neighboring) if dp_labels else None,
+                      "label_histogram": label_histogram.plan_parameters(sigma_h, target.neighboring) if dp_labels else None,
                       "calibrated": options.noise is None, "neighboring": target.neighboring}
         return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
 

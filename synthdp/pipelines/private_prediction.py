@@ -157,7 +157,7 @@ class PrivatePrediction:
         rho = self.token_rho(options, target)
         labels: tuple[str | None, ...] = data.labels or (None,)
         sizes = self.check_sizes(options, data.labels)
-        histogram = None
+        histogram, sigma_h = None, 0.0
         if sizes is None and label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
             sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
             histogram = LedgerEvent("label histogram", label_histogram.describe(
@@ -214,7 +214,7 @@ class PrivatePrediction:
             "private_tokens_per_batch": r, "rho_per_private_token": rho, "divisor_s": options.batch_size,
             "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
             "label_histogram": None if histogram is None else label_histogram.plan_parameters(
-                float(histogram.event.noise_multiplier), target.neighboring),  # type: ignore[attr-defined]
+                sigma_h, target.neighboring),
             "neighboring": target.neighboring,
         }
         events = ([histogram] if histogram is not None else []) + [

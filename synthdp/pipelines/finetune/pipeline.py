@@ -309,10 +309,11 @@ class DPFinetune:
         n = len(data.records)
         q, steps = self.schedule(options, n)
         labels = data.labels or ()
-        histogram = None
+        histogram, sigma_h = None, 0.0
         if options.label_counts in DP_LABEL_COUNTS and label_histogram.needs_histogram(
                 len(labels), target.neighboring, uses_sizes=False):
-            histogram = label_histogram.histogram_event(label_histogram.calibrate_noise(target.epsilon, target.delta))
+            sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
+            histogram = label_histogram.histogram_event(sigma_h)
         others = (histogram,) if histogram is not None else ()
         if options.noise is None:
             sigma = calibrate_dpsgd_noise(q, steps, target.epsilon, target.delta, others)
@@ -327,7 +328,7 @@ class DPFinetune:
         if histogram is not None:
             events.append(LedgerEvent(
                 "DP label histogram",
-                label_histogram.describe(histogram.noise_multiplier, target.neighboring, len(labels),  # type: ignore[attr-defined]
+                label_histogram.describe(sigma_h, target.neighboring, len(labels),
                                          "sets the number of synthetic texts per label"),
                 histogram))
         events.append(LedgerEvent(
@@ -349,7 +350,7 @@ class DPFinetune:
                       "expected_batch_size": options.batch_size, "clip": options.clip,
                       "noise_calibrated": options.noise is None,
                       "label_histogram": None if histogram is None else label_histogram.plan_parameters(
-                          histogram.noise_multiplier, target.neighboring)}  # type: ignore[attr-defined]
+                          sigma_h, target.neighboring)}
         return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
 
     # ------------------------------------------------------------------ run
