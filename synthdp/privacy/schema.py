@@ -297,6 +297,8 @@ def validate_ledger(data: Any, path: Any, format_name: str) -> None:
 
 def read_json(path: Any, what: str, missing_fix: str, fix: str) -> Any:
     """The JSON content of `path`; a missing, unreadable, binary or malformed file is a `UserError`."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise UserError(f"The {what} {path} is not a regular file. {missing_fix}")
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
