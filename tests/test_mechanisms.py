@@ -13,9 +13,10 @@ import torch
 from scipy import integrate, stats
 
 from synthdp.mechanisms.clipping import recentre_clip
-from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
+from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax, sum_clipped
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
+from synthdp.pipelines.private_prediction import PrivatePredictionOptions, choose_token
 
 P_MIN = 1e-7
 DRAWS = 40_000
@@ -75,16 +76,83 @@ def test_aggregate_moves_at_most_c_over_s_when_a_record_is_added() -> None:
     assert torch.equal(aggregate_clipped(torch.zeros(0, 5), c, s), torch.zeros(5))  # empty batch: uniform
 
 
+def test_float64_aggregate_keeps_the_sensitivity_that_float32_exceeded() -> None:
+    gen = torch.Generator().manual_seed(0)
+    c, s = 10.0, 255
+    rows, extra = torch.randn(s, 2000, generator=gen) * 6, torch.randn(1, 2000, generator=gen) * 6
+    both = torch.cat([rows, extra])
+    # the sum of clipped logits is exact: one record moves it by at most c, with no rounding at all
+    assert (sum_clipped(both, c) - sum_clipped(rows, c)).abs().max() <= c
+    # the mean rounds once (division by s): relative excess at most rows * 2^-52 (6e-14 here)
+    change = (aggregate_clipped(both, c, s) - aggregate_clipped(rows, c, s)).abs().max().item()
+    assert change <= (c / s) * (1 + (s + 1) * 2.0**-52)
+    # the float32 computation used before exceeded c/s on these same rows (by a factor 1.00003)
+    def float32_mean(z: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(z - z.amax(dim=-1, keepdim=True) + c, min=-c).sum(dim=0) / s
+    assert (float32_mean(both) - float32_mean(rows)).abs().max().item() > (c / s) * (1 + 1e-6)
+
+
+def test_a_non_finite_private_row_counts_as_the_uniform_row() -> None:
+    gen = torch.Generator().manual_seed(5)
+    c, s = 3.0, 6
+    rows, pub = torch.randn(4, 9, generator=gen) * 3, torch.randn(9, generator=gen)
+    zeros = rows.clone()
+    zeros[1] = 0.0  # the replacement: clipped to c everywhere, a uniform distribution
+    for bad_value in (float("nan"), float("inf"), -float("inf")):
+        bad = rows.clone()
+        bad[1, 4] = bad_value
+        assert torch.equal(aggregate_clipped(bad, c, s), aggregate_clipped(zeros, c, s))
+        assert distribution_distance(bad, pub, s) == distribution_distance(zeros, pub, s)
+    assert torch.equal(recentre_clip(torch.zeros(2, 9), c), torch.full((2, 9), c, dtype=torch.float64))
+
+
+def test_one_nan_row_samples_like_the_row_replaced_by_the_uniform_row() -> None:
+    # 1000 draws through choose_token (SVT off) with one NaN private row. Before, every draw was the
+    # last candidate (1000 of 1000). Chi-square at p > 1e-7 against softmax of the scores with the
+    # row replaced: false failure about 1e-7 (expected counts >= 90 here).
+    gen = torch.Generator().manual_seed(6)
+    o = PrivatePredictionOptions(batch_size=3, clip=2.0, temperature=1.0, svt=False, top_k=None)
+    logits = torch.randn(4, 5, generator=gen)  # 3 private rows, then the public row
+    logits[1, 2] = float("nan")
+    replaced = logits.clone()
+    replaced[1] = 0.0
+    scores = aggregate_clipped(replaced[:-1], o.clip, o.batch_size).double().numpy()
+    rng = secure_generator()
+    counts = np.bincount([choose_token(logits, o, None, rng)[0] for _ in range(1000)], minlength=5)
+    probs = softmax(scores / o.temperature)
+    assert probs.min() * 1000 >= 90
+    assert chi_square_p(counts, probs) > P_MIN
+
+
+def test_non_finite_scores_or_public_logits_are_refused() -> None:
+    rng = secure_generator()
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(FloatingPointError):
+            sample_softmax(np.array([0.0, bad, 1.0]), 1.0, rng)
+        with pytest.raises(FloatingPointError):
+            sample_softmax(np.array([0.0, bad, 1.0]), 1.0, rng, allowed=np.array([0, 2]))
+        public = torch.zeros(4, 5)
+        public[-1, 3] = bad
+        with pytest.raises(FloatingPointError):
+            choose_token(public, PrivatePredictionOptions(batch_size=3), SparseVector(0.5, 0.2, rng), rng)
+        with pytest.raises(FloatingPointError):
+            distribution_distance(public[:-1], public[-1], 3)
+        with pytest.raises(FloatingPointError):
+            SparseVector(0.5, 0.2, rng).above(bad)
+    with pytest.raises(ValueError):
+        sample_softmax(np.zeros(3), float("nan"), rng)
+
+
 # --------------------------------------------------------------------------- clipping
 
 
 def test_recentre_clip_range_top_and_shift_invariance() -> None:
     gen = torch.Generator().manual_seed(3)
-    z = torch.randn(5, 50, generator=gen) * 20
+    z = torch.randn(5, 50, generator=gen, dtype=torch.float64) * 20  # clipping computes in float64
     c = 4.0
     out = recentre_clip(z, c)
     assert out.min() >= -c and out.max() <= c
-    torch.testing.assert_close(out.amax(dim=-1), torch.full((5,), c))  # top logit re-centred to c
+    torch.testing.assert_close(out.amax(dim=-1), torch.full((5,), c, dtype=torch.float64))  # top logit re-centred to c
     torch.testing.assert_close(recentre_clip(z + 123.0, c), out, atol=1e-4, rtol=0)  # shift invariant
     # entries within 2c of the top keep their gaps (softmax over them is preserved)
     near = (z - z.amax(dim=-1, keepdim=True)) > -2 * c

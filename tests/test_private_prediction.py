@@ -45,11 +45,12 @@ class ScriptedDecoder:
 
 class ScriptedLM:
     stop_ids = frozenset({STOP})
+    device = torch.device("cpu")
 
     def __init__(self, stop_at: int) -> None:
         self.stop_at = stop_at
 
-    def decoder(self, rows: list[list[int]], max_new_tokens: int) -> ScriptedDecoder:
+    def decoder(self, rows: list[list[int]], max_new_tokens: int, **fixed_shape: int) -> ScriptedDecoder:
         return ScriptedDecoder(len(rows), self.stop_at)
 
     def decode(self, ids: list[int]) -> str:
@@ -61,6 +62,7 @@ def run_batch(stop_at: int, r: int, quota: int, **opts: object) -> tuple[list[st
     ctx = RunContext(rng=secure_generator(), seeded=False, num_samples=quota, labels=("a",), resources=None)
     pipeline = pp.PrivatePrediction()
     pipeline.prompts = lambda lm, texts, label, o: [[1]] * (len(texts) + 1)  # type: ignore[method-assign]
+    pipeline.prompt_width = lambda lm, label, o: 2  # type: ignore[method-assign]
     texts = list(pipeline.generate_batch(ScriptedLM(stop_at), ["x"] * 4, "a", quota, r, 1e-3, o, ctx))  # type: ignore[arg-type]
     return texts, ctx
 

@@ -2,7 +2,9 @@
 
 Decoding follows the pitfalls list of algorithms.md: rows are left-padded, position ids come from
 the attention mask (cumsum - 1), the KV cache is reused across steps (and trimmed back to the
-prompt to start another example), and only the last position's logits are materialised.
+prompt to start another example), and only the last position's logits are materialised. For
+private prompts the padded width and the rows per forward pass are fixed by public quantities, so a
+row's logits depend on its own prompt only (see `Decoder`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -180,113 +185,159 @@ class LocalLM:
             return list(tok(text + assistant_prefix, add_special_tokens=False)["input_ids"])
         return list(tok(user + "\n" + assistant_prefix)["input_ids"])
 
-    def decoder(self, rows: list[list[int]], max_new_tokens: int) -> Decoder:
-        return Decoder(self.model, rows, self.pad_id, self.device, max_new_tokens)
+    def decoder(self, rows: list[list[int]], max_new_tokens: int, *, width: int | None = None,
+                group_rows: int | None = None) -> Decoder:
+        """A KV-cached decoder of `rows` (see `Decoder` for `width` and `group_rows`)."""
+        return Decoder(self.model, rows, self.pad_id, self.device, max_new_tokens, width=width, group_rows=group_rows)
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
+def decode_group_rows(expected_rows: int, device: torch.device) -> int:
+    """A fixed number of rows per forward pass, set from public quantities only (the expected batch
+    size s and the device). CPU: at most 64 (compute-bound; small groups waste few dummy rows).
+    CUDA: one group for a batch of up to 1.25 s rows, rounded to 64 (a decode step there costs
+    about the same for 64 or 320 rows, so one pass beats several)."""
+    if device.type == "cuda":
+        return 64 * math.ceil(1.25 * expected_rows / 64)
+    return min(64, 8 * math.ceil(expected_rows / 8))
+
+
 class Decoder:
-    """Incremental decoding of a left-padded batch of prompts with a reusable KV cache.
+    """Incremental decoding of left-padded prompts with a reusable KV cache.
 
     prefill() -> (B, V) logits of the last prompt position; step(tokens) appends one token per row
     and returns the next (B, V) logits; rewind() trims the cache back to the prompt so another
     example can be decoded without recomputing the prefill.
+
+    Rows are cut into groups of `group_rows` consecutive rows, the last group filled up with dummy
+    rows; each group has its own KV cache, and every forward pass has the shape (rows of a prefill
+    chunk, `width`) or (`group_rows`, 1). When `width` and `group_rows` are set from public
+    quantities (private prediction does this), the shapes of every matrix product are the same
+    whatever the data, so one row's logits cannot depend on another row's record through the
+    kernels' blocking, padding or batch size. `width` must leave every row at least one padding
+    column, so every group always takes the same masked attention path (transformers drops the
+    mask, and changes kernel, when a batch has no padding). On CPU a fixed-shape decoder computes
+    attention with PyTorch's math kernel: the CPU flash-attention kernel gives a row slightly
+    different float32 results depending on which thread (which half of the group) it lands in.
+    Defaults (public prompts): the longest row, one group of all rows, the default kernels.
     """
 
-    def __init__(self, model: Any, rows: list[list[int]], pad_id: int, device: torch.device, max_new_tokens: int):
+    def __init__(self, model: Any, rows: list[list[int]], pad_id: int, device: torch.device, max_new_tokens: int,
+                 *, width: int | None = None, group_rows: int | None = None):
         if not rows or any(len(r) == 0 for r in rows):
             raise ValueError("Decoder needs at least one non-empty row.")
+        longest = max(len(r) for r in rows)
+        if width is not None and longest >= width:
+            raise ValueError(f"A row of {longest} tokens does not fit the fixed width {width} with one padding column.")
         self.model = model
         self.device = device
-        self.prompt_len = max(len(r) for r in rows)
-        batch = len(rows)
-        ids = torch.full((batch, self.prompt_len), pad_id, dtype=torch.long)
+        self.rows = len(rows)
+        self.group_rows = group_rows or len(rows)
+        self.prompt_len = width or longest
+        padded = rows + [[pad_id]] * (-len(rows) % self.group_rows)  # dummy rows: one pad token
+        ids = torch.full((len(padded), self.prompt_len), pad_id, dtype=torch.long)
         # One mask buffer for prompt + generation; a slice of it is passed at each step.
-        self.mask = torch.zeros((batch, self.prompt_len + max_new_tokens + 1), dtype=torch.long)
-        for i, row in enumerate(rows):  # left padding
+        self.mask = torch.zeros((len(padded), self.prompt_len + max_new_tokens + 1), dtype=torch.long)
+        for i, row in enumerate(padded):  # left padding
             ids[i, self.prompt_len - len(row):] = torch.tensor(row, dtype=torch.long)
             self.mask[i, self.prompt_len - len(row):self.prompt_len] = 1
         self.ids = ids.to(device)
         self.mask = self.mask.to(device)
-        self.lengths = self.mask[:, : self.prompt_len].sum(dim=1)  # (B,) real tokens per row
+        self.lengths = self.mask[:, : self.prompt_len].sum(dim=1)  # (rows + dummies,) real tokens per row
         self.length = self.prompt_len  # current sequence length (prompt + generated)
-        self.cache: Any = None
+        self.groups = [slice(i, i + self.group_rows) for i in range(0, len(padded), self.group_rows)]
+        self.caches: list[Any] = []
         self.prompt_logits: torch.Tensor | None = None
+        self.math_attention = width is not None and device.type == "cpu"
+
+    def _forward(self, **inputs: Any) -> Any:
+        with sdpa_kernel(SDPBackend.MATH) if self.math_attention else nullcontext():
+            return self.model(**inputs, use_cache=True, logits_to_keep=1)
 
     @torch.no_grad()
     def prefill(self, chunk_rows: int = 32) -> torch.Tensor:
         """Run the prompts; returns (B, V) logits of each row's last prompt token.
 
-        Rows are prefilled in chunks of similar length (each padded only to its own longest row),
-        and the chunks' caches are left-padded to the common prompt length and joined. With prompts
-        of very different lengths this saves most of the padding compute; the padded cache slots are
-        masked out, and position ids come from each row's own mask, so the result is the same.
+        Each group is run in chunks of `chunk_rows` rows (to bound activation memory) at the full
+        width; the chunks' caches are joined into one preallocated cache per group.
         """
-        order = sorted(range(self.ids.shape[0]), key=lambda i: int(self.lengths[i]))
-        chunks = [order[i:i + chunk_rows] for i in range(0, len(order), chunk_rows)]
-        caches, logits = [], []
-        for chunk in chunks:
-            index = torch.tensor(chunk, device=self.device)
-            width = int(self.lengths[index].max())
-            mask = self.mask[index, self.prompt_len - width:self.prompt_len]
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, width)
-            out = self.model(
-                input_ids=self.ids[index, self.prompt_len - width:], attention_mask=mask, position_ids=positions,
-                past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1,
-            )
-            caches.append(out.past_key_values)
-            logits.append(out.logits[:, -1, :].float())
-        inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
-        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
-        self.cache = caches[0]
+        self.caches, logits = [], []
         capacity = self.mask.shape[1]
-        layers = []
-        for i in range(len(self.cache.layers)):
-            keys, values = (torch.cat([_left_pad(getattr(c.layers[i], name), self.prompt_len) for c in caches],
-                                      dim=0).index_select(0, inverse) for name in ("keys", "values"))
-            layers.append(PreallocatedLayer(keys, values, capacity))
-        self.cache.layers = layers
-        self.prompt_logits = torch.cat(logits, dim=0).index_select(0, inverse)  # (B, V)
+        for group in self.groups:
+            chunks = []
+            for start in range(group.start, group.stop, chunk_rows):
+                part = slice(start, min(start + chunk_rows, group.stop))
+                mask = self.mask[part, : self.prompt_len]
+                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (b, width)
+                out = self._forward(input_ids=self.ids[part], attention_mask=mask, position_ids=positions,
+                                    past_key_values=DynamicCache())
+                chunks.append(out.past_key_values)
+                logits.append(out.logits[:, -1, :].float())
+            cache = chunks[0]
+            cache.layers = [
+                PreallocatedLayer(*(torch.cat([getattr(c.layers[i], name) for c in chunks], dim=0)
+                                    for name in ("keys", "values")), capacity)
+                for i in range(len(cache.layers))
+            ]
+            self.caches.append(cache)
+        self.length = self.prompt_len
+        self.prompt_logits = torch.cat(logits, dim=0)[: self.rows]  # (B, V)
         return self.prompt_logits
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor | int) -> torch.Tensor:
         """Append one token to every row (an int: the same token for all rows) -> (B, V) logits."""
-        batch = self.ids.shape[0]
-        if isinstance(tokens, int):
-            tokens = torch.full((batch,), tokens, dtype=torch.long, device=self.device)
+        if not self.caches:
+            raise ValueError("Call prefill() before step().")
+        total = self.ids.shape[0]
+        feed = torch.full((total,), tokens if isinstance(tokens, int) else 0, dtype=torch.long, device=self.device)
+        if not isinstance(tokens, int):
+            feed[: self.rows] = tokens.view(-1).to(self.device)
         if self.length + 1 > self.mask.shape[1]:
             raise ValueError("Decoder ran past its max_new_tokens.")
         self.mask[:, self.length] = 1
         self.length += 1
-        positions = (self.lengths + (self.length - self.prompt_len) - 1).unsqueeze(1)  # (B, 1)
-        out = self.model(
-            input_ids=tokens.view(batch, 1).to(self.device), attention_mask=self.mask[:, : self.length],
-            position_ids=positions, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-        )
-        self.cache = out.past_key_values
-        return out.logits[:, -1, :].float()
+        positions = (self.lengths + (self.length - self.prompt_len) - 1).unsqueeze(1)  # (rows + dummies, 1)
+        logits = []
+        for group, cache in zip(self.groups, self.caches):
+            out = self._forward(input_ids=feed[group].unsqueeze(1), attention_mask=self.mask[group, : self.length],
+                                position_ids=positions[group], past_key_values=cache)
+            logits.append(out.logits[:, -1, :].float())
+        return torch.cat(logits, dim=0)[: self.rows]
 
     def rewind(self) -> torch.Tensor:
-        """Trim the cache back to the prompt; returns the prompt's last logits again."""
+        """Trim the caches back to the prompt; returns the prompt's last logits again."""
         if self.prompt_logits is None:
             return self.prefill()
         generated = self.length - self.prompt_len
         if generated:
-            self.cache.crop(-generated)  # transformers 5: a negative count of tokens to drop
+            for cache in self.caches:
+                cache.crop(-generated)  # transformers 5: a negative count of tokens to drop
         self.mask[:, self.prompt_len:] = 0
         self.length = self.prompt_len
         return self.prompt_logits
 
 
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Left-pad a cache tensor (b, heads, T, dim) with zeros to T = length (masked slots)."""
-    missing = length - t.shape[2]
-    if missing == 0:
-        return t
-    return torch.cat([t.new_zeros(t.shape[0], t.shape[1], missing, t.shape[3]), t], dim=2)
+class StackedDecoder:
+    """Decoders advanced together, their logits stacked in order: (sum of their rows, V).
+
+    Private prediction decodes the private rows and the public row with separate decoders, so the
+    public row's forward passes never share a shape or a batch with a private row.
+    """
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def prefill(self) -> torch.Tensor:
+        return torch.cat([part.prefill() for part in self.parts], dim=0)
+
+    def step(self, token: int) -> torch.Tensor:
+        return torch.cat([part.step(token) for part in self.parts], dim=0)
+
+    def rewind(self) -> torch.Tensor:
+        return torch.cat([part.rewind() for part in self.parts], dim=0)
 
 
 class PreallocatedLayer(DynamicLayer):

@@ -23,13 +23,14 @@ from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.randomness import salt_bytes
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
-from synthdp.models.local import LocalLM
+from synthdp.models.local import LocalLM, StackedDecoder, decode_group_rows
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
 DEFAULT_PROMPT = "Here are texts with {label_name}: {label}. Text: {text} Please give me another one."
 DEFAULT_PLACEHOLDER = "<text of {label_name}: {label}>"
+PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,16 +115,25 @@ def choose_token(
 
     Returns (token, whether it was private). The private draw comes from `noise_rng` (the run's noise
     stream; `rng` when None), the public one from `rng`. The SVT distance uses the raw logits; the exponential
-    mechanism uses the re-centred, clipped ones, averaged with the fixed divisor s.
+    mechanism uses the re-centred, clipped ones, averaged with the fixed divisor s; both in float64,
+    with a private row that has a non-finite logit counted as uniform (mechanisms/clipping.py). A
+    non-finite public row is refused (FloatingPointError): the public prediction sets the candidates.
     """
     private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
+    if not torch.isfinite(public_logits).all():
+        raise FloatingPointError("The public prompt's logits are not finite (NaN or inf): the model overflows "
+                                 "at this precision. Refusing to choose a token.")
     allowed = None
     if o.top_k is not None:  # the public prediction's top k: a public set, free
         allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
     if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
-        scores = aggregate_clipped(private_logits, o.clip, o.batch_size).double().cpu().numpy()
+        scores = aggregate_clipped(private_logits, o.clip, o.batch_size).cpu().numpy()
         return sample_softmax(scores, o.temperature, rng if noise_rng is None else noise_rng, allowed), True
     return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
+
+
+def fill_prompt(o: PrivatePredictionOptions, label: str | None, text: str) -> str:
+    return o.prompt_template.format(label_name=o.label_name, label=label if label is not None else "any", text=text)
 
 
 def split_quota(total: int, parts: int) -> list[int]:
@@ -276,20 +286,46 @@ class PrivatePrediction:
         ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
         return batches
 
-    def prompts(self, lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
-        """Private prompts (one per record) followed by the public prompt, as token ids."""
-        def fill(text: str) -> str:
-            return o.prompt_template.format(label_name=o.label_name, label=label if label is not None else "any", text=text)
+    def prompt_width(self, lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> int:
+        """The fixed width every private prompt of `label` is left-padded to: the prompt with an empty
+        record, plus `max_record_tokens`, plus PROMPT_SLACK tokens for merges at the record's edges,
+        plus one padding column. Set by public quantities only (template, label, cap, tokenizer)."""
+        return len(lm.chat_ids(fill_prompt(o, label, ""), o.assistant_prefix)) + o.max_record_tokens + PROMPT_SLACK + 1
 
+    def prompts(self, lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
+        """Private prompts (one per record) followed by the public prompt, as token ids.
+
+        A record is cut to `max_record_tokens` tokens, and further in the rare case its prompt still
+        does not fit `prompt_width` with a padding column: each prompt depends on its record alone.
+        """
+        width = self.prompt_width(lm, label, o)
         rows = []
         for text in texts:
             ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > o.max_record_tokens:  # cut only records that are too long
-                text = lm.decode(ids[: o.max_record_tokens])
-            rows.append(lm.chat_ids(fill(text), o.assistant_prefix))
+            keep = min(len(ids), o.max_record_tokens)
+            while True:
+                cut = text if keep == len(ids) else lm.decode(ids[:keep])  # cut only records that are too long
+                row = lm.chat_ids(fill_prompt(o, label, cut), o.assistant_prefix)
+                if len(row) < width or keep == 0:
+                    break
+                keep = max(0, keep - (len(row) - width + 1))
+            rows.append(row)
         placeholder = o.public_placeholder.format(label_name=o.label_name, label=label if label is not None else "any")
-        rows.append(lm.chat_ids(fill(placeholder), o.assistant_prefix))
+        rows.append(lm.chat_ids(fill_prompt(o, label, placeholder), o.assistant_prefix))
         return rows
+
+    def batch_decoder(self, lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions
+                      ) -> StackedDecoder:
+        """The decoder of one batch: logits (len(texts) + 1, V), the public row last.
+
+        Private rows get a fixed width and a fixed number of rows per forward pass (public
+        quantities; dummy rows fill the last group); the public row has its own decoder. So no row's
+        arithmetic, the public row's included, depends on another record (tests/test_row_independence.py).
+        """
+        rows = self.prompts(lm, texts, label, o)
+        private = [lm.decoder(rows[:-1], o.max_tokens, width=self.prompt_width(lm, label, o),
+                              group_rows=decode_group_rows(o.batch_size, lm.device))] if len(rows) > 1 else []
+        return StackedDecoder(private + [lm.decoder(rows[-1:], o.max_tokens)])
 
     @torch.no_grad()
     def generate_batch(self, lm: LocalLM, texts: list[str], label: str | None, quota: int, r: int, rho: float,
@@ -298,7 +334,7 @@ class PrivatePrediction:
         if quota <= 0:
             return
         rng = ctx.rng
-        decoder = lm.decoder(self.prompts(lm, texts, label, o), max_new_tokens=o.max_tokens)
+        decoder = self.batch_decoder(lm, texts, label, o)
         svt = SparseVector(o.svt_threshold, o.svt_noise, ctx.noise_rng) if o.svt else None
         spent = 0  # t: private tokens used by this batch
         made = 0
