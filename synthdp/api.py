@@ -32,15 +32,17 @@ def generate(
     `data=None` uses the bundled SMS Spam sample and `model=None` the embedded default model.
     `options` are the pipeline's options by name (see `synthdp pipelines`). Raises a
     `synthdp.UserError` subclass for anything the caller can fix; nothing is spent then.
-    A `seed` makes the noise reproducible and the run not fit for release.
+    A `seed` makes the noise reproducible and the run not fit for release. `labels` is a list of
+    names (a bare string is refused: write labels=["ham"]).
     """
     from synthdp.run import RunConfig, generate_run
 
+    # Values go to the run unconverted: `check_config` checks their types (a bare string for `labels` is an
+    # error, not a list of letters) and refuses anything wrong with a UserError before anything is spent.
     cfg = RunConfig(
-        out=Path(out), epsilon=epsilon, delta=delta, num_samples=num_samples, pipeline=pipeline,
-        data=None if data is None else str(data), text_field=text_field, label_field=label_field,
-        labels=None if labels is None else list(labels), model=None if model is None else str(model),
-        options=dict(options or {}), budget=None if budget is None else str(budget), seed=seed,
-        neighboring=neighboring,
+        out=out, epsilon=epsilon, delta=delta, num_samples=num_samples,  # type: ignore[arg-type]
+        pipeline=pipeline, data=data, text_field=text_field, label_field=label_field,  # type: ignore[arg-type]
+        labels=labels, model=model, options={} if options is None else options,  # type: ignore[arg-type]
+        budget=budget, seed=seed, neighboring=neighboring,  # type: ignore[arg-type]
     )
     return generate_run(cfg, show_progress=show_progress)

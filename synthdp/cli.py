@@ -51,13 +51,13 @@ def generate(
     epsilon: EpsilonOpt = None,
     delta: DeltaOpt = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Number of synthetic texts.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the release bundle (must not hold a run).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder for the release bundle (must not hold a run).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Local model folder or .gguf file. Default: embedded SmolLM2-135M-Instruct.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="The public label set, comma-separated. Default: read from the data (the ledger says so).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A config.toml ([run] and [options]); flags override it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Pipeline option KEY=VALUE (repeatable).")] = None,
     budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
     neighboring: Annotated[Optional[str], typer.Option(help="add_remove (default) or replace_one.")] = None,
     api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for --model openai:NAME.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key. Default: OPENAI_API_KEY.")] = None,
@@ -88,7 +88,6 @@ def generate(
     if missing:
         flags_text = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise UserError(f"Missing {flags_text}. Example: synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/")
-    values["out"] = Path(values["out"])
     _report(generate_run(RunConfig(**values), show_progress=progress))
 
 
@@ -229,7 +228,7 @@ def sample(
     from_: Annotated[Path, typer.Option("--from", help="Folder of a complete dp-finetune run (holds its DP adapter).")],
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, help="Number of synthetic texts.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the corpus and its ledger.")],
-    seed: Annotated[Optional[int], typer.Option(help="Fixed seed for debugging.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Fixed seed for debugging.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: as in the run.")] = None,
 ) -> None:
     """Sample more texts from a dp-finetune run's DP adapter: post-processing, no privacy spent."""

@@ -9,6 +9,8 @@ unknown keys are errors (a misspelt noise key must never be ignored).
 from __future__ import annotations
 
 import dataclasses
+import math
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -180,20 +182,22 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
             return False
         raise OptionError(f"`{name}` must be true or false. Found {value!r}.")
     if annotation in (int, float):
-        if isinstance(value, bool):
-            raise OptionError(f"`{name}` must be a number. Found {value!r}.")
+        kind = "an integer" if annotation is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise OptionError(f"`{name}` must be {kind}. Found {value!r}.")
         try:
             number = float(value)
             if annotation is int:
                 if number != int(number):
                     raise ValueError
-                return int(number)
+                return int(value) if isinstance(value, int) else int(number)
             return number
-        except (TypeError, ValueError):
-            kind = "an integer" if annotation is int else "a number"
+        except (ValueError, OverflowError):  # OverflowError: int(inf)
             raise OptionError(f"`{name}` must be {kind}. Found {value!r}.") from None
     if annotation is str:
-        return str(value)
+        if not isinstance(value, str):
+            raise OptionError(f"`{name}` must be text. Found {value!r}. Quote it in a config file: {name} = \"...\".")
+        return value
     return value
 
 
@@ -236,6 +240,70 @@ def options_table(options_class: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help text (shown by `synthdp pipelines`)."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, *, maximum: float | None = None, allow_inf: bool = False) -> Any:
+    """A dataclass field with a default and a help text (shown by `synthdp pipelines`). `maximum`: the
+    largest value a real run could need (sizes, counts), checked by `check_option_values`; a float
+    option must be finite unless `allow_inf`."""
+    metadata: dict[str, Any] = {"help": help, "allow_inf": allow_inf}
+    if maximum is not None:
+        metadata["maximum"] = maximum
+    return field(default=default, metadata=metadata)
+
+
+# Upper bounds on sizes: far above what a real run needs, low enough that nothing allocates or plans
+# for hours on a typo (max_tokens=1e12 once tried to allocate 80 TB after the run was charged).
+MAX_TOKENS = 32_768  # tokens of one text or prompt: the context of current long-context models
+MAX_BATCH = 1_000_000  # examples or records per batch
+MAX_COUNT = 10_000_000  # synthetic texts or samples per run
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The non-None types an annotation allows (`int | None` -> {int})."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return {a for a in args if a is not type(None)}
+    return {annotation}
+
+
+def check_option_values(options: Any) -> None:
+    """Generic checks of a pipeline's options dataclass, called first in its `__post_init__`: an int
+    option holds an int (not a bool), a float option a finite number (unless its field allows inf),
+    and a number is at most its field's `maximum`. Raises ValueError (parse_options: OptionError)."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        value, kinds = getattr(options, f.name), _kinds(hints[f.name])
+        if value is None or not kinds & {int, float}:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"`{f.name}` must be a number. Found {value!r}.")
+        if isinstance(value, float) and int in kinds and float not in kinds:
+            raise ValueError(f"`{f.name}` must be an integer. Found {value!r}.")
+        if not math.isfinite(value) and not f.metadata.get("allow_inf"):
+            raise ValueError(f"`{f.name}` must be a finite number. Found {value}. Default: {f.default!r}.")
+        maximum = f.metadata.get("maximum")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"`{f.name}` must be at most {maximum:,}. Found {value:,}. This bound is far above "
+                             f"what a real run needs; a larger value is most likely a typo. Default: {f.default!r}.")
+
+
+def check_template(name: str, template: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    """A prompt template may use only plain `{placeholder}`s from `allowed` (no format specs, conversions,
+    attributes or positions) and must use every one of `required`; it is formatted once with dummy
+    values, so a bad template fails here, before anything is spent. Raises ValueError."""
+    names = ", ".join("{" + a + "}" for a in allowed)
+    hint = f"Placeholders: {names}; write a literal brace as {{{{ or }}}}."
+    if not isinstance(template, str):
+        raise ValueError(f"`{name}` must be text. Found {template!r}.")
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ValueError(f"`{name}` is malformed ({err}). Found {template!r}. {hint}") from None
+    for field_name, spec, conversion in fields:
+        if field_name not in allowed or spec or conversion:
+            shown = "{" + field_name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"`{name}` has the placeholder {shown}, which is not one it can fill. Found "
+                             f"{template!r}. {hint}")
+    for field_name in required:
+        if field_name not in {f for f, _, _ in fields}:
+            raise ValueError(f"`{name}` must contain {{{field_name}}}. Found {template!r}. {hint}")
+    template.format(**{a: "x" for a in allowed})

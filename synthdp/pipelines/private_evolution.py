@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -48,11 +49,15 @@ from synthdp.models.generator import CachedGenerator, LocalGenerator, Request
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
     DP_LABEL_COUNTS,
+    MAX_COUNT,
+    MAX_TOKENS,
     ModelSpec,
     PrivacyPlan,
     RunContext,
     SyntheticRecord,
     Target,
+    check_option_values,
+    check_template,
     option,
     register_pipeline,
 )
@@ -67,6 +72,7 @@ BLANKS_PROMPT = ('Fill in the blanks (_) in the following text {style}, so that 
                  "Answer with the completed text of exactly {words} words and nothing else.\nText: {text}")
 STYLES = ("in a casual way", "in a formal way", "in a concise way", "with more detail", "in a friendly tone",
           "in a neutral tone", "as a short message", "in plain words")
+PROMPT_FIELDS = ("label_name", "label", "keyword", "style", "text", "words")  # what the prompts are filled with
 STATE_DIR = ".synthdp-private-evolution"  # inside the run's folder: response cache and checkpoints
 
 
@@ -75,23 +81,27 @@ class PrivateEvolutionOptions:
     """Knobs of Aug-PE. Defaults from the released Aug-PE scripts (Xie et al. 2024): L = 4 (3 variations
     per kept sample), T = 10, rank selection, one vote per record, temperature 1.0."""
 
-    population: int | None = option(None, "N: samples kept per iteration, over all labels; default: --num-samples")
-    iterations: int = option(10, "T: rounds of DP voting and selection")
-    variations: int = option(3, "L-1: variations generated per kept sample (L = 4 in Aug-PE with GPT-3.5)")
+    population: int | None = option(None, "N: samples kept per iteration, over all labels; default: --num-samples",
+                                   maximum=MAX_COUNT)
+    iterations: int = option(10, "T: rounds of DP voting and selection", maximum=1000)
+    variations: int = option(3, "L-1: variations generated per kept sample (L = 4 in Aug-PE with GPT-3.5)",
+                             maximum=100)
     threshold: float = option(0.0, "H: noisy vote counts below H count as 0")
-    votes: int = option(1, "k: nearest candidates each private record votes for (each vote weighs 1/sqrt(k))")
+    votes: int = option(1, "k: nearest candidates each private record votes for (each vote weighs 1/sqrt(k))",
+                        maximum=1000)
     noise: float | None = option(None, "noise multiplier sigma; default: calibrated from --epsilon (must fit it)")
     selection: Literal["rank", "sample"] = option("rank", "rank: keep the top n_c; sample: draw prop. to votes")
     variation: Literal["paraphrase", "blanks"] = option("paraphrase", "VARIATION_API: paraphrase or fill in the blanks")
     variation_degree: float = option(0.5, "fill-in-the-blanks: probability that a word is masked")
     label_counts: str = option("uniform", "samples per label: uniform, dp (or dp_histogram: a DP label histogram, "
                                           "paid from the budget), or public weights like 'ham:3,spam:1'")
-    concurrency: int = option(8, "API requests in flight at once")
+    concurrency: int = option(8, "API requests in flight at once", maximum=1024)
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
-    max_tokens: int = option(64, "length cap of one generated text, in tokens")
-    empty_retries: int = option(3, "regenerations of an empty answer before it is dropped")
-    probe: int = option(4, "public RANDOM_API requests checked for empty answers before anything is spent")
+    max_tokens: int = option(64, "length cap of one generated text, in tokens", maximum=MAX_TOKENS)
+    empty_retries: int = option(3, "regenerations of an empty answer before it is dropped", maximum=100)
+    probe: int = option(4, "public RANDOM_API requests checked for empty answers before anything is spent",
+                        maximum=1000)
     embedder: str | None = option(None, "local sentence-embedding model folder; default: embedded all-MiniLM-L6-v2")
     label_name: str = option("label", "what the label is called in the prompts (e.g. review category)")
     keywords: str = option("", "public keywords or personas for RANDOM_API, comma-separated ('' = any topic)")
@@ -99,11 +109,12 @@ class PrivateEvolutionOptions:
     random_prompt: str = option(RANDOM_PROMPT, "RANDOM_API user turn: {label_name}, {label}, {keyword}")
     paraphrase_prompt: str = option(PARAPHRASE_PROMPT, "VARIATION_API (paraphrase): {label_name}, {label}, {style}, {text}")
     blanks_prompt: str = option(BLANKS_PROMPT, "VARIATION_API (blanks): {label_name}, {label}, {style}, {text}, {words}")
-    max_retries: int = option(6, "API retries on rate limits, server and connection errors")
-    retry_base: float = option(1.0, "seconds before the first API retry (doubles each retry)")
-    request_timeout: float = option(120.0, "seconds before an API request times out")
+    max_retries: int = option(6, "API retries on rate limits, server and connection errors", maximum=100)
+    retry_base: float = option(1.0, "seconds before the first API retry (doubles each retry)", maximum=3600)
+    request_timeout: float = option(120.0, "seconds before an API request times out", maximum=86400)
 
     def __post_init__(self) -> None:
+        check_option_values(self)
         at_least_one = {"iterations": self.iterations, "variations": self.variations, "votes": self.votes,
                         "concurrency": self.concurrency, "max_tokens": self.max_tokens}
         for name, value in at_least_one.items():
@@ -126,18 +137,9 @@ class PrivateEvolutionOptions:
                 raise ValueError(f"`{name}` must be >= 0. Found {value}.")
         if not self.style_list:
             raise ValueError("`styles` must name at least one style, comma-separated.")
-        checks = (("random_prompt", self.random_prompt, ()),
-                  ("paraphrase_prompt", self.paraphrase_prompt, ("{text}",)),
-                  ("blanks_prompt", self.blanks_prompt, ("{text}", "{words}")))
-        for name, template, required in checks:
-            for field_ in required:
-                if field_ not in template:
-                    raise ValueError(f"`{name}` must contain {field_}. Found {template!r}.")
-            try:
-                template.format(label_name="x", label="x", keyword="x", style="x", text="x", words=1)
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f"`{name}` has an unknown or malformed placeholder ({err}). Placeholders: "
-                                 "{label_name}, {label}, {keyword}, {style}, {text}, {words}.") from None
+        for name, required in (("random_prompt", ()), ("paraphrase_prompt", ("text",)),
+                               ("blanks_prompt", ("text", "words"))):
+            check_template(name, getattr(self, name), PROMPT_FIELDS, required)
         self.label_weights()  # validates the syntax
 
     @property
@@ -159,7 +161,7 @@ class PrivateEvolutionOptions:
                 weight = float(value)
             except ValueError:
                 weight = -1.0
-            if not sep or not label.strip() or not weight >= 0:
+            if not sep or not label.strip() or not 0 <= weight < math.inf:
                 raise ValueError("`label_counts` must be uniform, dp (or dp_histogram), or weights like "
                                  f"'ham:3,spam:1'. Found {self.label_counts!r}.")
             weights[label.strip()] = weight

@@ -24,7 +24,19 @@ from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.randomness import salt_bytes
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.models.local import LocalLM, StackedDecoder, decode_group_rows
-from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, option, register_pipeline
+from synthdp.pipelines.base import (
+    MAX_BATCH,
+    MAX_TOKENS,
+    ModelSpec,
+    PrivacyPlan,
+    RunContext,
+    SyntheticRecord,
+    Target,
+    check_option_values,
+    check_template,
+    option,
+    register_pipeline,
+)
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -43,7 +55,8 @@ class PrivatePredictionOptions:
     0.415 in two runs at 1.0: the run-to-run spread is as large as the difference, so this default is
     a judgement of the text, not a measured win. Public tokens cost nothing at either temperature."""
 
-    batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits")
+    batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits",
+                             maximum=MAX_BATCH)
     clip: float = option(10.0, "c: logits are re-centred to top c and floored at -c")
     temperature: float = option(2.0, "tau of the private (exponential-mechanism) sampling")
     public_temperature: float = option(1.0, "temperature of free public tokens (Amin et al.: 1.5)")
@@ -51,10 +64,11 @@ class PrivatePredictionOptions:
     svt_threshold: float = option(0.5, "theta: L1 distance above which a token is private")
     svt_noise: float = option(0.2, "sigma: Laplace scale of the SVT threshold (query noise is 2 sigma)")
     max_private_tokens: int | None = option(None, "r per batch; default: calibrated from epsilon")
-    max_tokens: int = option(64, "length cap of one synthetic text, in tokens")
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens", maximum=MAX_TOKENS)
     top_k: int | None = option(1024, "sample only among the public prediction's top k tokens (a public set: free; "
                                      "Amin et al. use 1024); none: the whole vocabulary")
-    max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt")
+    max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt",
+                                    maximum=MAX_TOKENS)
     label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
     prompt_template: str = option(DEFAULT_PROMPT, "user turn; {label_name}, {label}, {text}")
     public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt")
@@ -64,6 +78,7 @@ class PrivatePredictionOptions:
                                     "(unlabelled data: one number)")
 
     def __post_init__(self) -> None:
+        check_option_values(self)
         positive = {"batch_size": self.batch_size, "clip": self.clip, "temperature": self.temperature,
                     "public_temperature": self.public_temperature, "svt_noise": self.svt_noise,
                     "max_tokens": self.max_tokens, "max_record_tokens": self.max_record_tokens}
@@ -73,8 +88,11 @@ class PrivatePredictionOptions:
         for name, value in (("max_private_tokens", self.max_private_tokens), ("top_k", self.top_k)):
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
-        if "{text}" not in self.prompt_template:
-            raise ValueError("`prompt_template` must contain {text}, where the private record goes.")
+        check_template("prompt_template", self.prompt_template, ("label_name", "label", "text"), ("text",))
+        check_template("public_placeholder", self.public_placeholder, ("label_name", "label"))
+        for name in ("label_name", "assistant_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be text. Found {getattr(self, name)!r}.")
         self.public_label_sizes()  # validates the syntax
 
     def public_label_sizes(self) -> dict[str | None, int] | None:

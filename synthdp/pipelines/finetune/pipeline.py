@@ -27,11 +27,15 @@ from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import (
     DP_LABEL_COUNTS,
+    MAX_BATCH,
+    MAX_TOKENS,
     ModelSpec,
     PrivacyPlan,
     RunContext,
     SyntheticRecord,
     Target,
+    check_option_values,
+    check_template,
     option,
     register_pipeline,
 )
@@ -40,6 +44,8 @@ from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsil
 from synthdp.privacy.ledger import LedgerEvent
 
 ADAPTER_DIR = "adapter"  # the DP adapter in the run folder
+MAX_EPOCHS = 10_000  # Yue et al. train 50 epochs
+MAX_STEPS = 1_000_000  # DP-SGD steps T a plan may have (Yue et al.: about 23,000); calibration time grows with T
 CHECKPOINT_DIR = "checkpoint"  # training state while the run is in progress
 CHECKPOINT_FORMAT = "synthdp-finetune-checkpoint/1"
 ADAPTER_META = "synthdp_finetune.json"
@@ -52,17 +58,19 @@ class FinetuneOptions:
     logical batch 64 instead of 4096, 3 epochs instead of 50, length 64 instead of 128 (a few
     hundred records on two cores, not 1.9M on eight GPUs)."""
 
-    lora_rank: int = option(4, "LoRA rank r (Yue et al.: 4)")
-    lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r; Yue et al.: 32)")
+    lora_rank: int = option(4, "LoRA rank r (Yue et al.: 4)", maximum=4096)
+    lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r; Yue et al.: 32)", maximum=100_000)
     target_modules: str = option("auto", "comma-separated module names for LoRA; auto: peft's default for the architecture")
-    learning_rate: float = option(4e-4, "Adam learning rate, constant (Yue et al. LoRA: 3e-4 to 4e-4)")
-    epochs: float = option(3.0, "passes over the data in expectation: steps T = ceil(epochs n / batch_size)")
-    batch_size: int = option(64, "expected logical batch B; Poisson sampling rate q = B / n")
-    micro_batch_size: int = option(8, "examples per forward/backward (memory only; no effect on privacy)")
+    learning_rate: float = option(4e-4, "Adam learning rate, constant (Yue et al. LoRA: 3e-4 to 4e-4)", maximum=1.0)
+    epochs: float = option(3.0, "passes over the data in expectation: steps T = ceil(epochs n / batch_size)",
+                           maximum=MAX_EPOCHS)
+    batch_size: int = option(64, "expected logical batch B; Poisson sampling rate q = B / n", maximum=MAX_BATCH)
+    micro_batch_size: int = option(8, "examples per forward/backward (memory only; no effect on privacy)",
+                                    maximum=MAX_BATCH)
     clip: float = option(1.0, "per-example gradient L2 clip C")
     auto_clip: bool = option(False, "automatic clipping (Bu et al.): g C / (||g|| + 0.01) instead of min(1, C/||g||) g")
     noise: float | None = option(None, "noise multiplier sigma; default: calibrated from epsilon (PLD)")
-    max_length: int = option(64, "tokens of prompt + text in training; texts are cut to fit")
+    max_length: int = option(64, "tokens of prompt + text in training; texts are cut to fit", maximum=MAX_TOKENS)
     prompt_template: str = option("{label_name}: {label} | Text: ", "public control prompt; {label_name}, {label}")
     label_name: str = option("Label", "what the label is called in the control prompt")
     label_counts: Literal["uniform", "dp_histogram", "dp"] = option(
@@ -71,12 +79,14 @@ class FinetuneOptions:
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
     temperature: float = option(1.0, "sampling temperature")
-    max_new_tokens: int | None = option(None, "length cap of one synthetic text; default: max_length")
-    sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)")
+    max_new_tokens: int | None = option(None, "length cap of one synthetic text; default: max_length",
+                                         maximum=MAX_TOKENS)
+    sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)", maximum=MAX_BATCH)
     checkpoint_every: int = option(20, "save the training state every K steps (resume continues from it)")
     grad_engine: Literal["opacus", "torch.func"] = option("opacus", "per-example gradients: opacus hooks or torch.func vmap")
 
     def __post_init__(self) -> None:
+        check_option_values(self)
         positive = {"lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "learning_rate": self.learning_rate,
                     "epochs": self.epochs, "batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
                     "clip": self.clip, "max_length": self.max_length,
@@ -87,6 +97,8 @@ class FinetuneOptions:
                 raise ValueError(f"`{name}` must be > 0. Found {value}.")
         if self.noise is not None and not self.noise > 0:
             raise ValueError(f"`noise` must be > 0 or unset (calibrated). Found {self.noise}.")
+        if self.temperature < 1e-6:  # logits / temperature overflow float32 far below this
+            raise ValueError(f"`temperature` must be at least 1e-6. Found {self.temperature:g}. Typical: 0.7 to 1.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1]. Found {self.top_p}. Typical: 0.9 to 0.95.")
         for name, value in (("top_k", self.top_k), ("max_new_tokens", self.max_new_tokens)):
@@ -94,6 +106,10 @@ class FinetuneOptions:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
         if "{text}" in self.prompt_template:
             raise ValueError("`prompt_template` is the public control prompt: it must not contain {text}.")
+        check_template("prompt_template", self.prompt_template, ("label_name", "label"))
+        if self.modules() == []:
+            raise ValueError(f"`target_modules` must be auto or module names, comma-separated. Found "
+                             f"{self.target_modules!r}. Example: --set target_modules=q_proj,v_proj.")
 
     def modules(self) -> list[str] | None:
         if self.target_modules.strip().lower() == "auto":
@@ -300,7 +316,12 @@ class DPFinetune:
         if options.batch_size > n:
             raise OptionError(f"`batch_size` = {options.batch_size} is larger than the dataset ({n} records). "
                               f"Set --set batch_size=N with N <= {n}.")
-        return options.batch_size / n, max(1, math.ceil(options.epochs * n / options.batch_size))
+        steps = max(1, math.ceil(options.epochs * n / options.batch_size))
+        if steps > MAX_STEPS:
+            raise OptionError(f"`epochs` = {options.epochs:g} at batch_size {options.batch_size} on {n} records gives "
+                              f"{steps:,} DP-SGD steps, above the limit of {MAX_STEPS:,}. Lower epochs or raise "
+                              "batch_size.")
+        return options.batch_size / n, steps
 
     def plan(self, options: FinetuneOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         if target.neighboring != "add_remove":
