@@ -18,7 +18,7 @@ import tomli_w
 from synthdp.errors import OutputError
 
 CORPUS_NAME = "synthetic.jsonl"
-RUN_FILES = ("synthetic.jsonl", "synthetic.parquet", "ledger.json", "config.toml", "RELEASE.md")
+RUN_FILES = ("synthetic.jsonl", "synthetic.parquet", "ledger.json", "config.toml", "RELEASE.md", "README.md")
 
 
 def check_out_dir(out: Path) -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from dp_accounting import dp_event
 
 from synthdp import __version__
+from synthdp.card import dataset_card
 from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parquet, write_text_atomic
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, UserError
@@ -26,6 +27,7 @@ from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Target, g
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.release import release_markdown
+from synthdp.verify import file_digests
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -239,6 +241,9 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
     summary = {"records": writer.count, "requested": cfg.num_samples, **ctx.summary}
     write_parquet(corpus)
     write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, writer.count, p.model_name))
+    write_text_atomic(out / "README.md", dataset_card(ledger, model_name=p.model_name, count=writer.count,
+                                                      labels=p.data.labels))
+    ledger.files = file_digests(out)  # the ledger is written last: it vouches for the files above
     ledger.write(out / "ledger.json")
     if p.budget is not None:
         p.budget.mark(ledger.run_id, "complete")

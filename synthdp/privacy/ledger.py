@@ -98,6 +98,7 @@ class Ledger:
     finished: str | None = None
     budget_file: str | None = None
     synthdp_version: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # released file -> sha256, recorded at commit
 
     @property
     def report(self) -> EpsilonReport:
@@ -146,6 +147,7 @@ class Ledger:
             "release_ready": self.release_ready,
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
+            "files": self.files,
         }
 
     @classmethod
@@ -166,6 +168,7 @@ class Ledger:
             finished=data.get("finished"),
             budget_file=data.get("budget_file"),
             synthdp_version=data.get("synthdp_version", ""),
+            files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
         )
 
     def write(self, path: Path) -> None:
