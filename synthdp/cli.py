@@ -131,6 +131,28 @@ def ledger_show(path: Annotated[Path, typer.Argument(help="ledger.json or a run 
     typer.echo(Ledger.read(path).describe())
 
 
+@ledger_app.command("verify")
+@user_errors
+def ledger_verify(
+    path: Annotated[Path, typer.Argument(help="A run folder (or its ledger.json).")],
+    budget: Annotated[Optional[Path], typer.Option(help="Also check that the run is charged to this budget file with the same events.")] = None,
+) -> None:
+    """Check a bundle: epsilon recomputed from the events, every file against its recorded sha256, the budget entry."""
+    from synthdp.verify import events_fingerprint, verify_run
+
+    ledger, problems = verify_run(path, budget)
+    if problems:
+        typer.echo(f"FAILED: {path} does not match its ledger (run {ledger.run_id}):", err=True)
+        for problem in problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"OK: run {ledger.run_id} ({ledger.pipeline}), ({ledger.epsilon:.4g}, {ledger.delta:.3g})-DP recomputed from "
+        f"{len(ledger.events)} event(s) [{events_fingerprint(ledger)}], {len(ledger.files)} file(s) match their sha256"
+        + (f", charged to {budget} with the same events." if budget else ".")
+    )
+
+
 @budget_app.command("init")
 @user_errors
 def budget_init(

@@ -30,7 +30,7 @@ from synthdp.errors import OutputError
 __all__ = ["CorpusWriter", "check_out_dir", "remove_run_partials", "write_config", "write_parquet", "write_text_atomic"]
 
 CORPUS_NAME = "synthetic.jsonl"
-RUN_FILES = ("synthetic.jsonl", "synthetic.parquet", "ledger.json", "config.toml", "RELEASE.md")
+RUN_FILES = ("synthetic.jsonl", "synthetic.parquet", "ledger.json", "config.toml", "RELEASE.md", "README.md")
 
 
 def check_out_dir(out: Path) -> Path:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from dp_accounting import dp_event
 
 from synthdp import __version__
+from synthdp.card import dataset_card
 from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parquet, write_text_atomic
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
@@ -28,6 +29,7 @@ from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_repor
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
 from synthdp.release import release_blockers, release_markdown
+from synthdp.verify import file_digests
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -295,11 +297,13 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
     tracker = SpendTracker(cfg.delta)
     bar = _progress_bar(cfg.num_samples, show_progress)
 
+    planned = ledger.epsilon  # once: an accountant call can take most of a second
+
     def progress(n: int, spent: dp_event.DpEvent | None) -> None:
         eps = tracker.update(spent)
         if bar is not None:
             bar.update(n)
-            bar.set_postfix_str(f"eps spent <= {eps:.3g} of {ledger.epsilon:.3g}")
+            bar.set_postfix_str(f"eps spent <= {eps:.3g} of {planned:.3g}")
 
     ctx = RunContext(rng=rng, noise_rng=noise_rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples,
                      labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume, progress=progress)
@@ -310,14 +314,18 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
             writer.write({"text": record.text, "label": record.label})
         corpus = writer.commit()
         write_parquet(corpus)
-        # The ledger saying "complete" is the run folder's commit point: written once the corpus is in
-        # place, before the datasheet; the budget is marked last. A crash in between leaves a ledger that
-        # says running, read as failed once this process has ended (see synthdp/privacy/owner.py).
+        # The ledger saying "complete" is the run folder's commit point: written last, once the corpus, the
+        # datasheet and the dataset card are in place, with the sha256 of each (`synthdp ledger verify`);
+        # the budget is marked after it. A crash before it leaves a ledger that says running, read as
+        # failed once this process has ended (see synthdp/privacy/owner.py).
         ledger.status = "complete"
         ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        ledger.write(out / "ledger.json")
         count = writer.count
         write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, count, p.model_name))
+        write_text_atomic(out / "README.md", dataset_card(ledger, model_name=p.model_name, count=count,
+                                                          labels=p.data.labels))
+        ledger.files = file_digests(out)
+        ledger.write(out / "ledger.json")
     except BaseException as err:
         if writer is not None:
             writer.abort()

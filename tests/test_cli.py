@@ -43,7 +43,7 @@ def test_generate_end_to_end_on_a_tiny_model(tmp_path: Path, data_file: Path, ti
         "--budget", str(budget), *FAST,
     ))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["RELEASE.md", "config.toml", "ledger.json", "synthetic.jsonl", "synthetic.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "RELEASE.md", "config.toml", "ledger.json", "synthetic.jsonl", "synthetic.parquet"]
     records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
     assert 1 <= len(records) <= 5 and {r["label"] for r in records} <= {"ham", "spam"}
     assert all(isinstance(r["text"], str) and r["text"] for r in records)

@@ -78,6 +78,7 @@ class Ledger:
     owner: dict[str, Any] | None = None  # the process running it (kept in the file while running only)
     recovered: str | None = None  # set when read: the run's process ended without recording how
     release_blockers: list[str] = field(default_factory=list)  # reasons not to release, set by the run
+    files: dict[str, str] = field(default_factory=dict)  # released file -> sha256, recorded at commit
 
     @property
     def report(self) -> EpsilonReport:
@@ -128,6 +129,7 @@ class Ledger:
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
             "release_blockers": self.release_blockers,
+            "files": self.files,
         } | ({"owner": self.owner} if self.status == "running" and self.owner else {})
 
     @classmethod
@@ -150,6 +152,7 @@ class Ledger:
             synthdp_version=data.get("synthdp_version", ""),
             owner=data.get("owner"),
             release_blockers=list(data.get("release_blockers", [])),
+            files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
         )
 
     def write(self, path: Path) -> None:

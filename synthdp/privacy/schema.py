@@ -14,7 +14,7 @@ Schema of a budget file (`synthdp-budget/1`):
 Schema of a ledger (`synthdp-ledger/1`):
     format, run_id, pipeline, status, created, finished?, delta, neighboring, events,
     public_assumptions (list of str), parameters (object), seed (int or null), budget_file?,
-    synthdp_version?, owner?, release_blockers? (list of str). Other keys are derived (epsilon,
+    synthdp_version?, owner?, release_blockers? (list of str), files? (name -> sha256). Other keys are derived (epsilon,
     accountant, ...) and recomputed, never read.
 An event ({"name", "description", "dp_event": {"dp_event": CLASS, field: value, ...}}) has exactly
 the fields of its class.
@@ -228,6 +228,14 @@ def _accountable(value: Any, where: str) -> None:
         raise _Bad(where, "an event the RDP or PLD accountant of dp_accounting supports", value.get("dp_event"))
 
 
+def _digests(value: Any, where: str) -> None:
+    """Released file name -> sha256 (64 lowercase hex digits), as `synthdp.verify` records them."""
+    obj(value, where)
+    for key, digest in value.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise _Bad(f"{where}.{key}", "a sha256 digest (64 hex digits)", digest)
+
+
 LEDGER_EVENT = fields({"name": string, "description": string, "dp_event": _accountable})
 OWNER = fields({"host": string, "pid": integer(1, 2**31), "started": number(0.0)})
 NEIGHBORING = one_of(*NEIGHBORING_WORDS)
@@ -256,8 +264,10 @@ def _ledger_spec(format_name: str) -> Rule:
             "created": string, "finished": optional(string), "delta": number(0.0, 1.0, lo_open=True, hi_open=True),
             "neighboring": NEIGHBORING, "events": list_of(LEDGER_EVENT), "public_assumptions": list_of(string),
             "parameters": obj, "seed": optional(whole), "budget_file": optional(string),
-            "synthdp_version": string, "owner": optional(OWNER), "release_blockers": list_of(string)}
-    optional_keys = {"finished", "parameters", "seed", "budget_file", "synthdp_version", "owner", "release_blockers"}
+            "synthdp_version": string, "owner": optional(OWNER), "release_blockers": list_of(string),
+            "files": _digests}
+    optional_keys = {"finished", "parameters", "seed", "budget_file", "synthdp_version", "owner", "release_blockers",
+                     "files"}
     return fields(keys, optional_keys=frozenset(optional_keys), strict=False)
 
 
