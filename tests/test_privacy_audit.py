@@ -19,9 +19,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from synthdp.mechanisms.exponential import aggregate_clipped
-from synthdp.mechanisms.randomness import secure_generator
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import distribution_distance
 from synthdp.pipelines.finetune.dpsgd import dp_step
 from synthdp.privacy import audit
@@ -32,10 +33,10 @@ SELECTION = 4_000
 
 # name -> setup at a noise factor (1: as claimed; 0.5: half the noise). Designs chosen for detection power.
 SETUPS: dict[str, Callable[[float], audit.Setup]] = {
-    "exponential": lambda f: audit.exponential_setup(secure_generator(), noise_factor=f, gap=1.5),
-    "svt": lambda f: audit.svt_setup(secure_generator(), noise_factor=f, offset=0.25),
-    "histogram": lambda f: audit.histogram_setup(secure_generator(), noise_factor=f),
-    "dpsgd": lambda f: audit.dpsgd_setup(secure_generator(), noise_factor=f),
+    "exponential": lambda f: audit.exponential_setup(noise_generator(), noise_factor=f, gap=1.5),
+    "svt": lambda f: audit.svt_setup(noise_generator(), noise_factor=f, offset=0.25),
+    "histogram": lambda f: audit.histogram_setup(noise_generator(), noise_factor=f),
+    "dpsgd": lambda f: audit.dpsgd_setup(noise_generator(), noise_factor=f),
 }
 TRIALS_BY = {"exponential": TRIALS, "svt": TRIALS, "histogram": 2 * TRIALS, "dpsgd": 2 * TRIALS}
 
@@ -101,24 +102,36 @@ def test_svt_pair_moves_the_distance_by_exactly_one_over_s() -> None:
     assert change == pytest.approx(1 / 4, abs=1e-6)
 
 
-def test_vectorised_histogram_draws_exactly_what_dp_nn_histogram_draws() -> None:
+def test_vectorised_histogram_has_the_distribution_of_dp_nn_histogram() -> None:
+    """Both paths against the exact law of max(votes + N_Z(0, 1), 0) (threshold H = 0): a chi-square test on
+    the cells {0 (all <= 0), 1, 2, 3, >= 4} per path and dataset; false failure below 4 x 1e-8."""
+    sigma, n = 1.0, 3000
+    support = np.arange(-60, 61)
+    pmf = np.exp(-support.astype(float) ** 2 / (2 * sigma**2))
+    pmf /= pmf.sum()
     for which in (0, 1):
-        fast = audit.histogram_sampler(noise_multiplier=1.0, rng=np.random.default_rng(7))(50, which)
-        slow = audit.histogram_sampler(noise_multiplier=1.0, rng=np.random.default_rng(7), vectorised=False)(50, which)
-        np.testing.assert_array_equal(fast, slow)
+        law = np.zeros(5)
+        for z, p in zip(support, pmf):
+            law[min(max(which + z, 0), 4)] += p
+        for vectorised in (True, False):
+            draws = audit.histogram_sampler(noise_multiplier=sigma, rng=np.random.default_rng(7 + which),
+                                            vectorised=vectorised)(n, which)
+            assert np.all(draws == np.round(draws)) and draws.min() >= 0  # integer votes, thresholded at 0
+            observed = np.bincount(np.minimum(draws.astype(int), 4), minlength=5)
+            assert stats.chisquare(observed, law * n).pvalue > 1e-8
 
 
 def test_vectorised_dpsgd_step_draws_exactly_what_dp_step_draws() -> None:
     for seed in range(5):
         def sampler(vectorised: bool) -> audit.Sampler:
-            return audit.dpsgd_sampler(clip=1.0, noise_multiplier=1.3, noise=torch.Generator().manual_seed(seed),
-                                       sampler=torch.Generator().manual_seed(99), vectorised=vectorised)
+            return audit.dpsgd_sampler(clip=1.0, noise_multiplier=1.3, noise=noise_generator(seed),
+                                       sampler=noise_generator(99), vectorised=vectorised)
         for which in (0, 1):
             assert sampler(True)(1, which)[0] == sampler(False)(1, which)[0]
     # the record's gradient (norm 10 C) is clipped to C: with zero noise the step is C / B on coordinate 0
     grads = {"w": torch.tensor([[10.0, 0.0, 0.0]])}
     step = dp_step(lambda ids, labels: grads, [(torch.zeros(1, 1), torch.zeros(1, 1))], {"w": torch.zeros(3)}, clip=1.0,
-                   auto_clip=False, noise_multiplier=1e-30, expected_batch=4.0, generator=torch.Generator())
+                   auto_clip=False, noise_multiplier=1e-30, expected_batch=4.0, rng=noise_generator(0))
     assert float(step["w"][0]) == pytest.approx(0.25)
 
 

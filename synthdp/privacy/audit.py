@@ -32,11 +32,13 @@ from dp_accounting import dp_event
 from scipy import stats
 
 from synthdp.mechanisms import nn_histogram
+from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.nn_histogram import dp_nn_histogram
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.pipelines.finetune.dpsgd import clipped_sum, dp_step, noisy_average, poisson_batch
-from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.accounting import discrete_gaussian_event, epsilon_report
 
 # sample(trials, which) -> (trials,) statistic of `trials` independent runs on D0 (which = 0) or D1 (which = 1)
 Sampler = Callable[[int, int], np.ndarray]
@@ -234,26 +236,27 @@ def histogram_sampler(*, noise_multiplier: float, rng: np.random.Generator, vect
     D0 holds one record nearest candidate 1; D1 adds a record nearest candidate 0: one more vote.
 
     Per call (`vectorised=False`): the real `dp_nn_histogram`, once per trial. Vectorised: its steps
-    (`nearest_neighbors`, `vote_counts`, then `add_gaussian_noise` and `apply_threshold` on a (trials, m)
-    array); both draw the same numbers from the same generator state (tests/test_privacy_audit.py checks it).
+    (`nearest_neighbors`, `integer_votes`, the exact discrete Gaussian of `discrete_gaussian` with the same
+    sigma, `apply_threshold`) for candidate 0 only, whose noise is independent of the other candidates';
+    tests/test_privacy_audit.py checks that both give the same distribution.
     """
     candidates = np.array([[0.0, 0.0], [10.0, 10.0]])
     datasets = (np.array([[9.0, 9.0]]), np.array([[9.0, 9.0], [0.5, 0.0]]))
-    std = noise_multiplier * nn_histogram.l2_sensitivity("add_remove")
+    sigma = noise_multiplier * nn_histogram.l2_sensitivity("add_remove") * (1 + 1e-12)  # as dp_nn_histogram
 
     def per_call(trials: int, which: int) -> np.ndarray:
         return np.array([dp_nn_histogram(datasets[which], candidates, noise_multiplier=noise_multiplier, rng=rng)[0]
                          for _ in range(trials)])
 
     def batched(trials: int, which: int) -> np.ndarray:
-        counts = nn_histogram.vote_counts(nn_histogram.nearest_neighbors(datasets[which], candidates), 2)
-        noisy = nn_histogram.add_gaussian_noise(np.broadcast_to(counts, (trials, 2)), std, rng)
-        return nn_histogram.apply_threshold(noisy, 0.0)[:, 0]
+        votes = nn_histogram.integer_votes(nn_histogram.nearest_neighbors(datasets[which], candidates), 2)[0]
+        noisy = (votes + discrete_gaussian(sigma, trials, rng)).astype(np.float64)
+        return nn_histogram.apply_threshold(noisy, 0.0)
 
     return batched if vectorised else per_call
 
 
-def dpsgd_sampler(*, clip: float, noise_multiplier: float, noise: torch.Generator, sampler: torch.Generator,
+def dpsgd_sampler(*, clip: float, noise_multiplier: float, noise: np.random.Generator, sampler: np.random.Generator,
                   sampling_rate: float = 1.0, expected_batch: float = 4.0, others: int = 3, record_norm: float = 10.0,
                   vectorised: bool = True) -> Sampler:
     """Statistic: coordinate 0 of the noisy gradient of one DP-SGD step on a Poisson batch.
@@ -278,7 +281,7 @@ def dpsgd_sampler(*, clip: float, noise_multiplier: float, noise: torch.Generato
             batch = poisson_batch(others + which, sampling_rate, sampler)
             micro = [(batch.view(-1, 1), torch.zeros(len(batch), 1))] if len(batch) else []
             noisy = dp_step(grad_fn, micro, params, clip=clip, auto_clip=False, noise_multiplier=noise_multiplier,
-                            expected_batch=expected_batch, generator=noise)
+                            expected_batch=expected_batch, rng=noise)
             out[i] = float(noisy["w"][0])
         return out
 
@@ -333,9 +336,11 @@ def svt_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, batch_size
 
 def histogram_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, noise_multiplier: float = 1.0,
                     delta: float = 1e-2, vectorised: bool = True) -> Setup:
-    """One Gaussian vote histogram with noise multiplier noise_factor x sigma; claim: Gaussian(sigma) at delta."""
+    """One vote histogram (exact discrete Gaussian noise) with noise multiplier noise_factor x sigma; claim: the
+    ledger's event for it, `discrete_gaussian_event(sigma)` (zCDP, RDP-accounted), at delta."""
     sampler = histogram_sampler(noise_multiplier=noise_factor * noise_multiplier, rng=rng, vectorised=vectorised)
-    return Setup("Gaussian vote histogram (one release)", gaussian_claim(noise_multiplier, delta), delta, sampler,
+    claim = epsilon_report(discrete_gaussian_event(noise_multiplier), delta).epsilon
+    return Setup("discrete Gaussian vote histogram (one release)", claim, delta, sampler,
                  f"sigma={noise_multiplier:g}, votes=1")
 
 
@@ -345,9 +350,8 @@ def dpsgd_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, noise_mu
     at delta (the Gaussian itself when q = 1)."""
     seeds = rng.integers(2**62, size=2)
     sampler = dpsgd_sampler(clip=1.0, noise_multiplier=noise_factor * noise_multiplier,
-                            noise=torch.Generator().manual_seed(int(seeds[0])),
-                            sampler=torch.Generator().manual_seed(int(seeds[1])), sampling_rate=sampling_rate,
-                            vectorised=vectorised)
+                            noise=noise_generator(int(seeds[0])), sampler=noise_generator(int(seeds[1])),
+                            sampling_rate=sampling_rate, vectorised=vectorised)
     return Setup("DP-SGD step", gaussian_claim(noise_multiplier, delta, sampling_rate), delta, sampler,
                  f"sigma={noise_multiplier:g}, C=1, q={sampling_rate:g}")
 
