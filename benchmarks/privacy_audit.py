@@ -14,17 +14,17 @@ import argparse
 import time
 from typing import Callable
 
-from synthdp.mechanisms.randomness import secure_generator
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy import audit
 
 # name -> setup at a noise factor; parameters scaled so that one call's epsilon is near 1 (the code is the
 # pipelines' own; at the defaults one private token costs 2c/(s tau) = 0.039, too small to resolve here).
 SETUPS: dict[str, Callable[[float], audit.Setup]] = {
-    "exponential": lambda f: audit.exponential_setup(secure_generator(), noise_factor=f, gap=3.0),
-    "svt": lambda f: audit.svt_setup(secure_generator(), noise_factor=f, offset=0.5),
-    "histogram": lambda f: audit.histogram_setup(secure_generator(), noise_factor=f),
-    "dpsgd": lambda f: audit.dpsgd_setup(secure_generator(), noise_factor=f),
-    "dpsgd-sampled": lambda f: audit.dpsgd_setup(secure_generator(), noise_factor=f, sampling_rate=0.5),
+    "exponential": lambda f: audit.exponential_setup(noise_generator(), noise_factor=f, gap=3.0),
+    "svt": lambda f: audit.svt_setup(noise_generator(), noise_factor=f, offset=0.5),
+    "histogram": lambda f: audit.histogram_setup(noise_generator(), noise_factor=f),
+    "dpsgd": lambda f: audit.dpsgd_setup(noise_generator(), noise_factor=f),
+    "dpsgd-sampled": lambda f: audit.dpsgd_setup(noise_generator(), noise_factor=f, sampling_rate=0.5),
 }
 
 

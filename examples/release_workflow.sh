@@ -25,7 +25,7 @@ open("heldout.jsonl", "w").write("\n".join(rows[300:]) + "\n")
 PY
 
 echo "== 1. one budget for this data set: every run is charged to it, composed by dp_accounting"
-synthdp budget init sms.budget --epsilon 6 --delta 1e-5 --description "SMS sample, 300 rows"
+synthdp budget init sms.budget --epsilon 5 --delta 1e-5 --description "SMS sample, 300 rows"
 
 echo "== 2. canaries: unique strings planted in a copy of the data, to test the release for copying"
 synthdp canaries insert private.jsonl private+canaries.jsonl --k 5

@@ -41,7 +41,7 @@ def test_library_quickstart_runs_every_pipeline(tiny_model_dir: Path, tmp_path: 
 
 def test_release_workflow_script(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = run_script(["bash", str(EXAMPLES / "release_workflow.sh"), str(tmp_path / "work")],
-                     env={"SYNTHDP_MODEL": str(tiny_model_dir), "SYNTHDP_EXAMPLE_SET": "batch_size=8 max_tokens=6"})
+                     env={"SYNTHDP_MODEL": str(tiny_model_dir), "SYNTHDP_EXAMPLE_SET": "batch_size=8 max_tokens=6 clip=2 svt_noise=1"})
     assert "OK: run" in out and "charged to sms.budget with the same events" in out
     assert "datasets.load_dataset(\"release\"):" in out
     budget = json.loads((tmp_path / "work" / "sms.budget").read_text())
@@ -60,7 +60,8 @@ def test_example_config_lists_every_option(pipeline: str) -> None:
 def test_example_config_reruns(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", "--config", str(EXAMPLES / "configs" / "private-prediction.toml"),
                                  "--out", str(tmp_path / "run"), "--model", str(tiny_model_dir), "--num-samples", "2",
-                                 "--set", "batch_size=8", "--set", "max_tokens=6", "--no-progress"])
+                                 "--set", "batch_size=8", "--set", "max_tokens=6", "--set", "clip=2", "--set", "svt_noise=1",
+                                 "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "ledger.json").read_text())["release_ready"] is True
 
