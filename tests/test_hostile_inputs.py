@@ -190,14 +190,8 @@ def assert_nothing_spent(tmp_path: Path, budget: str, before: bytes) -> None:
     assert Path(budget).read_bytes() == before and Budget.load(Path(budget)).runs == []
 
 
-# The check for these lives in a file another change owns (corpus.py's check_out_dir, branch fix/files);
-# remove the entry once that change is merged: the row must then pass.
-AWAITING = {"out below a regular file": "check_out_dir refuses an --out below a file on branch fix/files"}
-
-
 def cli_params() -> list[Any]:
-    return [pytest.param(c, id=c[0], marks=[pytest.mark.xfail(reason=AWAITING[c[0]], strict=False)]
-                         if c[0] in AWAITING else []) for c in CLI_CASES]
+    return [pytest.param(c, id=c[0]) for c in CLI_CASES]
 
 
 @pytest.mark.parametrize("case", cli_params())
