@@ -212,3 +212,19 @@ def test_svt_distance_is_zero_for_equal_predictions_and_has_sensitivity_one_over
 def test_secure_generator_is_unpredictable_unless_seeded() -> None:
     assert secure_generator().random() != secure_generator().random()
     assert secure_generator(7).random() == secure_generator(7).random()
+
+
+def test_top_k_scores_equal_the_full_vocabulary_scores_on_those_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthdp.pipelines.private_prediction as pp
+
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(5, 40, generator=gen) * 5  # 4 private rows, then the public row
+    logits[2, 3] = float("nan")  # a non-finite row is replaced as on the full row
+    o = PrivatePredictionOptions(batch_size=4, svt=False, top_k=6)
+    seen: list[np.ndarray] = []
+    monkeypatch.setattr(pp, "sample_softmax", lambda scores, *a, **k: seen.append(scores) or 0)
+    token, _ = pp.choose_token(logits, o, None, secure_generator())
+    allowed = torch.topk(logits[-1], 6).indices
+    assert token == int(allowed[0])
+    np.testing.assert_array_equal(seen[0], aggregate_clipped(logits[:-1], o.clip, o.batch_size)[allowed].numpy())
+    assert pp.choose_token(logits[-1:], o, None, secure_generator())[0] in allowed.tolist()  # an empty batch

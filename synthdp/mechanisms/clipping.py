@@ -15,7 +15,10 @@ import torch
 def finite_rows(logits: torch.Tensor) -> torch.Tensor:
     """Rows of `logits` (..., V) with any non-finite entry replaced by zeros, in float64."""
     z = logits.double()
-    bad = ~torch.isfinite(z).all(dim=-1, keepdim=True)  # (..., 1)
+    low, high = torch.aminmax(z, dim=-1, keepdim=True)  # (..., 1): a NaN propagates, an infinity shows
+    bad = ~(torch.isfinite(low) & torch.isfinite(high))
+    if not bool(bad.any()):  # the usual case: skip a copy
+        return z
     return torch.where(bad, torch.zeros((), dtype=z.dtype, device=z.device), z)
 
 

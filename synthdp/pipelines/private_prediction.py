@@ -145,8 +145,18 @@ def choose_token(
     if o.top_k is not None:  # the public prediction's top k: a public set, free
         allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
     if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
-        scores = aggregate_clipped(private_logits, o.clip, o.batch_size).cpu().numpy()
-        return sample_softmax(scores, o.temperature, rng if noise_rng is None else noise_rng, allowed), True
+        noise = rng if noise_rng is None else noise_rng  # the private draw: the run's noise stream
+        if allowed is None:
+            scores = aggregate_clipped(private_logits, o.clip, o.batch_size).cpu().numpy()
+            return sample_softmax(scores, o.temperature, noise), True
+        # Only the allowed columns are scored (float64 on k columns, not V): each row's own maximum
+        # is appended as one more column, so re-centring sees the same maximum as on the full row;
+        # a row with a non-finite entry anywhere gets NaN there and is replaced, as on the full row.
+        low, top = torch.aminmax(private_logits, dim=-1, keepdim=True)  # NaN propagates; +-inf shows here
+        top = torch.where(torch.isfinite(low) & torch.isfinite(top), top, float("nan"))
+        columns = torch.cat([private_logits[:, torch.from_numpy(allowed).to(private_logits.device)], top], dim=1)
+        scores = aggregate_clipped(columns, o.clip, o.batch_size).cpu().numpy()[:-1]
+        return int(allowed[sample_softmax(scores, o.temperature, noise)]), True
     return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
 
 
