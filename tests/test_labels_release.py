@@ -22,6 +22,7 @@ from synthdp.cli import app
 from synthdp.data import LoadedData, Record, load_records
 from synthdp.errors import OptionError
 from synthdp.mechanisms import label_histogram
+from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.private_evolution import PrivateEvolutionResources
@@ -114,7 +115,7 @@ def test_private_prediction_plan_reads_no_count_and_pays_the_histogram(neighbori
     assert plan.parameters["batches_per_label"] is None
     sigma = label_histogram.calibrate_noise(3.0, 1e-5)
     assert [e.name for e in plan.events] == ["label histogram", "private-prediction batch"]
-    assert plan.events[0].event == dp_event.GaussianDpEvent(sigma)
+    assert plan.events[0].event == label_histogram.histogram_event(sigma)
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 3.0
     assert "5%" in plan.events[0].description and plan.parameters["label_histogram"]["epsilon_fraction"] == 0.05
 
@@ -160,29 +161,47 @@ def test_run_sets_batches_from_the_noisy_counts(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
-def test_noisy_counts_have_the_gaussian_distribution(neighboring: str) -> None:
-    """KS test of every count's noise against N(0, (sigma * sensitivity)^2); 3 tests per case, 2 cases,
-    each with false-failure rate 1e-8: below 1e-7 in all. With half the noise the test fails."""
-    counts, sigma, draws = np.array([0, 7, 250]), 3.0, 20_000
-    rng = np.random.default_rng()
+def test_noisy_counts_have_the_discrete_gaussian_distribution(neighboring: str) -> None:
+    """Chi-square test of every count's noise against the discrete Gaussian N_Z(0, (sigma * sensitivity)^2)
+    (cells: each integer within 3 std, and the two tails); 3 tests per case, 2 cases, each with
+    false-failure rate 1e-8: below 1e-7 in all. With half the noise the same test fails."""
+    counts, sigma, draws = np.array([0, 7, 250]), 3.0, 6_000
+    rng = noise_generator()
     samples = np.stack([label_histogram.noisy_counts(counts, sigma, neighboring, rng) for _ in range(draws)])
     std = sigma * {"add_remove": 1.0, "replace_one": math.sqrt(2.0)}[neighboring]
+    assert np.all(samples == np.round(samples))  # integer counts stay integers
+
+    def pvalue(noise: np.ndarray, scale: float) -> float:
+        edge = int(3 * scale)
+        support = np.arange(-60 * int(scale + 1), 60 * int(scale + 1) + 1)
+        pmf = np.exp(-support.astype(float) ** 2 / (2 * scale**2))
+        pmf /= pmf.sum()
+        cells = np.clip(support, -edge - 1, edge + 1) + edge + 1
+        expected = np.bincount(cells, weights=pmf, minlength=2 * edge + 3) * len(noise)
+        observed = np.bincount(np.clip(noise.astype(int), -edge - 1, edge + 1) + edge + 1, minlength=2 * edge + 3)
+        return float(stats.chisquare(observed, expected).pvalue)
+
     for j, count in enumerate(counts):
-        assert stats.kstest((samples[:, j] - count) / std, "norm").pvalue > 1e-8
-        assert stats.kstest((samples[:, j] - count) / (2 * std), "norm").pvalue < 1e-8  # the test can fail
+        assert pvalue(samples[:, j] - count, std) > 1e-8
+        assert pvalue(samples[:, j] - count, std / 2) < 1e-8  # the test can fail
 
 
-def test_histogram_accounting_is_the_closed_form_gaussian() -> None:
-    """Balle & Wang 2018: the Gaussian mechanism with noise multiplier sigma is (eps, delta)-DP for
-    delta(eps) = Phi(1/(2 sigma) - eps sigma) - e^eps Phi(-1/(2 sigma) - eps sigma)."""
+def test_histogram_accounting_is_the_zcdp_of_the_discrete_gaussian() -> None:
+    """The histogram's event is the discrete Gaussian's proven zCDP, rho = 1 / (2 sigma^2) (Canonne, Kamath &
+    Steinke 2020), accounted by RDP: at least the closed-form epsilon of the continuous Gaussian (Balle & Wang
+    2018), delta(eps) = Phi(1/(2 sigma) - eps sigma) - e^eps Phi(-1/(2 sigma) - eps sigma), and at most the
+    zCDP conversion eps = rho + 2 sqrt(rho ln(1/delta))."""
     delta = 1e-5
     for sigma in (0.8, 3.0, 21.0):
         def gap(eps: float) -> float:
             return stats.norm.cdf(0.5 / sigma - eps * sigma) - math.exp(eps) * stats.norm.cdf(-0.5 / sigma - eps * sigma) - delta
 
         exact = optimize.brentq(gap, 1e-9, 50.0)
+        rho = 1 / (2 * sigma**2)
+        assert label_histogram.histogram_event(sigma) == dp_event.ZCDpEvent(rho)
         report = epsilon_report(label_histogram.histogram_event(sigma), delta)
-        assert report.epsilon == pytest.approx(exact, rel=2e-3) and report.epsilon >= exact * (1 - 1e-6)
+        assert report.accountant == "rdp"
+        assert exact <= report.epsilon <= rho + 2 * math.sqrt(rho * math.log(1 / delta))
     # the default noise: the histogram alone costs 5% of the target, rounded toward more noise
     for target in (1.0, 3.0, 10.0):
         alone = epsilon_report(label_histogram.histogram_event(label_histogram.calibrate_noise(target, delta)), delta)
@@ -206,7 +225,7 @@ def test_finetune_and_evolution_use_the_shared_rule() -> None:
     for name, extra in (("dp-finetune", {"epochs": "1"}), ("private-evolution", {"iterations": "2"})):
         pipe = get_pipeline(name)
         plan = pipe.plan(parse_options(pipe.options_class, {"label_counts": "dp", **extra}), Target(3.0, 1e-5), data, None)
-        assert plan.events[0].event == dp_event.GaussianDpEvent(sigma), name
+        assert plan.events[0].event == label_histogram.histogram_event(sigma), name
         assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 3.0
         one = pipe.plan(parse_options(pipe.options_class, {"label_counts": "dp", **extra}), Target(3.0, 1e-5),
                         LoadedData(records_of({"a": 64}), ("a",), False, {}, "test"), None)

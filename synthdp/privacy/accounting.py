@@ -297,10 +297,13 @@ def calibrate_gaussian_compositions(
             event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
         return dp_event.ComposedDpEvent([*other_events, event]) if other_events else event
 
+    floor = 1e-3  # the smallest noise multiplier searched; a target it already meets gets this one
+    if float(rdp_accountant().compose(make_event(floor)).get_epsilon(delta)) <= target_epsilon:
+        return floor
     try:
         upper = float(dp_accounting.calibrate_dp_mechanism(
             rdp_accountant, make_event, target_epsilon, delta,
-            dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
+            dp_accounting.LowerEndpointAndGuess(floor, 1.0), tol=1e-4,
         ))
         if target_epsilon > PLD_MAX_EPSILON or not _pld_supports(make_event(upper)):
             return upper  # RDP's sigma meets the target; PLD would not fit in memory, or does not apply
