@@ -19,8 +19,8 @@ from typing import Any, Callable
 from dp_accounting import dp_event
 
 from synthdp import __version__
-from synthdp.card import dataset_card
-from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parquet, write_text_atomic
+from synthdp.bundle import BundleInfo, write_bundle
+from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
 from synthdp.mechanisms.randomness import run_streams
@@ -28,8 +28,7 @@ from synthdp.pipelines.base import MAX_COUNT, ModelSpec, PrivacyPlan, RunContext
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
-from synthdp.release import release_blockers, release_markdown
-from synthdp.verify import file_digests
+from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -307,30 +306,11 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
 
     ctx = RunContext(rng=rng, noise_rng=noise_rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples,
                      labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume, progress=progress)
-    writer: CorpusWriter | None = None
+    info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
+                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget))
     try:
-        writer = CorpusWriter(out)
-        for record in p.pipeline.run(p.data.records, p.options, p.plan, ctx):
-            writer.write({"text": record.text, "label": record.label})
-        corpus = writer.commit()
-        write_parquet(corpus)
-        # The ledger saying "complete" is the run folder's commit point: written last, once the corpus, the
-        # datasheet and the dataset card are in place, with the sha256 of each (`synthdp ledger verify`);
-        # the budget is marked after it. A crash before it leaves a ledger that says running, read as
-        # failed once this process has ended (see synthdp/privacy/owner.py).
-        ledger.status = "complete"
-        ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        count = writer.count
-        write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, count, p.model_name))
-        write_text_atomic(out / "README.md", dataset_card(ledger, model_name=p.model_name, count=count,
-                                                          labels=p.data.labels))
-        ledger.files = file_digests(out)
-        ledger.write(out / "ledger.json")
-    except BaseException as err:
-        if writer is not None:
-            writer.abort()
-        record_failure(ledger, out, p.budget, err)
-        raise
+        corpus, count = write_bundle(out, ledger, p.pipeline.run(p.data.records, p.options, p.plan, ctx), info,
+                                     p.budget)
     finally:
         if bar is not None:
             bar.close()
