@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
+from dp_accounting import dp_event
 
 from synthdp import __version__
 from synthdp.data import LoadedData, Record, label_set_words
@@ -404,6 +405,7 @@ class DPFinetune:
             if work is not None:
                 save_adapter(model, work / ADAPTER_DIR, options, labels, weights, plan)
         model.eval()
+        ctx.stage("texts", ctx.num_samples, "text")
         ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_counts(ctx.num_samples, weights))}
         yield from generate(lm, options, labels, weights, ctx.num_samples, torch_generator(ctx.rng, 3), ctx)
         if work is not None:
@@ -427,6 +429,9 @@ class DPFinetune:
         noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
         examples = [encode_example(lm, options, r) for r in records]
         grads = PerExampleGrads(model, options.grad_engine)
+        others = [e.event for e in plan.events[:-1]]  # the label histogram, spent before training
+        ctx.stage("DP-SGD training", steps, "step")
+        ctx.progress(start, None)
         model.train()
         try:
             for step in range(start, steps):
@@ -442,6 +447,7 @@ class DPFinetune:
                 ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
                 if ctx.work_dir is not None and ((step + 1) % options.checkpoint_every == 0 or step + 1 == steps):
                     save_checkpoint(Path(ctx.work_dir), step + 1, model, optimizer, fingerprint, weights)
+                ctx.progress(1, dp_event.ComposedDpEvent([*others, dpsgd_event(sigma, q, step + 1)]))
                 self.after_step(step + 1)
         finally:
             grads.close()
