@@ -254,7 +254,7 @@ def sample(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: as in the run.")] = None,
 ) -> None:
     """Sample more texts from a dp-finetune run's DP adapter: post-processing, no privacy spent."""
-    from synthdp.pipelines.finetune.pipeline import sample_from_run
+    from synthdp.pipelines.finetune.sample import sample_from_run
 
     corpus, count = sample_from_run(from_, num_samples, out, seed=seed, device=device)
     typer.echo(f"Wrote {count} synthetic texts to {corpus} (post-processing of {from_}: no new privacy spent).")

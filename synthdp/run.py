@@ -10,17 +10,15 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dp_accounting import dp_event
 
 from synthdp import __version__
-from synthdp.card import dataset_card
-from synthdp.corpus import CorpusWriter, check_out_dir, write_config, write_parquet, write_text_atomic
+from synthdp.bundle import BundleInfo, write_bundle
+from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import LoadedData, load_records
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
 from synthdp.mechanisms.randomness import run_streams
@@ -28,8 +26,8 @@ from synthdp.pipelines.base import MAX_COUNT, ModelSpec, PrivacyPlan, RunContext
 from synthdp.privacy.accounting import check_delta, check_epsilon, epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
-from synthdp.release import release_blockers, release_markdown
-from synthdp.verify import file_digests
+from synthdp.progress import ProgressDisplay
+from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
 
 log = logging.getLogger(__name__)
 NEIGHBORING = ("add_remove", "replace_one")
@@ -85,24 +83,6 @@ class GenerateResult:
     @property
     def delta(self) -> float:
         return self.ledger.delta
-
-
-class SpendTracker:
-    """Privacy spent so far, for the progress display. Batches are disjoint (parallel
-    composition), so what is spent so far is the largest per-batch spend; epsilon via dp_accounting."""
-
-    def __init__(self, delta: float) -> None:
-        self.delta = delta
-        self.epsilon = 0.0
-        self._last = 0.0
-
-    def update(self, spent: dp_event.DpEvent | None) -> float:
-        if spent is not None and time.monotonic() - self._last > 0.5:
-            eps = epsilon_report(spent, self.delta).epsilon
-            if eps > self.epsilon:
-                self.epsilon = eps
-            self._last = time.monotonic()
-        return self.epsilon
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -294,43 +274,16 @@ def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], N
 def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) -> GenerateResult:
     cfg, out = p.cfg, p.cfg.out
     rng, noise_rng = run_streams(cfg.seed)  # released choices; noise (ChaCha20)
-    tracker = SpendTracker(cfg.delta)
-    bar = _progress_bar(cfg.num_samples, show_progress)
-
-    planned = ledger.epsilon  # once: an accountant call can take most of a second
-
-    def progress(n: int, spent: dp_event.DpEvent | None) -> None:
-        eps = tracker.update(spent)
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix_str(f"eps spent <= {eps:.3g} of {planned:.3g}")
-
+    bar = ProgressDisplay(cfg.num_samples, cfg.delta, ledger.epsilon) if show_progress else None
     ctx = RunContext(rng=rng, noise_rng=noise_rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples,
-                     labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume, progress=progress)
-    writer: CorpusWriter | None = None
+                     labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume)
+    if bar is not None:
+        ctx.progress, ctx.stage = bar.progress, bar.stage
+    info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
+                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget))
     try:
-        writer = CorpusWriter(out)
-        for record in p.pipeline.run(p.data.records, p.options, p.plan, ctx):
-            writer.write({"text": record.text, "label": record.label})
-        corpus = writer.commit()
-        write_parquet(corpus)
-        # The ledger saying "complete" is the run folder's commit point: written last, once the corpus, the
-        # datasheet and the dataset card are in place, with the sha256 of each (`synthdp ledger verify`);
-        # the budget is marked after it. A crash before it leaves a ledger that says running, read as
-        # failed once this process has ended (see synthdp/privacy/owner.py).
-        ledger.status = "complete"
-        ledger.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        count = writer.count
-        write_text_atomic(out / "RELEASE.md", release_markdown(ledger, cfg, p.data, count, p.model_name))
-        write_text_atomic(out / "README.md", dataset_card(ledger, model_name=p.model_name, count=count,
-                                                          labels=p.data.labels))
-        ledger.files = file_digests(out)
-        ledger.write(out / "ledger.json")
-    except BaseException as err:
-        if writer is not None:
-            writer.abort()
-        record_failure(ledger, out, p.budget, err)
-        raise
+        corpus, count = write_bundle(out, ledger, p.pipeline.run(p.data.records, p.options, p.plan, ctx), info,
+                                     p.budget)
     finally:
         if bar is not None:
             bar.close()
@@ -346,14 +299,6 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
 
 def _warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
-
-
-def _progress_bar(total: int, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="text", desc="synthdp", file=sys.stderr, dynamic_ncols=True)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -186,13 +186,17 @@ class CachedGenerator:
     def name(self) -> str:
         return str(self.backend.name)
 
-    def generate(self, requests: list[Request]) -> list[str]:
+    def generate(self, requests: list[Request], tick: Callable[[int], None] | None = None) -> list[str]:
+        """Answers from the cache or the backend; `tick(n)` is called as n answers are had (for progress)."""
+        tick = tick or (lambda n: None)
         keys = [ResponseCache.key(self.name, r) for r in requests]
         answers: list[str | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, a in enumerate(answers) if a is None]
         self.cache_hits += len(requests) - len(missing)
+        tick(len(requests) - len(missing))
         if missing:
             def save(j: int, text: str) -> None:
+                tick(1)
                 self.new_requests += 1
                 answers[missing[j]] = text
                 self.cache.put(keys[missing[j]], text)

@@ -74,7 +74,11 @@ class RunContext:
     noise_rng: np.random.Generator = field(default_factory=noise_generator)  # the run's noise stream
     work_dir: Path | None = None  # the run's output folder (checkpoints, caches); never the corpus itself
     resume: bool = False  # continuing a run whose plan is already charged: never spend twice
+    # Progress (synthdp/progress.py): `stage(name, total, unit)` switches the bar to a stage (rounds, training
+    # steps, texts) with its own total and ETA; `progress(n, spent)` advances it by n, `spent` the DpEvent of
+    # the privacy spent so far or None. Without a `stage` call the bar counts texts (num_samples).
     progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None
+    stage: Callable[[str, int, str], None] = lambda name, total, unit: None
     summary: dict[str, Any] = field(default_factory=dict)  # run summary: public or DP-derived values only
     # Exact statistics of the private data (not DP): shown to the operator on stderr, never written to --out.
     operator_only_not_dp: dict[str, Any] = field(default_factory=dict)

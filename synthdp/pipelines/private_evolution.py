@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -344,7 +344,7 @@ class PrivateEvolution:
     # ------------------------------------------------------------------ generation with empty handling
 
     def generate_nonempty(self, generator: CachedGenerator, requests: list[Request], o: PrivateEvolutionOptions,
-                          summary: dict[str, Any] | None) -> list[str | None]:
+                          summary: dict[str, Any] | None, tick: Callable[[int], None] | None = None) -> list[str | None]:
         """Answers, regenerating empty ones up to `empty_retries` times (new request ids); None where still
         empty. An empty answer is never replaced by the prompt or the parent. Fails if most stay empty."""
         texts: list[str | None] = [None] * len(requests)
@@ -356,7 +356,7 @@ class PrivateEvolution:
             batch = [requests[i] if attempt == 0 else Request(requests[i].prompt, requests[i].max_tokens,
                                                               requests[i].temperature, requests[i].top_p,
                                                               f"{requests[i].rid}|retry{attempt}") for i in pending]
-            answers = generator.generate(batch)
+            answers = generator.generate(batch, tick)
             still = []
             for i, text in zip(pending, answers):
                 if text.strip():
@@ -446,7 +446,7 @@ class PrivateEvolution:
                                             o.temperature, o.top_p, purpose))
                         owners.append(lbl)
             start = time.perf_counter()
-            texts = self.generate_nonempty(generator, reqs, o, summary)
+            texts = self.generate_nonempty(generator, reqs, o, summary, tick)
             timings["generation"] += time.perf_counter() - start
             out = {lbl: list(kept[lbl]) for lbl in labels}
             for lbl, text in zip(owners, texts):
@@ -461,8 +461,13 @@ class PrivateEvolution:
                 reqs.append(Request(self.random_prompt(o, lbl, salt, j), o.max_tokens, o.temperature, o.top_p,
                                     f"random|{lbl}|{j}"))
                 owners.append(lbl)
+        # Progress: one stage per round; a step is one generation request or one label's DP selection.
+        def tick(n: int) -> None:
+            ctx.progress(n, None)
+
+        ctx.stage(f"PE round 0/{o.iterations}", len(reqs) * (1 + o.variations), "step")
         start = time.perf_counter()
-        texts = self.generate_nonempty(generator, reqs, o, summary)
+        texts = self.generate_nonempty(generator, reqs, o, summary, tick)
         timings["generation"] += time.perf_counter() - start
         initial: dict[str | None, list[str]] = {lbl: [] for lbl in labels}
         for lbl, text in zip(owners, texts):
@@ -472,6 +477,8 @@ class PrivateEvolution:
 
         kept: dict[str | None, list[str]] = initial
         for t in range(1, o.iterations + 1):
+            ctx.stage(f"PE round {t}/{o.iterations}",
+                      len(labels) + (sum(n_c.values()) * o.variations if t < o.iterations else 0), "step")
             saved = state["selections"].get(str(t))
             if saved is not None:  # drawn and checkpointed before: never drawn again
                 kept = {lbl: list(saved.get(str(lbl), [])) for lbl in labels}
@@ -493,6 +500,7 @@ class PrivateEvolution:
                     choose = rank_select if o.selection == "rank" else sample_select
                     kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl], ctx.rng)]
                     timings["histogram"] += time.perf_counter() - start
+                    tick(1)
                 state["selections"][str(t)] = {str(lbl): kept[lbl] for lbl in labels}
                 save()  # checkpoint the DP outcome before anything uses it
             ctx.progress(0, private_evolution_event(sigma, t))
@@ -507,6 +515,7 @@ class PrivateEvolution:
         # Embedding time grows with the number of private records: for the operator only.
         ctx.operator_only_not_dp["seconds"] = {k: round(v, 3) for k, v in timings.items()}
         release = split_by_weights(min(total, ctx.num_samples), [len(kept[lbl]) for lbl in labels])
+        ctx.stage("texts", sum(release), "text")
         for lbl, quota in zip(labels, release):
             for text in kept[lbl][:quota]:  # rank order: the most voted first
                 ctx.progress(1, None)

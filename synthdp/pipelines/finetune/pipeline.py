@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
+from dp_accounting import dp_event
 
 from synthdp import __version__
 from synthdp.data import LoadedData, Record, label_set_words
@@ -404,6 +405,7 @@ class DPFinetune:
             if work is not None:
                 save_adapter(model, work / ADAPTER_DIR, options, labels, weights, plan)
         model.eval()
+        ctx.stage("texts", ctx.num_samples, "text")
         ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_counts(ctx.num_samples, weights))}
         yield from generate(lm, options, labels, weights, ctx.num_samples, torch_generator(ctx.rng, 3), ctx)
         if work is not None:
@@ -427,6 +429,9 @@ class DPFinetune:
         noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
         examples = [encode_example(lm, options, r) for r in records]
         grads = PerExampleGrads(model, options.grad_engine)
+        others = [e.event for e in plan.events[:-1]]  # the label histogram, spent before training
+        ctx.stage("DP-SGD training", steps, "step")
+        ctx.progress(start, None)
         model.train()
         try:
             for step in range(start, steps):
@@ -442,6 +447,7 @@ class DPFinetune:
                 ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
                 if ctx.work_dir is not None and ((step + 1) % options.checkpoint_every == 0 or step + 1 == steps):
                     save_checkpoint(Path(ctx.work_dir), step + 1, model, optimizer, fingerprint, weights)
+                ctx.progress(1, dp_event.ComposedDpEvent([*others, dpsgd_event(sigma, q, step + 1)]))
                 self.after_step(step + 1)
         finally:
             grads.close()
@@ -484,69 +490,3 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-
-
-# --------------------------------------------------------------------------- more samples later
-
-
-def sample_from_run(run_dir: Path, num_samples: int, out: Path, *, seed: int | None = None,
-                    device: str | None = None) -> tuple[Path, int]:
-    """Sample `num_samples` more texts from the DP adapter of a complete dp-finetune run into `out`.
-
-    Post-processing: no new privacy is spent and no budget is charged. The new ledger repeats the
-    original run's events (the corpus has exactly that guarantee) and names the run it derives from.
-    Returns (corpus path, texts written).
-    """
-    from synthdp.corpus import CorpusWriter, check_out_dir, write_parquet
-    from synthdp.mechanisms.randomness import secure_generator
-    from synthdp.pipelines.base import parse_options
-    from synthdp.privacy.ledger import Ledger
-    from synthdp.run import load_config_file
-
-    run_dir, out = Path(run_dir), Path(out)
-    if num_samples < 1:
-        raise OptionError(f"`--num-samples` must be >= 1. Found {num_samples}.")
-    original = Ledger.read(run_dir)
-    folder = run_dir / ADAPTER_DIR
-    if original.pipeline != DPFinetune.name or not (folder / ADAPTER_META).is_file():
-        raise UserError(f"{run_dir} holds no trained dp-finetune adapter (pipeline: {original.pipeline}). "
-                        "Pass the folder of a dp-finetune run.")
-    if original.status != "complete":
-        raise UserError(f"The run in {run_dir} did not complete (status: {original.status}); resume it first "
-                        f"with `synthdp generate --resume {run_dir}`.")
-    if out.resolve() == run_dir.resolve():
-        raise UserError("--out must be a new folder, not the run folder itself.")
-    check_out_dir(out)
-    values = load_config_file(run_dir / "config.toml")
-    options = parse_options(FinetuneOptions, values["options"])
-    meta = json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
-    lm = LocalLM.load(values.get("model"), device=device or values.get("device"))
-    model = attach_lora(lm, options)
-    load_adapter_weights(model, folder)
-    model.eval()
-    labels = tuple(meta["labels"])
-    ledger = Ledger(
-        run_id=f"{original.run_id}-sample", pipeline=DPFinetune.name, delta=original.delta,
-        neighboring=original.neighboring, events=original.events,
-        public_assumptions=original.public_assumptions + [
-            f"these texts are sampled from the DP adapter of run {original.run_id} ({run_dir.resolve() / 'ledger.json'}): "
-            "post-processing, no new privacy spent; the events above are that run's, not new ones, and "
-            "must not be charged again"],
-        parameters={"post_processing_of": original.run_id, "original_ledger": str((run_dir / "ledger.json").resolve()),
-                    "original_epsilon": original.epsilon, "num_samples": num_samples},
-        seed=seed if seed is not None else original.seed, status="running", synthdp_version=__version__,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    writer = CorpusWriter(out)
-    try:
-        for rec in generate(lm, options, labels, list(meta["label_weights"]), num_samples,
-                            torch_generator(secure_generator(seed), 3)):
-            writer.write({"text": rec.text, "label": rec.label})
-        corpus = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    write_parquet(corpus)
-    ledger.status = "complete"
-    ledger.write(out / "ledger.json")
-    return corpus, writer.count
