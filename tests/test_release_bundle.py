@@ -71,8 +71,7 @@ def test_a_changed_corpus_line_is_caught(copy: tuple[Path, Path]) -> None:
 def test_a_changed_ledger_event_is_caught(copy: tuple[Path, Path]) -> None:
     run, _ = copy
     ledger = json.loads((run / "ledger.json").read_text())
-    event = ledger["events"][0]["dp_event"]
-    assert event["dp_event"] == "SelfComposedDpEvent"
+    event = next(e["dp_event"] for e in ledger["events"] if e["dp_event"]["dp_event"] == "SelfComposedDpEvent")
     event["count"] = max(1, event["count"] // 4)  # claims fewer private tokens than were spent
     (run / "ledger.json").write_text(json.dumps(ledger))
     code, output = verify(run)
@@ -82,7 +81,7 @@ def test_a_changed_ledger_event_is_caught(copy: tuple[Path, Path]) -> None:
 def test_a_changed_budget_entry_is_caught(copy: tuple[Path, Path]) -> None:
     run, budget = copy
     stored = json.loads(budget.read_text())
-    stored["runs"][0]["events"][0]["dp_event"]["count"] += 1
+    next(e["dp_event"] for e in stored["runs"][0]["events"] if "count" in e["dp_event"])["count"] += 1
     budget.write_text(json.dumps(stored))
     code, output = verify(run, budget)
     assert code == 1 and "differ from the ledger's" in output
