@@ -92,14 +92,6 @@ def vote_counts(neighbors: np.ndarray, num_candidates: int) -> np.ndarray:
     return integer_votes(neighbors, num_candidates) / math.sqrt(neighbors.shape[1])
 
 
-def add_gaussian_noise(counts: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    """counts + N(0, std^2) per entry, drawn from `rng` in float64 (continuous: for quantities that are not
-    integers; integer counts take `discrete_gaussian`)."""
-    if not std >= 0:
-        raise ValueError(f"`std` must be >= 0. Found {std}.")
-    return counts + rng.normal(0.0, std, size=counts.shape)
-
-
 def apply_threshold(noisy: np.ndarray, threshold: float) -> np.ndarray:
     """Aug-PE's threshold H: noisy counts below H become 0 (post-processing, free)."""
     return np.where(noisy >= threshold, noisy, 0.0)

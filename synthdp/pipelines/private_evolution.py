@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from synthdp.data import LoadedData, Record, label_set_words
+from synthdp.atomic import write_json_atomic
 from synthdp.errors import ModelError, OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.nn_histogram import (
@@ -62,7 +63,7 @@ from synthdp.pipelines.base import (
     register_pipeline,
 )
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
-from synthdp.privacy.ledger import LedgerEvent, write_json_atomic
+from synthdp.privacy.ledger import LedgerEvent
 
 RANDOM_PROMPT = ('Write one short text whose {label_name} is "{label}", about {keyword}. '
                  "Reply with the text only.")

@@ -23,7 +23,8 @@ from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.randomness import salt_bytes
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
-from synthdp.models.local import BucketedDecoder, LocalLM, StackedDecoder, decode_group_rows
+from synthdp.models.local import LocalLM, decode_group_rows
+from synthdp.models.stacked import BucketedDecoder, StackedDecoder
 from synthdp.pipelines.base import (
     MAX_BATCH,
     MAX_TOKENS,
@@ -347,10 +348,8 @@ class PrivatePrediction:
         """The decoder of one batch: logits (len(texts) + 1, V), the public row last.
 
         Private rows get a width from a public ladder chosen by their own length (powers of two up to
-        `prompt_width`, so short records do not pay for `max_record_tokens` of padding) and a fixed
-        number of rows per forward pass (dummy rows fill the last group of each width); the public row
-        has its own decoder. So no row's arithmetic, the public row's included, depends on another
-        record (tests/test_row_independence.py).
+        `prompt_width`) and a fixed number of rows per forward pass; the public row has its own decoder.
+        So no row's arithmetic depends on another record (tests/test_row_independence.py).
         """
         rows = self.prompts(lm, texts, label, o)
         private = [BucketedDecoder(lm, rows[:-1], o.max_tokens, full_width=self.prompt_width(lm, label, o),

@@ -26,7 +26,7 @@ from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to
 from synthdp.privacy.owner import current_owner, owner_gone, owner_words
 from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
 
-__all__ = ["Budget", "Ledger", "LedgerEvent", "check_delta_against_n", "write_json_atomic"]
+__all__ = ["Budget", "Ledger", "LedgerEvent", "check_delta_against_n"]
 
 LEDGER_FORMAT = "synthdp-ledger/1"
 BUDGET_FORMAT = "synthdp-budget/1"
