@@ -35,7 +35,8 @@ def generate(
     A `seed` makes the noise reproducible and the run not fit for release. `labels` is a list of
     names (a bare string is refused: write labels=["ham"]).
     """
-    from synthdp.run import RunConfig, generate_run
+    from synthdp.config import RunConfig
+    from synthdp.run import generate_run
 
     # Values go to the run unconverted: `check_config` checks their types (a bare string for `labels` is an
     # error, not a list of letters) and refuses anything wrong with a UserError before anything is spent.

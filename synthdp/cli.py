@@ -67,7 +67,8 @@ def generate(
 ) -> None:
     """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
     from synthdp.pipelines.base import parse_set_pairs
-    from synthdp.run import RunConfig, generate_run, load_config_file, resume_run
+    from synthdp.config import RunConfig, load_config_file
+    from synthdp.run import generate_run, resume_run
 
     if resume is not None:
         _report(resume_run(resume, show_progress=progress))

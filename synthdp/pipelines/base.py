@@ -9,10 +9,12 @@ unknown keys are errors (a misspelt noise key must never be ignored).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import string
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +29,7 @@ from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy.ledger import LedgerEvent
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,37 @@ class ModelSpec:
     device: str | None = None  # "cuda", "cpu" or None (CUDA when present)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
-    """A pipeline's privacy plan, built before the private data is touched by any mechanism."""
+    """A pipeline's privacy plan, built before any record is read. Each pipeline subclasses it with the
+    typed fields its run needs (calibrated noise, r, batch counts, ...); `published()` renders those
+    fields for the ledger's `parameters`. Frozen: the run reads the plan, never changes it."""
 
-    events: list[LedgerEvent]
-    parameters: dict[str, Any]  # calibrated values (noise, r, ...) in the ledger
-    public_assumptions: list[str]
+    events: tuple[LedgerEvent, ...]
+    public_assumptions: tuple[str, ...]
+
+    def published(self) -> dict[str, Any]:
+        """The plan's own fields (all but events and assumptions) as JSON values, for the ledger."""
+        skip = {"events", "public_assumptions"}
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DictPlan(PrivacyPlan):  # TEMPORARY bridge while the pipelines move to typed plans; removed after
+    parameters: dict[str, Any]
+
+    def published(self) -> dict[str, Any]:
+        return dict(self.parameters)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 @dataclass
@@ -101,6 +128,9 @@ class Pipeline(Protocol):
     def load_resources(self, options: Any, spec: ModelSpec) -> Any:
         """Load models (raising ModelError for a bad path or endpoint) before anything is spent."""
 
+    # Optional: `preflight(options, labels, resources) -> None`, called after `load_resources` and before
+    # `plan`: checks that touch models but no record (e.g. that an API answers), raising a UserError.
+
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`
         (its label set; its size only where the ledger then lists it as public). Anything else computed
@@ -135,11 +165,6 @@ def _load_entry_points() -> None:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
             register_pipeline(ep.load())
-
-
-# The two spellings of `label_counts` that ask for a DP label histogram; private evolution and DP
-# fine-tuning accept both.
-DP_LABEL_COUNTS = ("dp", "dp_histogram")
 
 
 def available_pipelines() -> dict[str, type]:
@@ -206,7 +231,9 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
 
 
 def parse_options(options_class: type, values: dict[str, Any]) -> Any:
-    """Build the frozen options dataclass from strings or typed values; unknown keys are errors."""
+    """Build the frozen options dataclass from strings or typed values; unknown keys are errors. Old names
+    listed in the class's `DEPRECATED` ({old: new}) still work for one release, with a warning."""
+    values = _rename_deprecated(options_class, values)
     fields = {f.name: f for f in dataclasses.fields(options_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -220,6 +247,25 @@ def parse_options(options_class: type, values: dict[str, Any]) -> Any:
         return options_class(**kwargs)
     except (ValueError, TypeError) as err:
         raise OptionError(str(err)) from None
+
+
+def _rename_deprecated(options_class: type, values: dict[str, Any]) -> dict[str, Any]:
+    renamed = dict(values)
+    for old, new in getattr(options_class, "DEPRECATED", {}).items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise OptionError(f"`{old}` is the old name of `{new}`; give only `{new}`.")
+        warnings.warn(f"Option `{old}` is deprecated and will be removed in the next release; use `{new}` "
+                      f"(same meaning).", DeprecationWarning, stacklevel=3)
+        log.warning("Option `%s` is deprecated; use `%s`.", old, new)
+        renamed[new] = renamed.pop(old)
+    if renamed.get("label_counts") == "dp_histogram":
+        warnings.warn("`label_counts=dp_histogram` is deprecated; use `label_counts=dp` (same meaning).",
+                      DeprecationWarning, stacklevel=3)
+        log.warning("`label_counts=dp_histogram` is deprecated; use `label_counts=dp`.")
+        renamed["label_counts"] = "dp"
+    return renamed
 
 
 def parse_set_pairs(pairs: list[str]) -> dict[str, str]:

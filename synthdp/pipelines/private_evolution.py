@@ -48,11 +48,12 @@ from synthdp.models.api import ApiGenerator, is_api_model
 from synthdp.models.embedder import Embedder
 from synthdp.models.generator import CachedGenerator, LocalGenerator, Request
 from synthdp.models.local import LocalLM
+from synthdp.pipelines.shared import DP_LABEL_COUNTS
 from synthdp.pipelines.base import (
-    DP_LABEL_COUNTS,
     MAX_COUNT,
     MAX_TOKENS,
     ModelSpec,
+    DictPlan,
     PrivacyPlan,
     RunContext,
     SyntheticRecord,
@@ -294,7 +295,7 @@ class PrivateEvolution:
                       "dp_label_histogram": dp_labels,
                       "label_histogram": label_histogram.plan_parameters(sigma_h, target.neighboring) if dp_labels else None,
                       "calibrated": options.noise is None, "neighboring": target.neighboring}
-        return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
+        return DictPlan(events=tuple(events), parameters=parameters, public_assumptions=tuple(assumptions))
 
     def probe(self, o: PrivateEvolutionOptions, labels: list[str], resources: PrivateEvolutionResources) -> None:
         """A few public RANDOM_API requests before anything is spent: a model that answers mostly empty text

@@ -29,6 +29,7 @@ from synthdp.pipelines.base import (
     MAX_BATCH,
     MAX_TOKENS,
     ModelSpec,
+    DictPlan,
     PrivacyPlan,
     RunContext,
     SyntheticRecord,
@@ -258,7 +259,7 @@ class PrivatePrediction:
         }
         events = ([histogram] if histogram is not None else []) + [
             LedgerEvent("private-prediction batch", description, event)]
-        return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
+        return DictPlan(events=tuple(events), parameters=parameters, public_assumptions=tuple(assumptions))
 
     @staticmethod
     def check_sizes(options: PrivatePredictionOptions, labels: tuple[str, ...]) -> dict[str | None, int] | None:

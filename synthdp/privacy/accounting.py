@@ -281,11 +281,7 @@ def calibrate_gaussian_compositions(
     composed with `other_events` (e.g. a DP label histogram of the same run) when given. With `discrete`,
     the releases are discrete Gaussian ones (`discrete_gaussian_event`), accounted by RDP only.
 
-    `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial. The RDP accountant gives
-    an upper bracket quickly (RDP is a valid but looser bound, so its sigma already meets the target);
-    the PLD accountant (tight for Gaussians) then searches below it. The PLD trials use a coarser
-    value discretization than `epsilon_report`; pessimistic PLDs only overestimate epsilon as the grid
-    coarsens, so the result also meets the target under the finer accountant. Rounds toward more noise.
+    The search is `calibrate_noise`.
     """
     if count < 1:
         raise ValueError(f"`count` must be positive. Found {count}.")
@@ -297,7 +293,24 @@ def calibrate_gaussian_compositions(
             event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
         return dp_event.ComposedDpEvent([*other_events, event]) if other_events else event
 
-    floor = 1e-3  # the smallest noise multiplier searched; a target it already meets gets this one
+    return calibrate_noise(make_event, target_epsilon, delta, floor=1e-3, tolerance=tolerance,
+                           fix=f"Cannot calibrate the noise for epsilon {target_epsilon:g} at delta {delta:g}")
+
+
+def calibrate_noise(
+    make_event: Callable[[float], dp_event.DpEvent], target_epsilon: float, delta: float, *,
+    floor: float, tolerance: float, fix: str,
+) -> float:
+    """The one calibration search: the smallest noise multiplier sigma >= `floor` (to within `tolerance`
+    relative, rounded toward more noise) with epsilon(make_event(sigma)) <= target_epsilon at `delta`.
+
+    `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial. RDP first gives an upper
+    bracket quickly (a valid but looser bound, so its sigma already meets the target); the PLD accountant
+    (tight for Gaussians) then searches below it with a value discretization of 1e-3 (pessimistic PLDs
+    only overestimate epsilon as the grid coarsens, so the result also meets the target under the finer
+    accountant of `epsilon_report`). A target the floor already meets returns the floor.
+    Raises PrivacyParameterError("<fix> (<reason>)") when no sigma reaches the target.
+    """
     if float(rdp_accountant().compose(make_event(floor)).get_epsilon(delta)) <= target_epsilon:
         return floor
     try:
@@ -309,15 +322,13 @@ def calibrate_gaussian_compositions(
             return upper  # RDP's sigma meets the target; PLD would not fit in memory, or does not apply
         lower = 0.5 * upper
         if float(_pld_accountant(1e-3)().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
-            return upper  # cannot happen for Gaussians (PLD is within a few % of RDP); keep the safe value
+            return upper  # PLD is never this far below RDP for these events; keep the safe value
         return float(dp_accounting.calibrate_dp_mechanism(
             _pld_accountant(1e-3), make_event, target_epsilon, delta,
             dp_accounting.ExplicitBracketInterval(lower, upper), tol=tolerance * upper,
         ))
-    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:  # pragma: no cover
-        raise PrivacyParameterError(
-            f"Cannot calibrate the noise for epsilon {target_epsilon:g} at delta {delta:g}: {err}"
-        ) from None
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
+        raise PrivacyParameterError(f"{fix} ({err}).") from None
 
 
 # --------------------------------------------------------------------------- DP-SGD
@@ -343,38 +354,13 @@ def calibrate_dpsgd_noise(
     DP-SGD, composed with `other_events` (e.g. a DP label histogram of the same run), stays within
     `target_epsilon` at `delta`.
 
-    `dp_accounting.calibrate_dp_mechanism` with a fresh accountant per trial: RDP first (fast, a
-    valid but looser bound, so its sigma already meets the target), then PLD searching below it with
-    a value discretization of 1e-3 (pessimistic PLDs only overestimate epsilon as the grid coarsens,
-    so the result also meets the target under the finer accountant of `epsilon_report`).
-    Raises PrivacyParameterError when no noise multiplier reaches the target.
+    The search is `calibrate_noise`; raises PrivacyParameterError when no noise multiplier reaches the target.
     """
 
     def make_event(sigma: float) -> dp_event.DpEvent:
         return dp_event.ComposedDpEvent([*other_events, dpsgd_event(sigma, sampling_probability, steps)])
 
-    def coarse_pld() -> dp_accounting.PrivacyAccountant:
-        return pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
-
-    floor = 1e-2  # the smallest noise multiplier searched; a target it already meets gets this one
-    if float(rdp_accountant().compose(make_event(floor)).get_epsilon(delta)) <= target_epsilon:
-        return floor
-    try:
-        upper = float(dp_accounting.calibrate_dp_mechanism(
-            rdp_accountant, make_event, target_epsilon, delta,
-            dp_accounting.LowerEndpointAndGuess(floor, 1.0), tol=1e-4,
-        ))
-        if target_epsilon > PLD_MAX_EPSILON or not _pld_supports(make_event(upper)):
-            return upper  # RDP's sigma meets the target; PLD would not fit in memory, or does not apply
-        lower = 0.5 * upper
-        if float(coarse_pld().compose(make_event(lower)).get_epsilon(delta)) <= target_epsilon:
-            return upper  # PLD is never this far below RDP for these events; keep the safe value
-        return float(dp_accounting.calibrate_dp_mechanism(
-            coarse_pld, make_event, target_epsilon, delta,
-            dp_accounting.ExplicitBracketInterval(lower, upper), tol=tolerance * upper,
-        ))
-    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
-        raise PrivacyParameterError(
-            f"No noise multiplier reaches epsilon {target_epsilon:g} at delta {delta:g} with sampling rate "
-            f"{sampling_probability:.4g} over {steps} steps ({err}). Raise --epsilon, or lower epochs or batch_size."
-        ) from None
+    return calibrate_noise(
+        make_event, target_epsilon, delta, floor=1e-2, tolerance=tolerance,
+        fix=f"No noise multiplier reaches epsilon {target_epsilon:g} at delta {delta:g} with sampling rate "
+            f"{sampling_probability:.4g} over {steps} steps. Raise --epsilon, or lower epochs or batch_size")

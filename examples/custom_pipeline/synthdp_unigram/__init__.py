@@ -37,6 +37,14 @@ VOCABULARY = tuple(
 
 
 @dataclass(frozen=True, kw_only=True)
+class UnigramPlan(PrivacyPlan):
+    """The plan: the event plus what the run needs (the ledger publishes both fields)."""
+
+    noise_multiplier: float
+    noise_std: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class UnigramOptions:
     max_words: int = field(default=20, metadata={"help": "distinct vocabulary words counted per record (sensitivity bound)"})
     text_words: int = field(default=12, metadata={"help": "words per synthetic text"})
@@ -73,17 +81,17 @@ class UnigramPipeline:
             dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4,
         ))
         sensitivity = 1.0 if target.neighboring == "add_remove" else math.sqrt(2.0)
-        return PrivacyPlan(
-            events=[LedgerEvent("word histogram", f"Gaussian histogram of words per label over a public vocabulary "
+        return UnigramPlan(
+            events=(LedgerEvent("word histogram", f"Gaussian histogram of words per label over a public vocabulary "
                                 f"({len(VOCABULARY)} words), L2 sensitivity {sensitivity:g}, noise multiplier "
-                                f"{sigma:.4g}; labels compose in parallel", event(sigma))],
-            parameters={"noise_multiplier": sigma, "noise_std": sigma * sensitivity},
-            public_assumptions=["the vocabulary", "the label set", "the number of texts per label (split evenly)"],
+                                f"{sigma:.4g}; labels compose in parallel", event(sigma)),),
+            noise_multiplier=sigma, noise_std=sigma * sensitivity,
+            public_assumptions=("the vocabulary", "the label set", "the number of texts per label (split evenly)"),
         )
 
-    def run(self, records: list[Record], options: UnigramOptions, plan: PrivacyPlan,
+    def run(self, records: list[Record], options: UnigramOptions, plan: UnigramPlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
-        std = float(plan.parameters["noise_std"])
+        std = plan.noise_std
         noise_rng = getattr(ctx, "noise_rng", ctx.rng)  # the run's noise stream
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         weight = 1.0 / math.sqrt(options.max_words)

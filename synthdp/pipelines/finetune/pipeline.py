@@ -26,11 +26,12 @@ from synthdp.errors import ModelError, OptionError, PrivacyParameterError, UserE
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
+from synthdp.pipelines.shared import DP_LABEL_COUNTS
 from synthdp.pipelines.base import (
-    DP_LABEL_COUNTS,
     MAX_BATCH,
     MAX_TOKENS,
     ModelSpec,
+    DictPlan,
     PrivacyPlan,
     RunContext,
     SyntheticRecord,
@@ -373,7 +374,7 @@ class DPFinetune:
                       "noise_calibrated": options.noise is None,
                       "label_histogram": None if histogram is None else label_histogram.plan_parameters(
                           sigma_h, target.neighboring)}
-        return PrivacyPlan(events=events, parameters=parameters, public_assumptions=assumptions)
+        return DictPlan(events=tuple(events), parameters=parameters, public_assumptions=tuple(assumptions))
 
     # ------------------------------------------------------------------ run
 

@@ -1,0 +1,155 @@
+"""The resolved configuration of a run (`RunConfig`, what config.toml holds), its checks, and config files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
+from synthdp.pipelines.base import MAX_COUNT, ModelSpec
+from synthdp.privacy.accounting import check_delta, check_epsilon
+
+NEIGHBORING = ("add_remove", "replace_one")
+
+
+@dataclass
+class RunConfig:
+    """The resolved configuration of a run (what config.toml holds)."""
+
+    out: Path
+    epsilon: float
+    delta: float
+    num_samples: int
+    pipeline: str = "private-prediction"
+    data: str | None = None
+    text_field: str = "text"
+    label_field: str | None = "label"
+    labels: list[str] | None = None
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    budget: str | None = None
+    seed: int | None = None
+    neighboring: str = "add_remove"
+    api_base: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    device: str | None = None
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env, device=self.device)
+
+    def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
+        run = {k: v for k, v in dataclasses.asdict(self).items() if k != "options"}
+        run["out"] = str(self.out)
+        return {"run": run, "options": dataclasses.asdict(resolved_options)}
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The run's own settings, types included (the library and config files can pass any value).
+    Converts `out` to a Path and `labels` to a list; raises a UserError subclass."""
+    cfg.out = _check_out_path(cfg.out)
+    for name in ("epsilon", "delta"):
+        if isinstance(getattr(cfg, name), bool):
+            raise PrivacyParameterError(f"`{name}` must be a number. Found {getattr(cfg, name)!r}.")
+    cfg.epsilon = check_epsilon(cfg.epsilon)
+    cfg.delta = check_delta(cfg.delta)
+    if cfg.delta < MIN_DELTA:
+        raise PrivacyParameterError(
+            f"`delta` must be at least {MIN_DELTA:g}. Found {cfg.delta:g}. A smaller delta promises more than the "
+            "double-precision arithmetic that draws the noise and composes the budget can show (1 - delta is "
+            "1 below 1.1e-16), and buys almost nothing: the calibration then leaves next to no privacy for the "
+            "texts. Typical: delta = 1/(10 n) for n records, e.g. 1e-6.")
+    if not _is_int(cfg.num_samples) or not 1 <= cfg.num_samples <= MAX_COUNT:
+        raise OptionError(f"`num_samples` must be an integer from 1 to {MAX_COUNT:,}. Found {cfg.num_samples!r}. "
+                          "Example: --num-samples 100.")
+    if cfg.seed is not None and (not _is_int(cfg.seed) or not 0 <= cfg.seed <= MAX_SEED):
+        raise OptionError(f"`seed` must be an integer from 0 to 2**63 - 1, or unset. Found {cfg.seed!r}. "
+                          "Leave it unset for a release; a seed is for debugging.")
+    if cfg.neighboring not in NEIGHBORING:
+        raise OptionError(f"`neighboring` must be one of {', '.join(NEIGHBORING)}. Found {cfg.neighboring!r}.")
+    for name in ("pipeline", "text_field", "api_key_env"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name).strip():
+            raise OptionError(f"`{name}` must be a non-empty text. Found {getattr(cfg, name)!r}.")
+    for name in ("data", "model", "budget"):  # paths: text or path-like
+        value = getattr(cfg, name)
+        if isinstance(value, os.PathLike):
+            setattr(cfg, name, os.fspath(value))
+        elif value is not None and (not isinstance(value, str) or not value.strip()):
+            raise OptionError(f"`{name}` must be a path or unset. Found {value!r}.")
+    for name in ("label_field", "api_base", "device"):
+        if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), str):
+            raise OptionError(f"`{name}` must be text or unset. Found {getattr(cfg, name)!r}.")
+    cfg.labels = _check_labels(cfg.labels)
+    if not isinstance(cfg.options, dict) or not all(isinstance(k, str) for k in cfg.options):
+        raise OptionError(f"`options` must be a dict of option names to values, e.g. {{'clip': 10}}. "
+                          f"Found {cfg.options!r}.")
+    _check_device(cfg.device)
+
+
+MIN_DELTA = 1e-15
+MAX_SEED = 2**63 - 1  # config.toml holds the seed; TOML integers are 64-bit
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_out_path(out: Any) -> Path:
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise OutputError(f"`out` must be the path of a folder for the release bundle. Found {out!r}. "
+                          "Example: --out release/")
+    return Path(out)
+
+
+def _check_labels(labels: Any) -> list[str] | None:
+    """None or a list of label names. A bare string is refused rather than taken as one label: in the
+    CLI "ham,spam" means two labels, and list("ham") would be three one-letter labels."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
+        raise OptionError(f"`labels` must be a list of label names, e.g. labels=['ham', 'spam']. Found {labels!r}.")
+    if not all(isinstance(name, str) for name in labels):
+        raise OptionError(f"`labels` must be label names (text). Found {list(labels)!r}.")
+    return list(labels)
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise OptionError(f"`device` must be cuda or cpu (or cuda:N). Found {device!r}.") from None
+    if kind not in ("cpu", "cuda"):
+        raise OptionError(f"`device` must be cuda or cpu (or cuda:N). Found {device!r}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"`device` is {device!r} but no CUDA device is available here. Pass --device cpu.")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a config TOML with [run] and [options] tables; unknown keys are errors."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"No config file at {path}.") from None
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise UserError(f"Cannot read the config file {path}: {err}.") from None
+    unknown_tables = sorted(set(data) - {"run", "options"})
+    if unknown_tables:
+        raise OptionError(f"Unknown table(s) {unknown_tables} in {path}. Use [run] and [options].")
+    for table in ("run", "options"):
+        if not isinstance(data.get(table, {}), dict):
+            raise OptionError(f"[{table}] in {path} must be a table of key = value lines. Found {data[table]!r}.")
+    run = dict(data.get("run", {}))
+    valid = {f.name for f in dataclasses.fields(RunConfig)} - {"options"}
+    unknown = sorted(set(run) - valid)
+    if unknown:
+        raise OptionError(f"Unknown key(s) {unknown} in [run] of {path}. Valid keys: {', '.join(sorted(valid))}.")
+    run["options"] = dict(data.get("options", {}))
+    return run
