@@ -121,6 +121,8 @@ def pipelines() -> None:
         typer.echo(f"{name}: {cls.description}")
         for opt, kind, default, help_text in options_table(cls.options_class):
             typer.echo(f"    {opt} ({kind}, default {default!r}): {help_text}")
+        for old, new in getattr(cls.options_class, "DEPRECATED", {}).items():
+            typer.echo(f"    {old}: deprecated name of {new} (works until the next release)")
 
 
 @ledger_app.command("show")
