@@ -20,6 +20,9 @@ from typing import Any, BinaryIO
 from synthdp.errors import DataError
 
 BUNDLED_SOURCE = "bundled SMS Spam sample"
+# Public facts about the bundled sample that its runs use as option defaults where a pipeline has the option and
+# the user did not set it: what kind of text it is (the default prompts name it).
+BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message"}
 SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
 
 Row = dict[str, Any]

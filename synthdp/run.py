@@ -18,7 +18,7 @@ from typing import Any, Callable
 from synthdp import __version__
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
-from synthdp.data import LoadedData, load_records
+from synthdp.data import BUNDLED_OPTIONS, LoadedData, load_records
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
@@ -71,7 +71,7 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     """Every check that can fail on user input, then the plan. Writes nothing, spends nothing."""
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
-    options = parse_options(pipeline.options_class, cfg.options)
+    options = parse_options(pipeline.options_class, _with_data_defaults(pipeline.options_class, cfg))
     if not resuming:
         check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
@@ -97,6 +97,15 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
     model_name = str(getattr(resources, "name", cfg.model or "default"))
     return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
+
+
+def _with_data_defaults(options_class: type, cfg: RunConfig) -> dict[str, Any]:
+    """The user's options, plus the bundled sample's own public defaults (its domain) where the pipeline has the
+    option and the user left it unset."""
+    if cfg.data is not None:
+        return dict(cfg.options)
+    known = {f.name for f in dataclasses.fields(options_class)}
+    return {k: v for k, v in BUNDLED_OPTIONS.items() if k in known} | dict(cfg.options)
 
 
 def generate_run(
