@@ -12,7 +12,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 from synthdp import __version__
@@ -22,7 +22,7 @@ from synthdp.data import BUNDLED_OPTIONS, LoadedData, load_records
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
-from synthdp.pipelines.base import PrivacyPlan, RunContext, Target, get_pipeline, parse_options
+from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
@@ -178,8 +178,7 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
                       data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget))
     try:
-        corpus, count = write_bundle(out, ledger, p.pipeline.run(p.data.records, p.options, p.plan, ctx), info,
-                                     p.budget)
+        corpus, count = write_bundle(out, ledger, _records(p, ctx), info, p.budget)
     finally:
         if bar is not None:
             bar.close()
@@ -191,6 +190,12 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
             log.warning("The budget could not record the run as complete: %s", err)
     return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary,
                           operator_only_not_dp=dict(ctx.operator_only_not_dp))
+
+
+def _records(p: Prepared, ctx: RunContext) -> Iterator[SyntheticRecord]:
+    """The pipeline's records, its `run` called at the first one: inside write_bundle's failure handling, so a
+    `run` that fails as it is called (not written as a generator) is recorded as failed like any crash."""
+    yield from p.pipeline.run(p.data.records, p.options, p.plan, ctx)
 
 
 def _warn(message: str) -> None:

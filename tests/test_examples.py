@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import synthdp.pipelines.base as base
 from synthdp.cli import app
 from synthdp.pipelines.base import available_pipelines, options_table
 
@@ -66,24 +64,8 @@ def test_example_config_reruns(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "ledger.json").read_text())["release_ready"] is True
 
 
-@pytest.fixture()
-def unigram_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Install examples/custom_pipeline the way pip would, as far as entry points go: its package on the path
-    and a dist-info folder with its entry_points.txt (taken from its pyproject.toml)."""
-    project = tomllib.loads((EXAMPLES / "custom_pipeline" / "pyproject.toml").read_text())["project"]
-    dist = tmp_path / f"synthdp_unigram-{project['version']}.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    points = project["entry-points"]["synthdp.pipelines"]
-    (dist / "entry_points.txt").write_text("[synthdp.pipelines]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
-    monkeypatch.syspath_prepend(str(EXAMPLES / "custom_pipeline"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    monkeypatch.setattr(base, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-
-
 def test_custom_pipeline_registers_through_the_entry_point(unigram_installed: None, tmp_path: Path) -> None:
+    # unigram_installed (tests/conftest.py): the example installed the way pip would, as far as entry points go
     listed = runner.invoke(app, ["pipelines"])
     assert listed.exit_code == 0 and "dp-unigram: example plug-in" in listed.output and "max_words" in listed.output
     out = tmp_path / "unigram"

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from dp_accounting import dp_event
+from conftest import fast_flags, write_jsonl
 from pe_helpers import EchoBackend, HashEmbedder
 from scipy import optimize, stats
 from typer.testing import CliRunner
@@ -30,12 +31,7 @@ from synthdp.privacy.accounting import NEIGHBORING_WORDS, epsilon_report
 from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
-FAST = ["--set", "max_tokens=6", "--set", "batch_size=8", "--set", "clip=2", "--set", "svt_noise=1", "--no-progress"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+FAST = fast_flags("private-prediction")
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""The ledger and the budget: round trip, write-ahead on a crash, composition across runs, refusal."""
+"""The ledger and the budget: round trip, composition across runs, refusal with numbers. (Every pipeline's
+write-ahead, crash and resume: tests/test_contract.py.)"""
 
 from __future__ import annotations
 
@@ -8,23 +9,15 @@ from pathlib import Path
 import pytest
 
 import synthdp
-import synthdp.pipelines.private_prediction as pp
+from conftest import FAST_OPTIONS
 from synthdp.errors import BudgetExceededError, UserError
 from synthdp.privacy.accounting import epsilon_report, private_prediction_event
 from synthdp.atomic import write_json_atomic
 from synthdp.errors import OutputError
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
-from synthdp.run import resume_run
 
-OPTS = {"max_tokens": 4, "batch_size": 8, "clip": 2, "svt_noise": 1}
-
-
-@pytest.fixture()
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": f"text {i}", "label": "ab"[i % 2]}) + "\n" for i in range(20)))
-    return path
+OPTS = FAST_OPTIONS["private-prediction"]
 
 
 def test_ledger_round_trip(tmp_path: Path) -> None:
@@ -38,40 +31,6 @@ def test_ledger_round_trip(tmp_path: Path) -> None:
     assert stored["epsilon"] == pytest.approx(epsilon_report(private_prediction_event(1e-3, 50), 1e-5).epsilon)
     with pytest.raises(UserError):
         Ledger.read(tmp_path / "missing")
-
-
-def test_crash_after_write_ahead_counts_as_spent_and_leaves_no_corpus(
-    tmp_path: Path, data_file: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    budget_path = tmp_path / "b.budget"
-    Budget.init(budget_path, epsilon=10, delta=1e-5)
-    out = tmp_path / "out"
-    seen_at_first_batch: dict[str, object] = {}
-    real = pp.PrivatePrediction.generate_batch
-
-    def crashing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # the plan is on disk before any batch touches the private records
-        seen_at_first_batch["budget"] = [r["status"] for r in Budget.load(budget_path).runs]
-        seen_at_first_batch["ledger"] = json.loads((out / "ledger.json").read_text())["status"]
-        yield from real(self, *args, **kwargs)
-        raise RuntimeError("power cut")
-
-    monkeypatch.setattr(pp.PrivatePrediction, "generate_batch", crashing)
-    with pytest.raises(RuntimeError, match="power cut"):
-        synthdp.generate(data=data_file, model=tiny_model_dir, epsilon=2, delta=1e-5, num_samples=4, out=out,
-                         budget=budget_path, options=OPTS)
-    assert seen_at_first_batch == {"budget": ["running"], "ledger": "running"}
-    budget = Budget.load(budget_path)
-    ledger = Ledger.read(out)
-    assert [r["status"] for r in budget.runs] == ["failed"] and ledger.status == "failed"
-    assert budget.spent().epsilon == pytest.approx(ledger.epsilon) and ledger.epsilon > 0
-    assert not ledger.release_ready
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ledger.json"]  # no corpus, no partial file
-    # private prediction cannot resume (fresh noise would spend twice): refused, nothing more charged
-    monkeypatch.setattr(pp.PrivatePrediction, "generate_batch", real)
-    with pytest.raises(UserError, match="cannot resume"):
-        resume_run(out, show_progress=False)
-    assert Budget.load(budget_path).spent().epsilon == pytest.approx(ledger.epsilon)
 
 
 def test_budget_composes_events_across_runs_and_refuses_with_numbers(tmp_path: Path, data_file: Path,

@@ -25,13 +25,14 @@ import pytest
 from dp_accounting import dp_event
 from typer.testing import CliRunner
 
+from conftest import fast_flags
 from synthdp.cli import app
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 
 runner = CliRunner()
-FAST = ["--set", "max_tokens=4", "--set", "batch_size=8", "--set", "clip=2", "--set", "svt_noise=1", "--no-progress"]
+FAST = fast_flags("private-prediction")
 
 # One charged run whose event nests every level the validator walks: composed, self-composed, sampled.
 EVENT = dp_event.ComposedDpEvent([
@@ -114,14 +115,6 @@ def hostile_bytes(base: dict[str, Any], mutation: Any, events: Callable[[dict[st
     data = copy.deepcopy(base)
     mutation(data, events(data))
     return json.dumps(data).encode()
-
-
-@pytest.fixture()
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "private.jsonl"
-    path.write_text("".join(json.dumps({"text": f"message {i} about the cup final", "label": "ab"[i % 2]}) + "\n"
-                            for i in range(16)))
-    return path
 
 
 def generate(data: Path, model: Path, out: Path, *extra: str) -> Any:

@@ -4,7 +4,6 @@ dp_accounting at most once per second."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +89,6 @@ class Recorder:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture()
-def data_file(tmp_path: Path) -> Path:
-    rows = [{"text": f"message number {i} about the cup final", "label": "spam" if i % 3 == 0 else "ham"} for i in range(24)]
-    path = tmp_path / "private.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, out: Path, data: Path, model: Path, pipeline: str, *sets: str) -> Recorder:

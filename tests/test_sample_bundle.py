@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
+from conftest import fast_flags
 from synthdp.cli import app
 from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
-FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_new_tokens=6", "--set", "max_length=24",
-        "--set", "sample_batch_size=4", "--set", "epochs=1", "--no-progress"]
-
-
-@pytest.fixture()
-def data_file(tmp_path: Path) -> Path:
-    rows = [{"text": f"message number {i} about the cup final", "label": "spam" if i % 3 == 0 else "ham"} for i in range(24)]
-    path = tmp_path / "private.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+FAST = fast_flags("dp-finetune")
 
 
 def files(folder: Path) -> set[str]:
