@@ -7,6 +7,8 @@ per-step costs (the mechanisms' own privacy parameters), which the accountants t
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -128,12 +130,19 @@ def epsilon_report(events: list[dp_event.DpEvent] | dp_event.DpEvent, delta: flo
     """Compose `events` with fresh accountants and return epsilon at `delta`.
 
     RDP is always tried; PLD too where it supports every event. Both are valid upper bounds, so
-    the smaller is reported. An empty event list is 0.
+    the smaller is reported. An empty event list is 0. Computed once per (events, delta) in a process:
+    the result is cached under the events' JSON (a DpEvent is a frozen value), so ledgers, budget checks and
+    progress bars that ask again cost nothing.
     """
     events = [events] if isinstance(events, dp_event.DpEvent) else list(events)
     if not events:
         return EpsilonReport(0.0, "none", {})
-    composed = dp_event.ComposedDpEvent(events)
+    return _cached_report(json.dumps([event_to_json(e) for e in events], sort_keys=True), float(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_report(events_json: str, delta: float) -> EpsilonReport:
+    composed = dp_event.ComposedDpEvent([event_from_json(e) for e in json.loads(events_json)])
     results: dict[str, float] = {}
     rdp = rdp_privacy_accountant.RdpAccountant()
     if rdp.supports(composed):

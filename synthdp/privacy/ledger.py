@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -83,13 +82,8 @@ class Ledger:
 
     @property
     def report(self) -> EpsilonReport:
-        """(epsilon, delta) from the events by dp_accounting; computed once per set of events and cached."""
-        key = (json.dumps([e.to_json() for e in self.events], sort_keys=True), self.delta)
-        cached = self.__dict__.get("_report")
-        if cached is None or cached[0] != key:
-            cached = (key, epsilon_report([e.event for e in self.events], self.delta))
-            self.__dict__["_report"] = cached
-        return cached[1]
+        """(epsilon, delta) recomputed from the events by dp_accounting (cached per set of events there)."""
+        return epsilon_report([e.event for e in self.events], self.delta)
 
     @property
     def epsilon(self) -> float:
