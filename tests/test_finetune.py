@@ -16,8 +16,10 @@ from synthdp.cli import app
 from synthdp.data import Record
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.finetune import dpsgd
-from synthdp.pipelines.finetune.pipeline import DPFinetune, FinetuneOptions, attach_lora, collate, encode_example, prompt_ids
+from synthdp.mechanisms import dpsgd, gaussian
+from synthdp.pipelines.finetune import DPFinetune, FinetuneOptions
+from synthdp.pipelines.finetune.encoding import collate, encode_example, prompt_ids
+from synthdp.pipelines.finetune.lora import attach_lora
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event
 from synthdp.privacy.ledger import Budget, Ledger
 
@@ -110,7 +112,7 @@ def test_lora_weights_change_after_a_step(tiny_model_dir: Path) -> None:
 def test_added_noise_has_the_stated_std() -> None:
     std, d = 1.7, 200_000
     total = {"w": torch.zeros(d)}
-    noisy = dpsgd.noisy_average(total, std, expected_batch=1.0, rng=noise_generator())["w"].double()
+    noisy = gaussian.noisy_average(total, std, expected_batch=1.0, rng=noise_generator())["w"].double()
     # sample std of d normals: relative standard error 1/sqrt(2d)
     assert abs(noisy.std().item() / std - 1) < Z / math.sqrt(2 * d)
     assert abs(noisy.mean().item()) < Z * std / math.sqrt(d)
@@ -170,7 +172,7 @@ def data_file(tmp_path: Path) -> Path:
     return path
 
 
-FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_new_tokens=6", "--set", "max_length=24",
+FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_tokens=6", "--set", "max_record_tokens=24",
         "--set", "sample_batch_size=4", "--no-progress"]
 
 

@@ -26,7 +26,7 @@ PP, PE, FT = "private-prediction", "private-evolution", "dp-finetune"
 FAST = {  # cheap settings, as in test_cli.py, test_private_evolution.py and test_finetune.py
     PP: {"max_tokens": "6", "batch_size": "8", "clip": "2", "svt_noise": "1"},
     PE: {"iterations": "2", "variations": "1", "max_tokens": "8", "probe": "2"},
-    FT: {"batch_size": "8", "micro_batch_size": "3", "max_new_tokens": "6", "max_length": "24",
+    FT: {"batch_size": "8", "micro_batch_size": "3", "max_tokens": "6", "max_record_tokens": "24",
          "sample_batch_size": "4"},
 }
 
@@ -116,7 +116,7 @@ CLI_CASES: list[tuple[str, str, list[str], str, str]] = [
     ("ft lora_alpha inf", FT, ["--set", "lora_alpha=inf"], "lora_alpha", "new"),
     ("ft learning_rate huge", FT, ["--set", "learning_rate=1e6"], "learning_rate", "new"),
     ("ft histogram_noise inf", FT, ["--set", "histogram_noise=inf"], "histogram_noise", "new"),
-    ("ft max_length huge", FT, ["--set", "max_length=1e12"], "max_length", "new"),
+    ("ft max_record_tokens huge", FT, ["--set", "max_record_tokens=1e12"], "max_record_tokens", "new"),
     ("ft lora_rank huge", FT, ["--set", "lora_rank=1e9"], "lora_rank", "new"),
     ("ft temperature inf", FT, ["--set", "temperature=inf"], "temperature", "new"),
     ("ft temperature tiny", FT, ["--set", "temperature=1e-300"], "temperature", "new"),

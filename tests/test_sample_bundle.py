@@ -13,7 +13,7 @@ from synthdp.cli import app
 from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
-FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_new_tokens=6", "--set", "max_length=24",
+FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_tokens=6", "--set", "max_record_tokens=24",
         "--set", "sample_batch_size=4", "--set", "epochs=1", "--no-progress"]
 
 
