@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from synthdp.mechanisms import gaussian
 from synthdp.mechanisms.randomness import noise_generator
-from synthdp.mechanisms import dpsgd, gaussian
 
 
 def shapes(args: argparse.Namespace) -> dict[str, torch.Size]:

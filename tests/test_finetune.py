@@ -346,3 +346,24 @@ def test_adapter_metadata_of_older_versions_is_read_in_todays_names(tmp_path: Pa
     old_options["max_new_tokens"] = 6
     (tmp_path / ADAPTER_META).write_text(json.dumps({"labels": [None], "label_weights": [1], "options": old_options}))
     assert read_adapter_meta(tmp_path).options.max_tokens == 6
+
+
+def test_old_option_names_still_work_with_a_deprecation_warning() -> None:
+    from synthdp.pipelines.base import parse_options
+
+    with pytest.warns(DeprecationWarning, match="max_new_tokens"):
+        o = parse_options(FinetuneOptions, {"max_new_tokens": "6", "max_length": "24", "label_counts": "dp_histogram"})
+    assert (o.max_tokens, o.max_record_tokens, o.label_counts) == (6, 24, "dp")
+
+
+def test_a_record_is_cut_to_max_record_tokens_after_the_prompt(tiny_model_dir: Path) -> None:
+    from synthdp.pipelines.finetune.encoding import eos_id
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    o = FinetuneOptions(max_record_tokens=5)
+    prompt = prompt_ids(lm, o, "ham")
+    ids, labels = encode_example(lm, o, Record(TEXTS[1], "ham"))  # far longer than 5 tokens
+    assert len(ids) == len(prompt) + 5 and ids[: len(prompt)] == prompt and eos_id(lm) not in ids[len(prompt):]
+    short = lm.tokenizer("call", add_special_tokens=False)["input_ids"]
+    ids, _ = encode_example(lm, o, Record("call", "ham"))
+    assert ids == prompt + short + [eos_id(lm)]  # a record that fits ends with the end token
