@@ -1,5 +1,5 @@
 """Cost of DP-SGD's noise per step: the previous draw (torch.normal, float32, torch's Mersenne Twister) against
-the current one (`dpsgd.noisy_average`: ChaCha20 noise stream, float64, sum of 4 Gaussians), interleaved.
+the current one (`gaussian.noisy_average`: ChaCha20 noise stream, float64, sum of 4 Gaussians), interleaved.
 
     PYTHONPATH=. python benchmarks/dpsgd_noise.py                  # LoRA q_proj,v_proj of SmolLM2-135M
     PYTHONPATH=. python benchmarks/dpsgd_noise.py --params 8000000  # a flat tensor of that many parameters
@@ -13,15 +13,16 @@ import time
 
 import torch
 
+from synthdp.mechanisms import gaussian
 from synthdp.mechanisms.randomness import noise_generator
-from synthdp.pipelines.finetune import dpsgd
 
 
 def shapes(args: argparse.Namespace) -> dict[str, torch.Size]:
     if args.params:
         return {"w": torch.Size([args.params])}
     from synthdp.models.local import LocalLM
-    from synthdp.pipelines.finetune.pipeline import FinetuneOptions, attach_lora
+    from synthdp.pipelines.finetune import FinetuneOptions
+    from synthdp.pipelines.finetune.lora import attach_lora
 
     model = attach_lora(LocalLM.load(None, device="cpu"), FinetuneOptions())
     return {k: p.shape for k, p in model.named_parameters() if p.requires_grad}
@@ -41,7 +42,7 @@ def main() -> None:
             (t + torch.normal(0.0, 1.0, size=t.shape, generator=gen, dtype=torch.float32)) / 8
         old.append(time.perf_counter() - start)
         start = time.perf_counter()
-        dpsgd.noisy_average(total, 1.0, 8.0, rng)
+        gaussian.noisy_average(total, 1.0, 8.0, rng)
         new.append(time.perf_counter() - start)
     n = sum(t.numel() for t in total.values())
     o, c = statistics.median(old), statistics.median(new)

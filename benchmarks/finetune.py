@@ -20,15 +20,18 @@ MODES = ("non-private", "dp-opacus", "dp-torch.func")
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    import numpy as np
     import torch
 
     from synthdp.mechanisms.randomness import noise_generator
     from synthdp.models.local import LocalLM
-    from synthdp.pipelines.finetune import dpsgd
-    from synthdp.pipelines.finetune.pipeline import FinetuneOptions, attach_lora, sample_texts
+    from synthdp.mechanisms import dpsgd
+    from synthdp.pipelines.finetune import FinetuneOptions
+    from synthdp.pipelines.finetune.lora import attach_lora
+    from synthdp.pipelines.finetune.texts import sample_texts
 
     lm = LocalLM.load(args.model, device=args.device)
-    options = FinetuneOptions(target_modules=args.target_modules, max_new_tokens=args.sample_tokens,
+    options = FinetuneOptions(target_modules=args.target_modules, max_tokens=args.sample_tokens,
                               sample_batch_size=args.batch)
     model = attach_lora(lm, options)
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
@@ -76,7 +79,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
         prompt = [int(x) for x in ids[0, :8]]
         t = time.perf_counter()
         n_tokens = 0
-        for text in sample_texts(lm, prompt, args.batch, options, gen):
+        for text in sample_texts(lm, prompt, args.batch, options, np.random.default_rng(0)):
             n_tokens += len(lm.tokenizer(text or "", add_special_tokens=False)["input_ids"])
         elapsed = time.perf_counter() - t
         out["sample_tokens_per_s"] = args.batch * args.sample_tokens / elapsed  # decode steps x rows (upper count)

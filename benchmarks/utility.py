@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             # s = 127 (the smallest s of the paper's sweep): a token costs one decode step of s + 1 rows
             "private-prediction": {"max_tokens": 32, "label_name": "News Type", "batch_size": 127},
             "private-evolution": {"iterations": 3, "max_tokens": 32},
-            "dp-finetune": {"epochs": 1, "max_new_tokens": 32},
+            "dp-finetune": {"epochs": 1, "max_tokens": 32},
         },
     },
     "paper": {
@@ -54,8 +54,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "options": {
             "private-prediction": {"max_tokens": 64, "label_name": "News Type"},
             "private-evolution": {"iterations": 10, "max_tokens": 64},
-            "dp-finetune": {"epochs": 10, "batch_size": 1024, "micro_batch_size": 32, "max_length": 128,
-                            "max_new_tokens": 64, "sample_batch_size": 128},
+            "dp-finetune": {"epochs": 10, "batch_size": 1024, "micro_batch_size": 32, "max_record_tokens": 121,
+                            "max_tokens": 64, "sample_batch_size": 128},
         },
     },
 }

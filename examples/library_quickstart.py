@@ -21,7 +21,7 @@ import synthdp
 SMALL = {
     "private-prediction": {"batch_size": 31, "max_tokens": 24, "max_record_tokens": 64},
     "private-evolution": {"iterations": 1, "variations": 1, "max_tokens": 24},
-    "dp-finetune": {"epochs": 1, "batch_size": 16, "max_length": 32, "max_new_tokens": 24},
+    "dp-finetune": {"epochs": 1, "batch_size": 16, "max_record_tokens": 25, "max_tokens": 24},
 }
 
 

@@ -89,9 +89,7 @@ class _FastOptions(dict[str, dict[str, object]]):
 FAST_OPTIONS: dict[str, dict[str, object]] = _FastOptions({
     "private-prediction": {"max_tokens": 6, "batch_size": 8, "clip": 2, "svt_noise": 1},
     "private-evolution": {"iterations": 2, "variations": 1, "max_tokens": 8, "probe": 2},
-    # The length caps are still `max_new_tokens` / `max_length` on main; rename to `max_tokens` /
-    # `max_record_tokens` (issue 10 item 4) when dp-finetune has the new names.
-    "dp-finetune": {"batch_size": 8, "micro_batch_size": 3, "max_new_tokens": 6, "max_length": 24,
+    "dp-finetune": {"batch_size": 8, "micro_batch_size": 3, "max_tokens": 6, "max_record_tokens": 24,
                     "sample_batch_size": 4, "epochs": 1, "noise": 2.0},  # a given noise: no calibration search
     "dp-unigram": {"text_words": 4},  # examples/custom_pipeline, registered through its entry point
 })

@@ -16,8 +16,10 @@ from synthdp.cli import app
 from synthdp.data import Record
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.finetune import dpsgd
-from synthdp.pipelines.finetune.pipeline import DPFinetune, FinetuneOptions, attach_lora, collate, encode_example, prompt_ids
+from synthdp.mechanisms import dpsgd, gaussian
+from synthdp.pipelines.finetune import DPFinetune, FinetuneOptions
+from synthdp.pipelines.finetune.encoding import collate, encode_example, prompt_ids
+from synthdp.pipelines.finetune.lora import attach_lora
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event
 from synthdp.privacy.ledger import Budget, Ledger
 
@@ -110,7 +112,7 @@ def test_lora_weights_change_after_a_step(tiny_model_dir: Path) -> None:
 def test_added_noise_has_the_stated_std() -> None:
     std, d = 1.7, 200_000
     total = {"w": torch.zeros(d)}
-    noisy = dpsgd.noisy_average(total, std, expected_batch=1.0, rng=noise_generator())["w"].double()
+    noisy = gaussian.noisy_average(total, std, expected_batch=1.0, rng=noise_generator())["w"].double()
     # sample std of d normals: relative standard error 1/sqrt(2d)
     assert abs(noisy.std().item() / std - 1) < Z / math.sqrt(2 * d)
     assert abs(noisy.mean().item()) < Z * std / math.sqrt(d)
@@ -170,7 +172,7 @@ def data_file(tmp_path: Path) -> Path:
     return path
 
 
-FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_new_tokens=6", "--set", "max_length=24",
+FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_tokens=6", "--set", "max_record_tokens=24",
         "--set", "sample_batch_size=4", "--no-progress"]
 
 
@@ -197,7 +199,15 @@ def test_generate_and_sample_end_to_end(tmp_path: Path, data_file: Path, tiny_mo
     assert ledger.epsilon == pytest.approx(expected, rel=1e-9)
     assert ledger.events[1].event == dpsgd_event(p["noise_multiplier"], 8 / 24, 3)
     assert "message number" not in (out / "ledger.json").read_text()
-    # more samples later: no new privacy
+    # more samples later: no new privacy, also from an adapter whose metadata an older version wrote
+    meta_path = out / "adapter" / "synthdp_finetune.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["privacy"] == {k: v for k, v in ledger.parameters.items() if k != "options"}  # plan.published()
+    options = meta["options"]
+    options["max_new_tokens"], options["max_length"] = options.pop("max_tokens"), options.pop("max_record_tokens")
+    del options["domain"]
+    options["label_counts"], options["prompt_template"] = "dp_histogram", "{label_name}: {label} | Text: "
+    meta_path.write_text(json.dumps(meta | {"format": "synthdp-finetune-adapter/1"}))
     more = tmp_path / "more"
     result = runner.invoke(app, ["sample", "--from", str(out), "--num-samples", "3", "--out", str(more)])
     assert result.exit_code == 0, result.output
@@ -276,3 +286,84 @@ def test_dp_label_histogram_is_planned_under_either_spelling(spelling: str) -> N
     from synthdp.mechanisms import label_histogram
 
     assert plan.events[0].event == label_histogram.histogram_event(label_histogram.calibrate_noise(3.0, 1e-5))
+
+
+# --------------------------------------------------------------------------- typed plan, label weights, old adapters
+
+
+def plan_for(label_counts: str, labels: tuple[str, ...] = ("a", "b")):
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import Target, parse_options
+
+    options = parse_options(FinetuneOptions, {"label_counts": label_counts, "epochs": "1"})
+    records = [Record(f"text {i}", labels[i % len(labels)]) for i in range(64)]
+    return options, DPFinetune().plan(options, Target(3.0, 1e-5), LoadedData(records, labels, False, {}, "test"), None)
+
+
+def test_the_plan_is_typed_and_publishes_the_ledger_parameters_as_before() -> None:
+    from synthdp.mechanisms import label_histogram
+
+    _, plan = plan_for("dp")
+    sigma_h = label_histogram.calibrate_noise(3.0, 1e-5)
+    assert plan.histogram_noise == sigma_h and plan.steps == 1 and plan.sampling_rate == 1.0
+    assert plan.published() == {  # the keys and order of the ledger's parameters before the typed plan
+        "noise_multiplier": plan.noise_multiplier, "sampling_rate": 1.0, "steps": 1, "expected_batch_size": 64,
+        "clip": 1.0, "noise_calibrated": True, "label_histogram": label_histogram.plan_parameters(sigma_h, "add_remove")}
+    assert list(plan.published()) == ["noise_multiplier", "sampling_rate", "steps", "expected_batch_size", "clip",
+                                      "noise_calibrated", "label_histogram"]
+    with pytest.raises(AttributeError):
+        plan.steps = 2  # frozen
+
+
+def test_public_label_weights_split_the_texts_and_cost_nothing() -> None:
+    from synthdp.pipelines.base import RunContext
+    from synthdp.pipelines.shared import split_by_weights
+
+    options, plan = plan_for("b:3,a:1")
+    assert [e.name for e in plan.events] == ["DP-SGD (LoRA)"] and plan.histogram_noise is None
+    ctx = RunContext(rng=None, seeded=False, num_samples=8, labels=("a", "b"), resources=None)  # type: ignore[arg-type]
+    weights = DPFinetune.label_weights([], options, plan, ("a", "b"), ctx)
+    assert split_by_weights(8, weights) == [2, 6]
+    from synthdp.errors import OptionError
+
+    with pytest.raises(OptionError, match="label_counts"):
+        plan_for("c:1,a:1")
+
+
+def test_adapter_metadata_of_older_versions_is_read_in_todays_names(tmp_path: Path) -> None:
+    from synthdp.pipelines.finetune.lora import ADAPTER_META, read_adapter_meta
+
+    old_options = {"lora_rank": 4, "target_modules": "q_proj,v_proj", "max_length": 24, "max_new_tokens": None,
+                   "prompt_template": "{label_name}: {label} | Text: ", "label_counts": "dp_histogram", "top_k": None}
+    (tmp_path / ADAPTER_META).write_text(json.dumps({
+        "format": "synthdp-finetune-adapter/1", "labels": ["ham", "spam"], "label_weights": [3.5, -1.0],
+        "options": old_options, "privacy": {}}))
+    meta = read_adapter_meta(tmp_path)
+    o = meta.options
+    assert meta.labels == ("ham", "spam") and meta.label_weights == [3.5, -1.0]
+    assert o.max_tokens == 24 and o.max_record_tokens == 24  # max_new_tokens unset meant: cap at max_length
+    assert o.prompt_template == "{label_name}: {label} | Text: " and o.label_counts == "dp" and o.top_k is None
+    old_options["max_new_tokens"] = 6
+    (tmp_path / ADAPTER_META).write_text(json.dumps({"labels": [None], "label_weights": [1], "options": old_options}))
+    assert read_adapter_meta(tmp_path).options.max_tokens == 6
+
+
+def test_old_option_names_still_work_with_a_deprecation_warning() -> None:
+    from synthdp.pipelines.base import parse_options
+
+    with pytest.warns(DeprecationWarning, match="max_new_tokens"):
+        o = parse_options(FinetuneOptions, {"max_new_tokens": "6", "max_length": "24", "label_counts": "dp_histogram"})
+    assert (o.max_tokens, o.max_record_tokens, o.label_counts) == (6, 24, "dp")
+
+
+def test_a_record_is_cut_to_max_record_tokens_after_the_prompt(tiny_model_dir: Path) -> None:
+    from synthdp.pipelines.finetune.encoding import eos_id
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    o = FinetuneOptions(max_record_tokens=5)
+    prompt = prompt_ids(lm, o, "ham")
+    ids, labels = encode_example(lm, o, Record(TEXTS[1], "ham"))  # far longer than 5 tokens
+    assert len(ids) == len(prompt) + 5 and ids[: len(prompt)] == prompt and eos_id(lm) not in ids[len(prompt):]
+    short = lm.tokenizer("call", add_special_tokens=False)["input_ids"]
+    ids, _ = encode_example(lm, o, Record("call", "ham"))
+    assert ids == prompt + short + [eos_id(lm)]  # a record that fits ends with the end token

@@ -91,7 +91,7 @@ CLI_CASES: list[tuple[str, str, list[str], str, str]] = [
     ("ft steps over the limit", FT, ["--data", "{big}", "--set", "epochs=5000", "--set", "batch_size=1"],
      "1,000,000", "new"),
     ("ft learning_rate huge", FT, ["--set", "learning_rate=1e6"], "learning_rate", "new"),
-    ("ft max_length huge", FT, ["--set", "max_length=1e12"], "max_length", "new"),
+    ("ft max_record_tokens huge", FT, ["--set", "max_record_tokens=1e12"], "max_record_tokens", "new"),
     ("ft lora_rank huge", FT, ["--set", "lora_rank=1e9"], "lora_rank", "new"),
     ("ft temperature tiny", FT, ["--set", "temperature=1e-300"], "temperature", "new"),
     ("ft template unknown placeholder", FT, ["--set", "prompt_template={bogus}"], "{bogus}", "new"),

@@ -24,7 +24,7 @@ from scipy import stats
 from synthdp.mechanisms.exponential import aggregate_clipped
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import distribution_distance
-from synthdp.pipelines.finetune.dpsgd import dp_step
+from synthdp.mechanisms.dpsgd import dp_step
 from synthdp.privacy import audit
 
 ALPHA = 1e-6
@@ -137,7 +137,7 @@ def test_vectorised_dpsgd_step_draws_exactly_what_dp_step_draws() -> None:
 
 def test_audit_catches_a_step_that_skips_clipping(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug inside the mechanism, not a parameter: without clipping the record's gradient (10 C) leaks."""
-    from synthdp.pipelines.finetune import dpsgd
+    from synthdp.mechanisms import dpsgd
 
     monkeypatch.setattr(dpsgd, "clip_factors", lambda norms, clip, auto_clip, gamma=0.01: torch.ones_like(norms))
     setup = SETUPS["dpsgd"](1.0)

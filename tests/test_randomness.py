@@ -17,7 +17,7 @@ from synthdp.mechanisms.discrete_gaussian import discrete_gaussian, pmf
 from synthdp.mechanisms.randomness import fork_noise, noise_generator, run_streams, secure_generator
 from synthdp.pipelines import private_prediction as pp
 from synthdp.pipelines.base import RunContext
-from synthdp.pipelines.finetune import dpsgd
+from synthdp.mechanisms import dpsgd, gaussian
 
 ALPHA = 1e-7  # false-failure rate of each statistical test
 
@@ -72,9 +72,9 @@ def test_public_draws_never_shift_the_noise_draws_of_private_prediction() -> Non
 def test_dp_sgd_noise_and_sampling_come_from_the_noise_stream_only() -> None:
     total = {"w": torch.zeros(1000)}
     torch.manual_seed(0)
-    a = dpsgd.noisy_average(total, 1.0, 1.0, noise_generator(3))["w"]
+    a = gaussian.noisy_average(total, 1.0, 1.0, noise_generator(3))["w"]
     torch.manual_seed(1)  # torch's global generator plays no part
-    b = dpsgd.noisy_average(total, 1.0, 1.0, noise_generator(3))["w"]
+    b = gaussian.noisy_average(total, 1.0, 1.0, noise_generator(3))["w"]
     assert torch.equal(a, b) and a.dtype == torch.float32 and float(a.std()) > 0.5
     assert torch.equal(dpsgd.poisson_batch(1000, 0.1, noise_generator(4)), dpsgd.poisson_batch(1000, 0.1, noise_generator(4)))
     with pytest.raises(TypeError):

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from synthdp.models.local import LocalLM
+from synthdp.models.sampling import sample_continuations
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Generator(Protocol):
 
 @dataclass
 class LocalGenerator:
-    """Batched sampling from a local causal LM (temperature, top-p, per-row stopping)."""
+    """Batched sampling from a local causal LM (temperature, top-p, per-row stopping): `models/sampling.py`."""
 
     lm: LocalLM
     rng: np.random.Generator | None = None  # set by the pipeline to the run's generator
@@ -71,43 +71,12 @@ class LocalGenerator:
             out.extend(texts)
         return out
 
-    @torch.no_grad()
     def _batch(self, requests: list[Request]) -> list[str]:
         lm, rng = self.lm, self.rng
         assert rng is not None
         rows = [lm.chat_ids(r.prompt) for r in requests]
-        steps = max(r.max_tokens for r in requests)
-        decoder = lm.decoder(rows, max_new_tokens=steps)
-        logits = decoder.prefill()  # (B, V)
-        batch = len(requests)
-        temps = torch.tensor([max(r.temperature, 1e-6) for r in requests], dtype=torch.float64).unsqueeze(1)
-        top_p = torch.tensor([r.top_p for r in requests], dtype=torch.float64).unsqueeze(1)
-        limits = [r.max_tokens for r in requests]
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        stop = torch.tensor(sorted(lm.stop_ids), dtype=torch.long)
-        for step in range(steps):
-            probs = torch.softmax(logits.double().cpu() / temps, dim=-1)  # (B, V)
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            cum = sorted_p.cumsum(dim=-1)
-            sorted_p = torch.where(cum - sorted_p < top_p, sorted_p, 0.0)  # nucleus; keeps the top token
-            cum = sorted_p.cumsum(dim=-1)  # (B, V)
-            u = torch.from_numpy(rng.random(batch)).unsqueeze(1) * cum[:, -1:]  # (B, 1)
-            pick = (cum < u).sum(dim=-1).clamp(max=cum.shape[1] - 1)  # inverse CDF
-            chosen = order.gather(1, pick.unsqueeze(1)).squeeze(1)  # (B,)
-            for i in range(batch):
-                if done[i]:
-                    continue
-                token = int(chosen[i])
-                if token in lm.stop_ids:
-                    done[i] = True
-                else:
-                    tokens[i].append(token)
-                    done[i] = len(tokens[i]) >= limits[i]
-            if all(done) or step == steps - 1:
-                break
-            feed = torch.where(torch.isin(chosen, stop) | torch.tensor(done), lm.pad_id, chosen)
-            logits = decoder.step(feed)
+        tokens = sample_continuations(lm, rows, [r.max_tokens for r in requests], rng,
+                                      temperature=[r.temperature for r in requests], top_p=[r.top_p for r in requests])
         return [lm.decode(t).strip() for t in tokens]
 
 

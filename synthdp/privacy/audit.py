@@ -33,11 +33,12 @@ from scipy import stats
 
 from synthdp.mechanisms import nn_histogram
 from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
+from synthdp.mechanisms.dpsgd import clipped_sum, dp_step, poisson_batch
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
+from synthdp.mechanisms.gaussian import noisy_average
 from synthdp.mechanisms.nn_histogram import dp_nn_histogram
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
-from synthdp.pipelines.finetune.dpsgd import clipped_sum, dp_step, noisy_average, poisson_batch
 from synthdp.privacy.accounting import discrete_gaussian_event, epsilon_report
 
 # sample(trials, which) -> (trials,) statistic of `trials` independent runs on D0 (which = 0) or D1 (which = 1)

@@ -1,3 +1,10 @@
-"""DP fine-tuning then sampling (`dp-finetune`): LoRA with DP-SGD, then top-p sampling."""
+"""DP fine-tuning then sampling (`dp-finetune`): LoRA with DP-SGD, then top-p sampling.
 
-from synthdp.pipelines.finetune.pipeline import DPFinetune, FinetuneOptions  # noqa: F401
+options.py (options, control prompt, paper defaults), plan.py (the typed privacy plan), pipeline.py
+(plan, run, the DP-SGD training loop), encoding.py (training rows), lora.py (LoRA and the saved
+adapter), checkpoint.py (training state), texts.py (sampling the texts), sample.py (`synthdp sample`).
+"""
+
+from synthdp.pipelines.finetune.options import FinetuneOptions  # noqa: F401
+from synthdp.pipelines.finetune.pipeline import DPFinetune  # noqa: F401
+from synthdp.pipelines.finetune.plan import FinetunePlan  # noqa: F401

@@ -7,7 +7,6 @@ exactly their guarantee), names the run it derives from, and says the events are
 
 from __future__ import annotations
 
-import json
 import tomllib
 import uuid
 from pathlib import Path
@@ -19,34 +18,33 @@ from synthdp.corpus import check_out_dir, write_config
 from synthdp.errors import OptionError, UserError
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.base import parse_options
-from synthdp.pipelines.finetune.pipeline import (
+from synthdp.pipelines.finetune.lora import (
     ADAPTER_DIR,
-    ADAPTER_META,
-    DPFinetune,
-    FinetuneOptions,
     attach_lora,
-    generate,
+    has_adapter,
     load_adapter_weights,
-    torch_generator,
+    read_adapter_meta,
 )
+from synthdp.pipelines.finetune.pipeline import DPFinetune
+from synthdp.pipelines.finetune.texts import generate
 from synthdp.privacy.ledger import Ledger
 from synthdp.privacy.owner import record_failure
 
 
-def _source_config(run_dir: Path) -> dict[str, Any]:
+def _source_run(run_dir: Path) -> dict[str, Any]:
+    """The source run's [run] table (model, device); the options come from the adapter's metadata."""
     try:
         data = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise UserError(f"Cannot read the run's configuration {run_dir / 'config.toml'}: {err}.") from None
-    return {"run": dict(data.get("run", {})), "options": dict(data.get("options", {}))}
+    return dict(data.get("run", {}))
 
 
 def _check_source(run_dir: Path, out: Path, num_samples: int) -> Ledger:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise OptionError(f"`--num-samples` must be an integer >= 1. Found {num_samples!r}.")
     original = Ledger.read(run_dir)
-    if original.pipeline != DPFinetune.name or not (run_dir / ADAPTER_DIR / ADAPTER_META).is_file():
+    if original.pipeline != DPFinetune.name or not has_adapter(run_dir / ADAPTER_DIR):
         raise UserError(f"{run_dir} holds no trained dp-finetune adapter (pipeline: {original.pipeline}). "
                         "Pass the folder of a dp-finetune run.")
     if original.status != "complete":
@@ -84,15 +82,14 @@ def sample_from_run(run_dir: Path, num_samples: int, out: Path, *, seed: int | N
     folder `out`, with the full release bundle. Returns (corpus path, texts written)."""
     run_dir, out = Path(run_dir), Path(out)
     original = _check_source(run_dir, out, num_samples)
-    values = _source_config(run_dir)
-    options = parse_options(FinetuneOptions, values["options"])
+    source = _source_run(run_dir)
     folder = run_dir / ADAPTER_DIR
-    meta = json.loads((folder / ADAPTER_META).read_text(encoding="utf-8"))
-    lm = LocalLM.load(values["run"].get("model"), device=device or values["run"].get("device"))
-    model = attach_lora(lm, options)
+    meta = read_adapter_meta(folder)  # the options the adapter was trained with (older versions' names too)
+    lm = LocalLM.load(source.get("model"), device=device or source.get("device"))
+    model = attach_lora(lm, meta.options)
     load_adapter_weights(model, folder)
     model.eval()
-    labels = tuple(meta["labels"])
+    labels = meta.labels
     ledger = sample_ledger(original, run_dir, num_samples, seed)
     config = {"sample": {"from": str(run_dir.resolve()), "num_samples": num_samples, "seed": seed,
                          "device": device}}
@@ -111,6 +108,5 @@ def sample_from_run(run_dir: Path, num_samples: int, out: Path, *, seed: int | N
                     f"of run {original.run_id} (`{run_dir.resolve()}`)."],
         rerun=(f"`config.toml` records how this bundle was made; `synthdp sample --from {run_dir.resolve()} "
                f"--num-samples {num_samples} --out NEW_DIR` samples again (post-processing: no privacy spent)."))
-    texts = generate(lm, options, labels, list(meta["label_weights"]), num_samples,
-                     torch_generator(secure_generator(seed), 3))
+    texts = generate(lm, meta.options, labels, meta.label_weights, num_samples, secure_generator(seed))
     return write_bundle(out, ledger, texts, info)

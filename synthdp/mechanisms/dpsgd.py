@@ -11,13 +11,9 @@ trainable, so only they pay) or from torch.func (functional_call + vmap(grad)).
 
 Randomness. The Poisson masks and the Gaussian noise come from the run's noise stream (a numpy Generator
 over ChaCha20, `synthdp.mechanisms.randomness.noise_generator`), not from torch's Mersenne Twister:
-opacus' secure mode needs `torchcsprng`, which is not published for current torch. As in opacus' secure
-mode, each noise coordinate is the sum of 4 independent N(0, std^2) draws divided by 2 (Holohan and
-Braghin 2021, "Secure random sampling in differential privacy", Sec. 5.1): their defence against attacks
-that recover floating-point Gaussian noise from its low-order bits (the Gaussian analogue of Mironov
-2012's attack on floating-point Laplace noise). It is not a proof; the noisy gradients are never released,
-only the adapter after many optimizer steps. The noise is drawn and added in float64 on the CPU and the
-result cast to float32.
+opacus' secure mode needs `torchcsprng`, which is not published for current torch. The noise is the
+Gaussian mechanism of `synthdp.mechanisms.gaussian` (sum of 4 Gaussians, float64 on the CPU); the noisy
+gradients are never released, only the adapter after many optimizer steps.
 """
 
 from __future__ import annotations
@@ -28,18 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthdp.mechanisms.gaussian import check_noise_rng, noisy_average
+
 Engine = Literal["opacus", "torch.func"]
-
-
-def _check_rng(rng: object) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("`rng` must be a numpy Generator (the run's noise stream); noise never uses torch's generator.")
 
 
 def poisson_batch(n: int, q: float, rng: np.random.Generator) -> torch.Tensor:
     """Indices of a Poisson-sampled batch: each of n records independently with probability q (a 53-bit
     uniform compared with q), drawn from the noise stream `rng`."""
-    _check_rng(rng)
+    check_noise_rng(rng)
     return torch.from_numpy(np.flatnonzero(rng.random(n) < q))
 
 
@@ -122,25 +115,6 @@ def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, ga
     """Sum over the examples of their clipped gradients."""
     factors = clip_factors(per_example_norms(grads), clip, auto_clip, gamma)
     return {k: torch.einsum("b,b...->...", factors.to(g.dtype), g) for k, g in grads.items()}
-
-
-def gaussian_noise(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:
-    """N(0, std^2) per entry in float64 from the noise stream: (Z1 + Z2 + Z3 + Z4) / 2 * std with Zi standard
-    normals (the sum of 4 Gaussians of opacus' secure mode)."""
-    _check_rng(rng)
-    z = rng.standard_normal((4, *shape))
-    return (z[0] + z[1] + z[2] + z[3]) * (0.5 * std)
-
-
-def noisy_average(total: dict[str, torch.Tensor], noise_std: float, expected_batch: float,
-                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """(sum + N(0, noise_std^2 I)) / B with B the expected batch size, float32. The noise comes from the
-    noise stream `rng` on the CPU (the same draws on any device); sum and noise are added in float64."""
-    out = {}
-    for k, t in total.items():
-        noise = torch.from_numpy(gaussian_noise(tuple(t.shape), noise_std, rng))
-        out[k] = ((t.detach().cpu().double() + noise) / expected_batch).float().to(t.device)
-    return out
 
 
 def dp_step(

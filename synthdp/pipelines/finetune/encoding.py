@@ -1,0 +1,44 @@
+"""Training rows of DP fine-tuning: (public control prompt -> private text) pairs as token ids.
+
+A row is the control prompt's tokens, then the record's tokens followed by the end-of-text token, that
+part cut to `max_record_tokens` (a cut record has no end token: the model does not learn to stop
+there). Only the record part carries loss; the prompt tokens and padding get label -100.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from synthdp.data import Record
+from synthdp.models.local import LocalLM
+from synthdp.pipelines.finetune.options import FinetuneOptions, control_prompt
+
+Example = tuple[list[int], list[int]]  # (input ids, labels)
+
+
+def prompt_ids(lm: LocalLM, options: FinetuneOptions, label: str | None) -> list[int]:
+    return list(lm.tokenizer(control_prompt(options, label))["input_ids"])
+
+
+def eos_id(lm: LocalLM) -> int:
+    eos = lm.tokenizer.eos_token_id
+    return int(eos if eos is not None else min(lm.stop_ids))
+
+
+def encode_example(lm: LocalLM, options: FinetuneOptions, record: Record) -> Example:
+    """(ids, labels): control prompt + (text + eos, cut to max_record_tokens); the prompt tokens get label -100."""
+    prompt = prompt_ids(lm, options, record.label)
+    text = (list(lm.tokenizer(record.text, add_special_tokens=False)["input_ids"]) + [eos_id(lm)])
+    text = text[: options.max_record_tokens]
+    return prompt + text, [-100] * len(prompt) + text
+
+
+def collate(examples: list[Example], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest row of this micro-batch; padding gets label -100. -> (b, T) ids, (b, T) labels."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (row, lab) in enumerate(examples):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return ids.to(device), labels.to(device)

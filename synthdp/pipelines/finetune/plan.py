@@ -1,0 +1,74 @@
+"""The privacy plan of DP fine-tuning: typed, frozen, built from public facts before any record is read.
+
+DP-SGD with Poisson sampling rate q = B / n over T steps at noise multiplier sigma (ledgered as
+`dpsgd_event(sigma, q, T)`), preceded, when `label_counts=dp` and there are two or more labels, by the
+DP label histogram (`synthdp.mechanisms.label_histogram`: its noise costs 5% of epsilon alone; one label
+needs none, since only proportions are used).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from dp_accounting import dp_event
+
+from synthdp.errors import OptionError
+from synthdp.mechanisms import label_histogram
+from synthdp.pipelines.base import PrivacyPlan
+from synthdp.pipelines.finetune.options import MAX_STEPS, FinetuneOptions
+from synthdp.privacy.accounting import dpsgd_event
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetunePlan(PrivacyPlan):
+    """What the run needs: the DP-SGD schedule and noise, and the label histogram's noise (None: no
+    histogram). `published()` renders the ledger's `parameters`."""
+
+    noise_multiplier: float  # sigma: the noise std is sigma x clip on the sum of clipped gradients
+    sampling_rate: float  # q = B / n
+    steps: int  # T
+    expected_batch_size: int  # B: the noisy sum is divided by it
+    clip: float  # C
+    noise_calibrated: bool  # sigma calibrated from epsilon (False: given as `noise`)
+    histogram_noise: float | None  # noise multiplier of the DP label histogram; None: no histogram
+
+    def published(self) -> dict[str, Any]:
+        out = super().published()
+        sigma_h = out.pop("histogram_noise")
+        out["label_histogram"] = (None if sigma_h is None
+                                  else label_histogram.plan_parameters(sigma_h, "add_remove"))
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed under this plan."""
+        return {"noise_multiplier": self.noise_multiplier, "sampling_rate": self.sampling_rate, "steps": self.steps,
+                "expected_batch_size": self.expected_batch_size, "clip": self.clip}
+
+    def spent_after(self, step: int) -> dp_event.DpEvent:
+        """The privacy spent once `step` DP-SGD steps have run (the histogram, if any, comes first)."""
+        before = [e.event for e in self.events[:-1]]
+        return dp_event.ComposedDpEvent([*before, dpsgd_event(self.noise_multiplier, self.sampling_rate, step)])
+
+
+def schedule(options: FinetuneOptions, n: int) -> tuple[float, int]:
+    """(q, T): Poisson rate B / n and steps ceil(epochs n / B), from the public n."""
+    if options.batch_size > n:
+        raise OptionError(f"`batch_size` = {options.batch_size} is larger than the dataset ({n} records). "
+                          f"Set --set batch_size=N with N <= {n}.")
+    steps = max(1, math.ceil(options.epochs * n / options.batch_size))
+    if steps > MAX_STEPS:
+        raise OptionError(f"`epochs` = {options.epochs:g} at batch_size {options.batch_size} on {n} records gives "
+                          f"{steps:,} DP-SGD steps, above the limit of {MAX_STEPS:,}. Lower epochs or raise "
+                          "batch_size.")
+    return options.batch_size / n, steps
+
+
+def dpsgd_words(options: FinetuneOptions, sigma: float, q: float, steps: int) -> str:
+    """The ledger's words for the DP-SGD event."""
+    return (f"{steps} steps of DP-Adam on the LoRA adapters; each step a Poisson sample (rate q = {q:.6g}, expected "
+            f"batch B = {options.batch_size}), per-example gradients clipped to L2 norm {options.clip:g}"
+            + (" (automatic clipping, Bu et al.)" if options.auto_clip else "")
+            + f", their sum plus Gaussian noise of std {sigma:.6g} x {options.clip:g}, divided by B; the adapter "
+            "and everything sampled from it are post-processing")
