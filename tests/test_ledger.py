@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import synthdp
-import synthdp.pipelines.private_prediction as pp
+import synthdp.pipelines.private_prediction.pipeline as pp_pipeline
 from synthdp.errors import BudgetExceededError, UserError
 from synthdp.privacy.accounting import epsilon_report, private_prediction_event
 from synthdp.atomic import write_json_atomic
@@ -17,7 +17,7 @@ from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 from synthdp.run import resume_run
 
-OPTS = {"max_tokens": 4, "batch_size": 8, "clip": 2, "svt_noise": 1}
+OPTS = {"max_tokens": 3, "batch_size": 8, "clip": 2, "svt_noise": 1}  # r = 1 at epsilon 1.2 pays for 3 tokens
 
 
 @pytest.fixture()
@@ -47,16 +47,16 @@ def test_crash_after_write_ahead_counts_as_spent_and_leaves_no_corpus(
     Budget.init(budget_path, epsilon=10, delta=1e-5)
     out = tmp_path / "out"
     seen_at_first_batch: dict[str, object] = {}
-    real = pp.PrivatePrediction.generate_batch
+    real = pp_pipeline.generate_batch
 
-    def crashing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def crashing(*args, **kwargs):  # type: ignore[no-untyped-def]
         # the plan is on disk before any batch touches the private records
         seen_at_first_batch["budget"] = [r["status"] for r in Budget.load(budget_path).runs]
         seen_at_first_batch["ledger"] = json.loads((out / "ledger.json").read_text())["status"]
-        yield from real(self, *args, **kwargs)
+        yield from real(*args, **kwargs)
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(pp.PrivatePrediction, "generate_batch", crashing)
+    monkeypatch.setattr(pp_pipeline, "generate_batch", crashing)
     with pytest.raises(RuntimeError, match="power cut"):
         synthdp.generate(data=data_file, model=tiny_model_dir, epsilon=2, delta=1e-5, num_samples=4, out=out,
                          budget=budget_path, options=OPTS)
@@ -68,7 +68,7 @@ def test_crash_after_write_ahead_counts_as_spent_and_leaves_no_corpus(
     assert not ledger.release_ready
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ledger.json"]  # no corpus, no partial file
     # private prediction cannot resume (fresh noise would spend twice): refused, nothing more charged
-    monkeypatch.setattr(pp.PrivatePrediction, "generate_batch", real)
+    monkeypatch.setattr(pp_pipeline, "generate_batch", real)
     with pytest.raises(UserError, match="cannot resume"):
         resume_run(out, show_progress=False)
     assert Budget.load(budget_path).spent().epsilon == pytest.approx(ledger.epsilon)
