@@ -146,7 +146,7 @@ def check_r_completes_a_text(o: PrivatePredictionOptions, r: int) -> None:
     raise PrivacyParameterError(
         f"`max_tokens` must be at most {fits} at these settings: a batch may spend r = {r} private tokens, and a "
         f"text of up to max_tokens = {o.max_tokens} tokens is expected to spend {need} (max_tokens x the expected "
-        f"private share {share}; {why}), so no batch could complete a single text. Found {o.max_tokens}. "
+        f"private share {share}; {why}), so a batch is not expected to complete a single text. Found {o.max_tokens}. "
         f"{_sentence('; or '.join(fixes))}"
     )
 
