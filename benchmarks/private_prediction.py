@@ -5,9 +5,7 @@
    with the KV cache (one batch padded to its longest row, greedy token from the public row), same
    model and device. The private-prediction step decodes as the pipeline does: private rows left-
    padded to the fixed width that `max_record_tokens` implies and run in fixed groups of rows, the
-   public row in its own decoder (PrivatePrediction.batch_decoder). On a library without
-   batch_decoder (before the fixed shapes) it falls back to one decoder of all rows, so the same
-   script measures both.
+   public row in its own decoder (private_prediction.rows_decoder).
 2. Optionally (--long N >= 205), time per step around position 200 against position 20.
 3. Peak memory.
 
@@ -33,7 +31,7 @@ import torch
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.mechanisms.sparse_vector import SparseVector
 from synthdp.models.local import LocalLM
-from synthdp.pipelines.private_prediction import PrivatePrediction, PrivatePredictionOptions, choose_token
+from synthdp.pipelines.private_prediction import PrivatePredictionOptions, choose_token, prompt_width, rows_decoder
 
 
 def sync(device: torch.device) -> None:
@@ -43,12 +41,8 @@ def sync(device: torch.device) -> None:
 
 def pipeline_decoder(lm: LocalLM, rows: list[list[int]], o: PrivatePredictionOptions, steps: int) -> Any:
     """The pipeline's decoder for these prompt rows (the public row last), with `steps` new tokens."""
-    pipeline = PrivatePrediction()
-    if not hasattr(pipeline, "batch_decoder"):  # the library before fixed shapes: one decoder for all rows
-        return lm.decoder(rows, max_new_tokens=steps)
-    pipeline.prompts = lambda lm_, texts, label, o_: rows  # type: ignore[method-assign]
     o = dataclasses.replace(o, max_tokens=steps)
-    return pipeline.batch_decoder(lm, [""] * (len(rows) - 1), "label", o)
+    return rows_decoder(lm, rows, prompt_width(lm, "label", o), o)
 
 
 def timed_steps(lm: LocalLM, make: Callable[[int], Any], steps: int, private: bool, o: PrivatePredictionOptions
@@ -96,8 +90,7 @@ def main() -> None:
     rows = [torch.randint(100, lm.vocab_size - 100, (args.prompt_tokens - (i % 8),)).tolist() for i in range(args.batch_size + 1)]
     o = PrivatePredictionOptions(batch_size=args.batch_size, svt=True, max_record_tokens=args.max_record_tokens)
     o_nosvt = PrivatePredictionOptions(batch_size=args.batch_size, svt=False, max_record_tokens=args.max_record_tokens)
-    fixed = hasattr(PrivatePrediction, "batch_decoder")
-    width = PrivatePrediction().prompt_width(lm, "label", o) if fixed else "longest row"
+    width = prompt_width(lm, "label", o)
     print(f"model {lm.name} on {lm.device} ({next(lm.model.parameters()).dtype}); rows s+1 = {len(rows)}, "
           f"prompt ~{args.prompt_tokens} tokens, private width {width}, vocabulary {lm.vocab_size}, "
           f"threads {torch.get_num_threads()}")

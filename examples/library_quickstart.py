@@ -19,7 +19,8 @@ import synthdp
 
 # Per pipeline: small options so that each run takes about a minute on a CPU.
 SMALL = {
-    "private-prediction": {"batch_size": 31, "max_tokens": 24, "max_record_tokens": 64},
+    # s = 31 at epsilon 4 pays r = 5 private tokens per batch: texts of up to 15 tokens (a third of them private)
+    "private-prediction": {"batch_size": 31, "max_tokens": 15, "max_record_tokens": 64},
     "private-evolution": {"iterations": 1, "variations": 1, "max_tokens": 24},
     "dp-finetune": {"epochs": 1, "batch_size": 16, "max_record_tokens": 25, "max_tokens": 24},
 }

@@ -12,7 +12,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 MODEL_FLAGS=()
 if [ -n "${SYNTHDP_MODEL:-}" ]; then MODEL_FLAGS=(--model "$SYNTHDP_MODEL"); fi
-SET_FLAGS=(--set batch_size=31 --set max_tokens=24 --set max_record_tokens=64)
+SET_FLAGS=(--set batch_size=31 --set max_tokens=15 --set max_record_tokens=64)  # r = 5 at epsilon 4: 15 tokens
 for pair in ${SYNTHDP_EXAMPLE_SET:-}; do SET_FLAGS+=(--set "$pair"); done
 
 echo "== 0. the private data: 300 rows of the bundled sample; the other 100 are held out for evaluation"

@@ -100,7 +100,7 @@ def _report(result: Any) -> None:
         f"ledger: {result.out / 'ledger.json'}; datasheet: {result.out / 'RELEASE.md'}."
     )
     if s.get("dropped_texts"):
-        typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty, or cut off when a batch's private-token budget ran out).")
+        typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty: nothing to release).")
     extra = {k: v for k, v in s.items() if k not in ("records", "requested", "dropped_texts") and not k.startswith("_")}
     if extra:
         typer.echo("Run summary (public or DP-derived values): " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()))

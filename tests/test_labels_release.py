@@ -18,7 +18,6 @@ from scipy import optimize, stats
 from typer.testing import CliRunner
 
 import synthdp.cli as cli
-import synthdp.pipelines.private_prediction as pp
 from synthdp.cli import app
 from synthdp.data import LoadedData, Record, load_records
 from synthdp.errors import OptionError
@@ -27,6 +26,7 @@ from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.private_evolution import PrivateEvolutionResources
+from synthdp.pipelines.private_prediction.batching import batch_counts
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, epsilon_report
 from synthdp.privacy.ledger import Ledger
 
@@ -92,7 +92,8 @@ def test_the_bundled_public_sample_stays_release_ready(tmp_path: Path, tiny_mode
 
 def plan_pp(records: list[Record], labels: tuple[str, ...], neighboring: str = "add_remove", **options: str):
     pipe = get_pipeline("private-prediction")
-    opts = parse_options(pipe.options_class, {"batch_size": "8", "clip": "2", "svt_noise": "1", **options})
+    opts = parse_options(pipe.options_class, {"batch_size": "8", "clip": "2", "svt_noise": "1", "max_tokens": "3",
+                                              **options})
     return pipe.plan(opts, Target(3.0, 1e-5, neighboring), LoadedData(records, labels, False, {}, "test"), None)
 
 
@@ -106,14 +107,14 @@ def test_private_prediction_plan_reads_no_count_and_pays_the_histogram(neighbori
     plans = [plan_pp(r, ("a", "b"), neighboring) for r in (small, large)]
     # the plan (events, parameters, assumptions: all of the ledger) is the same whatever the counts
     assert [e.to_json() for e in plans[0].events] == [e.to_json() for e in plans[1].events]
-    assert plans[0].parameters == plans[1].parameters and plans[0].public_assumptions == plans[1].public_assumptions
+    assert plans[0].published() == plans[1].published() and plans[0].public_assumptions == plans[1].public_assumptions
     plan = plans[0]
-    assert plan.parameters["batches_per_label"] is None
+    assert plan.published()["batches_per_label"] is None
     sigma = label_histogram.calibrate_noise(3.0, 1e-5)
     assert [e.name for e in plan.events] == ["label histogram", "private-prediction batch"]
     assert plan.events[0].event == label_histogram.histogram_event(sigma)
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 3.0
-    assert "5%" in plan.events[0].description and plan.parameters["label_histogram"]["epsilon_fraction"] == 0.05
+    assert "5%" in plan.events[0].description and plan.published()["label_histogram"]["epsilon_fraction"] == 0.05
 
 
 def test_one_label_needs_a_dp_count_of_n_under_add_remove_only() -> None:
@@ -121,7 +122,7 @@ def test_one_label_needs_a_dp_count_of_n_under_add_remove_only() -> None:
     assert [e.name for e in plan_pp(records, ("a",)).events] == ["label histogram", "private-prediction batch"]
     replace = plan_pp(records, ("a",), "replace_one")  # n is public under replace-one: nothing to release
     assert [e.name for e in replace.events] == ["private-prediction batch"]
-    assert replace.parameters["batches_per_label"] == {"a": 5}
+    assert replace.published()["batches_per_label"] == {"a": 5}
     assert label_histogram.needs_histogram(1, "add_remove", uses_sizes=False) is False
     assert label_histogram.needs_histogram(2, "replace_one", uses_sizes=False) is True
 
@@ -129,9 +130,9 @@ def test_one_label_needs_a_dp_count_of_n_under_add_remove_only() -> None:
 def test_user_given_sizes_pay_no_histogram_and_set_the_batches() -> None:
     plan = plan_pp(records_of({"a": 16, "b": 8}), ("a", "b"), label_sizes="a:300,b:100")
     assert [e.name for e in plan.events] == ["private-prediction batch"]
-    assert plan.parameters["batches_per_label"] == {"a": 38, "b": 12} and plan.parameters["label_histogram"] is None
+    assert plan.published()["batches_per_label"] == {"a": 38, "b": 12} and plan.published()["label_histogram"] is None
     unlabelled = plan_pp([Record(f"t {i}", None) for i in range(5)], (), label_sizes="80")
-    assert unlabelled.parameters["batches_per_label"] == {"None": 10}
+    assert unlabelled.published()["batches_per_label"] == {"None": 10}
     for bad in ("a:300", "a:300,zz:1", "a:-1,b:2"):
         with pytest.raises(OptionError, match="label_sizes"):
             plan_pp(records_of({"a": 4, "b": 4}), ("a", "b"), label_sizes=bad)
@@ -148,8 +149,8 @@ def test_run_sets_batches_from_the_noisy_counts(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(label_histogram, "noisy_counts", fake_noisy)
     ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=2, labels=("a", "b"), resources=None)
-    batches = pp.PrivatePrediction.batch_counts(records, ("a", "b"), plan, ctx)
-    assert seen == [([16, 8], plan.parameters["label_histogram"]["noise_multiplier"], "add_remove")]
+    batches = batch_counts(records, ("a", "b"), plan, ctx)
+    assert seen == [([16, 8], plan.histogram_noise, "add_remove")]
     assert batches == {"a": 5, "b": 1}  # round(41 / 8), and at least one batch
 
 

@@ -17,7 +17,7 @@ from synthdp.errors import OutputError
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 
-OPTS = FAST_OPTIONS["private-prediction"]
+OPTS = {**FAST_OPTIONS["private-prediction"], "max_tokens": 3}  # r = 1 at epsilon 1.2 pays for 3 tokens
 
 
 def test_ledger_round_trip(tmp_path: Path) -> None:

@@ -215,16 +215,16 @@ def test_secure_generator_is_unpredictable_unless_seeded() -> None:
 
 
 def test_top_k_scores_equal_the_full_vocabulary_scores_on_those_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    import synthdp.pipelines.private_prediction as pp
+    from synthdp.pipelines.private_prediction import decoding
 
     gen = torch.Generator().manual_seed(7)
     logits = torch.randn(5, 40, generator=gen) * 5  # 4 private rows, then the public row
     logits[2, 3] = float("nan")  # a non-finite row is replaced as on the full row
     o = PrivatePredictionOptions(batch_size=4, svt=False, top_k=6)
     seen: list[np.ndarray] = []
-    monkeypatch.setattr(pp, "sample_softmax", lambda scores, *a, **k: seen.append(scores) or 0)
-    token, _ = pp.choose_token(logits, o, None, secure_generator())
+    monkeypatch.setattr(decoding, "sample_softmax", lambda scores, *a, **k: seen.append(scores) or 0)
+    token, _ = choose_token(logits, o, None, secure_generator())
     allowed = torch.topk(logits[-1], 6).indices
     assert token == int(allowed[0])
     np.testing.assert_array_equal(seen[0], aggregate_clipped(logits[:-1], o.clip, o.batch_size)[allowed].numpy())
-    assert pp.choose_token(logits[-1:], o, None, secure_generator())[0] in allowed.tolist()  # an empty batch
+    assert choose_token(logits[-1:], o, None, secure_generator())[0] in allowed.tolist()  # an empty batch

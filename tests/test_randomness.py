@@ -15,6 +15,7 @@ from scipy import stats
 
 from synthdp.mechanisms.discrete_gaussian import discrete_gaussian, pmf
 from synthdp.mechanisms.randomness import fork_noise, noise_generator, run_streams, secure_generator
+from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.pipelines import private_prediction as pp
 from synthdp.pipelines.base import RunContext
 from synthdp.mechanisms import dpsgd, gaussian
@@ -50,13 +51,13 @@ def test_public_draws_never_shift_the_noise_draws_of_private_prediction() -> Non
     """choose_token with the same noise stream and different public streams (one also drawing extra public
     samples between tokens): the SVT decisions and the private tokens are the same, the public tokens not."""
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0)) * 3  # 4 private rows + public
-    distance = pp.distribution_distance(logits[:-1], logits[-1], 4)
+    distance = distribution_distance(logits[:-1], logits[-1], 4)
     o = pp.PrivatePredictionOptions(batch_size=4, svt=True, svt_threshold=distance, svt_noise=0.3, temperature=1.0,
                                     public_temperature=5.0, top_k=None)  # the SVT fires about half of the time
 
     def tokens(public_seed: int, extra_public_draws: int) -> list[tuple[int, bool]]:
         rng, noise = secure_generator(public_seed), noise_generator(1)
-        svt = pp.SparseVector(o.svt_threshold, o.svt_noise, noise)
+        svt = SparseVector(o.svt_threshold, o.svt_noise, noise)
         out = []
         for _ in range(300):
             out.append(pp.choose_token(logits, o, svt, rng, noise))

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import synthdp.pipelines.private_prediction as pp
+from synthdp.pipelines.private_prediction import decoding
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import RunContext
@@ -44,10 +45,10 @@ def recorded_logits(lm: LocalLM, texts: list[str], monkeypatch: pytest.MonkeyPat
         k = len(seen) % (STEPS + 1)
         return (20 + 7 * k if k else min(lm.stop_ids)), True  # STEPS tokens, then a stop token
 
-    monkeypatch.setattr(pp, "choose_token", scripted)
+    monkeypatch.setattr(decoding, "choose_token", scripted)
     o = pp.PrivatePredictionOptions(batch_size=len(RECORDS), max_record_tokens=24, max_tokens=STEPS + 2, svt=False)
     ctx = RunContext(rng=secure_generator(), seeded=False, num_samples=2, labels=("spam",), resources=lm)
-    made = list(pp.PrivatePrediction().generate_batch(lm, texts, "spam", 2, 10**6, 1e-3, o, ctx))
+    made = list(pp.generate_batch(lm, pp.batch_decoder(lm, texts, "spam", o), 2, 10**6, 1e-3, o, ctx))
     assert len(made) == 2 and len(seen) == 2 * (STEPS + 1)
     return seen
 
@@ -70,11 +71,10 @@ def test_adding_a_record_leaves_every_other_row_and_the_public_row_bit_for_bit(
 def test_each_private_prompt_fits_the_fixed_width_with_a_padding_column(tiny_model_dir: Path) -> None:
     lm = LocalLM.load(tiny_model_dir, device="cpu")
     o = pp.PrivatePredictionOptions(max_record_tokens=6)
-    pipeline = pp.PrivatePrediction()
-    width = pipeline.prompt_width(lm, "spam", o)
-    rows = pipeline.prompts(lm, [LONGEST * 3, "ok", ""], "spam", o)
+    width = pp.prompt_width(lm, "spam", o)
+    rows = pp.prompt_rows(lm, [LONGEST * 3, "ok", ""], "spam", o)
     assert all(len(row) < width for row in rows[:-1])
-    assert rows[0] == pipeline.prompts(lm, [LONGEST * 3], "spam", o)[0]  # a prompt depends on its record only
+    assert rows[0] == pp.prompt_rows(lm, [LONGEST * 3], "spam", o)[0]  # a prompt depends on its record only
     with pytest.raises(ValueError, match="padding column"):  # the decoder refuses a row without padding
         lm.decoder([[5] * width], 4, width=width, group_rows=8)
 

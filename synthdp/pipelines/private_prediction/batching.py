@@ -1,0 +1,61 @@
+"""Hash batching (Amin et al. 2024, Assumption 1): each record goes to one of B disjoint batches of its
+label by a salted hash of its own content, B = max(1, round(n / s)), so that a record's batch never
+depends on another record and the batches compose in parallel. Also how many texts each batch writes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from synthdp.data import Record
+from synthdp.mechanisms import label_histogram
+from synthdp.pipelines.base import RunContext
+from synthdp.pipelines.shared import split_by_weights
+
+if TYPE_CHECKING:
+    from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan
+
+
+def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
+    """Batch index of a record: depends only on the record itself (Assumption 1 of Amin et al.)."""
+    digest = hashlib.blake2b(salt + f"{label}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % batches
+
+
+def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
+    """B_l = max(1, round(n_l / s)), n_l a public size or a DP (noisy) count."""
+    return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
+
+
+def hash_batches(texts: list[str], label: str | None, salt: bytes, b: int) -> list[list[str]]:
+    """The records of one label split into its b disjoint hash batches."""
+    batches: list[list[str]] = [[] for _ in range(b)]
+    for text in texts:
+        batches[hash_batch(salt, label, text, b)].append(text)
+    return batches
+
+
+def texts_by_label(records: list[Record]) -> dict[str | None, list[str]]:
+    by_label: dict[str | None, list[str]] = {}
+    for rec in records:
+        by_label.setdefault(rec.label, []).append(rec.text)
+    return by_label
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` texts over `parts` (labels, or the batches of a label), the earlier parts taking the remainder."""
+    return split_by_weights(total, [1.0] * parts)
+
+
+def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: PrivatePredictionPlan,
+                 ctx: RunContext) -> dict[str | None, int]:
+    """B per label: public (from the plan), or from the DP label histogram drawn now (post-processing)."""
+    if plan.public_batches is not None:
+        return {label: plan.public_batches[label] for label in labels}
+    if plan.histogram_noise is None:
+        raise ValueError("The plan has neither public batch counts nor a DP label histogram.")
+    noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
+                                         plan.histogram_noise, plan.neighboring, ctx.noise_rng)
+    batches = batches_per_label(dict(zip(labels, noisy)), plan.s)
+    ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
+    return batches

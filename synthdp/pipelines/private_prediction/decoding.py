@@ -1,0 +1,122 @@
+"""Algorithm 1 of Amin et al. on one hash batch: the token choice (SVT, then the exponential mechanism over
+the clipped, aggregated logits, or a free public token) and the loop that writes texts until the batch's
+r private tokens are spent. See docs/algorithms.md, section 1."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
+from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
+from synthdp.models.local import LocalLM, decode_group_rows
+from synthdp.models.stacked import BucketedDecoder, StackedDecoder
+from synthdp.pipelines.base import RunContext
+from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
+from synthdp.pipelines.private_prediction.prompts import prompt_rows, prompt_width
+from synthdp.privacy.accounting import private_prediction_event
+
+
+def choose_token(
+    logits: torch.Tensor, o: PrivatePredictionOptions, svt: SparseVector | None, rng: np.random.Generator,
+    noise_rng: np.random.Generator | None = None,
+) -> tuple[int, bool]:
+    """One token of Algorithm 1. logits: (m + 1, V), m private rows then the public row.
+
+    Returns (token, whether it was private). The private draw comes from `noise_rng` (the run's noise
+    stream; `rng` when None), the public one from `rng`. The SVT distance uses the raw logits; the exponential
+    mechanism uses the re-centred, clipped ones, averaged with the fixed divisor s; both in float64,
+    with a private row that has a non-finite logit counted as uniform (mechanisms/clipping.py). A
+    non-finite public row is refused (FloatingPointError): the public prediction sets the candidates.
+    """
+    private_logits, public_logits = logits[:-1], logits[-1]  # (m, V), (V,)
+    if not torch.isfinite(public_logits).all():
+        raise FloatingPointError("The public prompt's logits are not finite (NaN or inf): the model overflows "
+                                 "at this precision. Refusing to choose a token.")
+    allowed = None
+    if o.top_k is not None:  # the public prediction's top k: a public set, free
+        allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
+    if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
+        noise = rng if noise_rng is None else noise_rng  # the private draw: the run's noise stream
+        if allowed is None:
+            scores = aggregate_clipped(private_logits, o.clip, o.batch_size).cpu().numpy()
+            return sample_softmax(scores, o.temperature, noise), True
+        # Only the allowed columns are scored (float64 on k columns, not V): each row's own maximum
+        # is appended as one more column, so re-centring sees the same maximum as on the full row;
+        # a row with a non-finite entry anywhere gets NaN there and is replaced, as on the full row.
+        low, top = torch.aminmax(private_logits, dim=-1, keepdim=True)  # NaN propagates; +-inf shows here
+        top = torch.where(torch.isfinite(low) & torch.isfinite(top), top, float("nan"))
+        columns = torch.cat([private_logits[:, torch.from_numpy(allowed).to(private_logits.device)], top], dim=1)
+        scores = aggregate_clipped(columns, o.clip, o.batch_size).cpu().numpy()[:-1]
+        return int(allowed[sample_softmax(scores, o.temperature, noise)]), True
+    return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
+
+
+def rows_decoder(lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> StackedDecoder:
+    """The decoder of prompt rows (the public row last): logits (len(rows), V).
+
+    Private rows get a width from a public ladder chosen by their own length (powers of two up to
+    `width`) and a fixed number of rows per forward pass; the public row has its own decoder.
+    So no row's arithmetic depends on another record (tests/test_row_independence.py).
+    """
+    private = [BucketedDecoder(lm, rows[:-1], o.max_tokens, full_width=width,
+                               group_rows=decode_group_rows(o.batch_size, lm.device))] if len(rows) > 1 else []
+    return StackedDecoder(private + [lm.decoder(rows[-1:], o.max_tokens)])
+
+
+def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> StackedDecoder:
+    """The decoder of one batch: one private prompt per record, then the public prompt."""
+    return rows_decoder(lm, prompt_rows(lm, texts, label, o), prompt_width(lm, label, o), o)
+
+
+class TokenDecoder(Protocol):
+    """What generate_batch needs of a decoder: logits (rows, V) after the prompt and after each token, and a
+    rewind to the prompt (its KV cache trimmed back) for the next text."""
+
+    def prefill(self) -> torch.Tensor: ...
+    def step(self, token: int) -> torch.Tensor: ...
+    def rewind(self) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: float,
+                   o: PrivatePredictionOptions, ctx: RunContext) -> Iterator[str]:
+    """Algorithm 1 on one batch: up to `quota` texts while fewer than r private tokens are spent.
+
+    A text ends at a stop token or the length cap. A text cut because the batch's r ran out is released
+    as it stands (post-processing of DP tokens) and counted in `ctx.summary["truncated_texts"]`; an empty
+    text has nothing to release and is counted in `ctx.summary["dropped_texts"]`."""
+    if quota <= 0:
+        return
+    svt = SparseVector(o.svt_threshold, o.svt_noise, ctx.noise_rng) if o.svt else None
+    spent, public, made, truncated = 0, 0, 0, 0  # spent: t, the private tokens used by this batch
+    logits = decoder.prefill()  # (rows, V): rows = len(texts) private + 1 public
+    while made < quota and spent < r:
+        tokens: list[int] = []
+        stopped = False
+        for _ in range(o.max_tokens):
+            token, private = choose_token(logits, o, svt, ctx.rng, ctx.noise_rng)
+            spent += private
+            public += not private
+            if token in lm.stop_ids:
+                stopped = True
+                break
+            tokens.append(token)
+            if spent >= r:  # r is enforced inside the token loop
+                break
+            if len(tokens) < o.max_tokens:
+                logits = decoder.step(token)
+        text = lm.decode(tokens).strip()
+        if text:
+            made += 1
+            truncated += not stopped and len(tokens) < o.max_tokens  # cut by r, not by a stop or the cap
+            ctx.progress(1, private_prediction_event(rho, spent) if spent else None)
+            yield text
+        else:
+            ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + 1
+        logits = decoder.rewind()
+    for key, count in (("truncated_texts", truncated), ("batches_out_of_budget", int(spent >= r)),
+                       ("public_tokens", public), ("private_tokens", spent)):
+        ctx.summary[key] = ctx.summary.get(key, 0) + count

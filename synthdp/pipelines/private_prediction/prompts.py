@@ -1,0 +1,55 @@
+"""The prompts of one hash batch: one private prompt per record, then the public prompt, as token ids.
+
+Every private prompt is cut to fit one fixed width set by public quantities only (template, label, cap,
+tokenizer), so a prompt depends on its own record alone (tests/test_row_independence.py).
+"""
+
+from __future__ import annotations
+
+from synthdp.models.local import LocalLM
+from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
+
+PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
+
+
+def _label_words(label: str | None) -> str:
+    return label if label is not None else "any"
+
+
+def fill_prompt(o: PrivatePredictionOptions, label: str | None, text: str) -> str:
+    """The user turn for one record (or for the placeholder, in the public prompt)."""
+    return o.prompt_template.format(domain=o.domain, label_name=o.label_name, label=_label_words(label), text=text)
+
+
+def fill_placeholder(o: PrivatePredictionOptions, label: str | None) -> str:
+    """What stands for a record in the public prompt."""
+    return o.public_placeholder.format(domain=o.domain, label_name=o.label_name, label=_label_words(label))
+
+
+def prompt_width(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> int:
+    """The fixed width every private prompt of `label` is left-padded to: the prompt with an empty
+    record, plus `max_record_tokens`, plus PROMPT_SLACK tokens for merges at the record's edges,
+    plus one padding column. Set by public quantities only (template, label, cap, tokenizer)."""
+    return len(lm.chat_ids(fill_prompt(o, label, ""), o.assistant_prefix)) + o.max_record_tokens + PROMPT_SLACK + 1
+
+
+def prompt_rows(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
+    """Private prompts (one per record) followed by the public prompt, as token ids.
+
+    A record is cut to `max_record_tokens` tokens, and further in the rare case its prompt still
+    does not fit `prompt_width` with a padding column: each prompt depends on its record alone.
+    """
+    width = prompt_width(lm, label, o)
+    rows = []
+    for text in texts:
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = min(len(ids), o.max_record_tokens)
+        while True:
+            cut = text if keep == len(ids) else lm.decode(ids[:keep])  # cut only records that are too long
+            row = lm.chat_ids(fill_prompt(o, label, cut), o.assistant_prefix)
+            if len(row) < width or keep == 0:
+                break
+            keep = max(0, keep - (len(row) - width + 1))
+        rows.append(row)
+    rows.append(lm.chat_ids(fill_prompt(o, label, fill_placeholder(o, label)), o.assistant_prefix))
+    return rows
