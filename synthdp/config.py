@@ -38,7 +38,8 @@ class RunConfig:
     device: str | None = None
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env, device=self.device)
+        return ModelSpec(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env, device=self.device,
+                         seed=self.seed)
 
     def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
         run = {k: v for k, v in dataclasses.asdict(self).items() if k != "options"}

@@ -237,6 +237,7 @@ def test_exact_private_statistics_are_operator_only(tmp_path: Path) -> None:
     pipe = get_pipeline("private-evolution")
     opts = parse_options(pipe.options_class, {"iterations": "2", "variations": "2"})
     resources = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())  # type: ignore[arg-type]
+    pipe.preflight(opts, ("a", "b"), resources)
     plan = pipe.plan(opts, Target(4.0, 1e-5), LoadedData(records, ("a", "b"), False, {}, "test"), resources)
     ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=4, labels=("a", "b"),
                      resources=resources, work_dir=tmp_path)

@@ -19,7 +19,8 @@ from synthdp.errors import ModelError, OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
 from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
-from synthdp.pipelines.private_evolution import PrivateEvolutionResources, split_by_weights
+from synthdp.pipelines.private_evolution import PrivateEvolutionPlan, PrivateEvolutionResources
+from synthdp.pipelines.shared import split_by_weights
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
 from synthdp.privacy.ledger import Ledger
 
@@ -75,17 +76,17 @@ def test_parallel_composition_across_labels() -> None:
 def test_plan_is_t_gaussian_compositions_at_the_calibrated_sigma() -> None:
     plan = plan_of(("a", "b"), iterations=4)
     event = plan.events[0].event
-    assert event == private_evolution_event(plan.parameters["noise_multiplier"], 4)
-    assert plan.parameters["noise_std"] == plan.parameters["noise_multiplier"]
+    assert event == private_evolution_event(plan.noise_multiplier, 4)
+    assert plan.noise_std == plan.noise_multiplier
     replace = get_pipeline("private-evolution").plan(
         parse_options(get_pipeline("private-evolution").options_class, {"iterations": "4"}),
         Target(2.0, 1e-5, "replace_one"), data_of(("a",)), None)
-    assert replace.parameters["noise_std"] == pytest.approx(math.sqrt(2) * replace.parameters["noise_multiplier"])
+    assert replace.noise_std == pytest.approx(math.sqrt(2) * replace.noise_multiplier)
 
 
 def test_noise_override_is_checked_against_the_target() -> None:
     loose = plan_of(("a",), noise=50.0)
-    assert loose.parameters["noise_multiplier"] == 50.0
+    assert loose.noise_multiplier == 50.0
     assert epsilon_report([e.event for e in loose.events], 1e-5).epsilon < 2.0
     with pytest.raises(PrivacyParameterError, match="noise >= "):
         plan_of(("a",), noise=1.2)
@@ -95,7 +96,7 @@ def test_noise_override_is_checked_against_the_target() -> None:
 def test_dp_label_histogram_is_paid_from_the_budget(spelling: str) -> None:
     plan = plan_of(("a", "b", "c"), label_counts=spelling, iterations=5)
     assert [e.name for e in plan.events] == ["private-evolution label histogram", "private-evolution votes"]
-    sigma = plan.parameters["noise_multiplier"]
+    sigma = plan.noise_multiplier
     # the shared histogram's noise (5% of epsilon alone), and the votes calibrated on the composition
     sigma_h = label_histogram.calibrate_noise(2.0, 1e-5)
     assert plan.events[0].event == label_histogram.histogram_event(sigma_h)
@@ -114,7 +115,7 @@ def test_bad_options_are_user_errors() -> None:
         plan_of(("a", "b"), label_counts="a:1,zz:2")
 
 
-def test_split_by_weights() -> None:
+def test_split_by_weights() -> None:  # the shared split, as Private Evolution uses it
     assert split_by_weights(10, [1, 1, 1]) == [4, 3, 3]
     assert split_by_weights(5, [3, 0, 1]) == [4, 0, 1]
     assert split_by_weights(4, [-2.0, -1.0]) == [2, 2]  # noisy counts all <= 0: uniform
@@ -129,6 +130,7 @@ def run_pipeline(records: list[Record], labels: tuple[str, ...], backend: object
     opts = parse_options(pipe.options_class, {"iterations": "2", "variations": "2", **{k: str(v) for k, v in options.items()}})
     resources = PrivateEvolutionResources(CachedGenerator(backend), HashEmbedder())  # type: ignore[arg-type]
     data = LoadedData(records, labels, True, {}, "test")
+    pipe.preflight(opts, labels, resources)
     plan = pipe.plan(opts, Target(4.0, 1e-5), data, resources)
     ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=num_samples, labels=labels,
                      resources=resources, work_dir=work_dir, resume=resume)
@@ -222,3 +224,116 @@ def test_generate_private_evolution_end_to_end_on_a_tiny_model(tmp_path: Path, t
     assert "message number" not in (out / "ledger.json").read_text()
     assert (out / ".synthdp-private-evolution" / "responses.jsonl").is_file()
     assert "private-evolution" in runner.invoke(app, ["pipelines"]).output
+
+
+# ---------------------------------------------------------------- typed plan, preflight, resources, prompts
+
+
+def old_parameters(sigma: float, iterations: int, neighboring: str, dp_labels: bool, calibrated: bool) -> dict:
+    """The ledger `parameters` of earlier releases (DictPlan), computed independently of the plan."""
+    sensitivity = {"add_remove": 1.0, "replace_one": math.sqrt(2)}[neighboring]
+    return {"noise_multiplier": sigma, "noise_std": sigma * sensitivity, "l2_sensitivity": sensitivity,
+            "iterations": iterations, "gaussian_releases": iterations + int(dp_labels), "dp_label_histogram": dp_labels,
+            "label_histogram": label_histogram.plan_parameters(label_histogram.calibrate_noise(2.0, 1e-5), neighboring)
+            if dp_labels else None, "calibrated": calibrated, "neighboring": neighboring}
+
+
+@pytest.mark.parametrize("case", ["calibrated", "noise", "dp", "replace_one"])
+def test_typed_plan_publishes_the_parameters_of_earlier_releases(case: str) -> None:
+    pipe = get_pipeline("private-evolution")
+    options = {"calibrated": {}, "noise": {"noise": "50"}, "dp": {"label_counts": "dp"}, "replace_one": {}}[case]
+    neighboring = "replace_one" if case == "replace_one" else "add_remove"
+    labels = ("a", "b", "c")
+    plan = pipe.plan(parse_options(pipe.options_class, {"iterations": "5", **options}),
+                     Target(2.0, 1e-5, neighboring), data_of(labels), None)
+    assert isinstance(plan, PrivateEvolutionPlan)
+    others = (label_histogram.histogram_event(label_histogram.calibrate_noise(2.0, 1e-5)),) if case == "dp" else ()
+    sigma = 50.0 if case == "noise" else calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=others,
+                                                                          discrete=True)
+    expected = old_parameters(sigma, 5, neighboring, case == "dp", case != "noise")
+    assert plan.published() == expected
+    assert list(plan.published()) == list(expected)  # same keys, same order in ledger.json
+    with pytest.raises(AttributeError):  # frozen: the run reads the plan, never changes it
+        plan.iterations = 6  # type: ignore[misc]
+
+
+def test_plan_sends_no_request() -> None:
+    """plan() does no I/O: the probe is preflight's job, so a plan with resources asks the model nothing."""
+    backend = EchoBackend()
+    pipe = get_pipeline("private-evolution")
+    resources = PrivateEvolutionResources(CachedGenerator(backend), HashEmbedder())  # type: ignore[arg-type]
+    pipe.plan(parse_options(pipe.options_class, {"probe": "4"}), Target(2.0, 1e-5), data_of(("a",)), resources)
+    assert backend.calls == 0
+    pipe.preflight(parse_options(pipe.options_class, {"probe": "4"}), ("a",), resources)
+    assert backend.calls == 4
+
+
+def cli_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: EchoBackend, out: Path,
+            budget: Path | None = None) -> tuple[object, list[str]]:
+    """`synthdp generate` with fake models; returns the result and the order preflight / plan were called."""
+    from synthdp.pipelines.private_evolution.pipeline import PrivateEvolution
+
+    calls: list[str] = []
+    preflight, plan = PrivateEvolution.preflight, PrivateEvolution.plan
+    monkeypatch.setattr(PrivateEvolution, "load_resources", lambda self, o, spec: PrivateEvolutionResources(
+        CachedGenerator(backend), HashEmbedder()))  # type: ignore[arg-type]
+    monkeypatch.setattr(PrivateEvolution, "preflight", lambda self, *a: (calls.append("preflight"),
+                                                                         preflight(self, *a))[1])
+    monkeypatch.setattr(PrivateEvolution, "plan", lambda self, *a: (calls.append("plan"), plan(self, *a))[1])
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"msg {i}", "label": "ab"[i % 2]}) + "\n" for i in range(12)))
+    result = runner.invoke(app, ["generate", "--data", str(data), "--pipeline", "private-evolution", "-e", "2",
+                                 "-d", "1e-5", "-n", "2", "--out", str(out), "--no-progress",
+                                 "--set", "iterations=1", "--set", "variations=1", "--set", "probe=2",
+                                 *(["--budget", str(budget)] if budget else [])])
+    return result, calls
+
+
+def test_preflight_runs_before_plan_and_a_refusal_stops_everything(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, calls = cli_run(tmp_path, monkeypatch, EchoBackend(), tmp_path / "ok")
+    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    assert calls == ["preflight", "plan"]
+    budget = tmp_path / "b.budget"
+    assert runner.invoke(app, ["budget", "init", str(budget), "--epsilon", "10", "--delta", "1e-5"]).exit_code == 0
+    before = budget.read_bytes()
+    # the probe's answers are empty: refused by preflight, so no plan, nothing written, nothing charged
+    refused, calls = cli_run(tmp_path, monkeypatch, EchoBackend(lambda prompt, n: " "), tmp_path / "no", budget)
+    assert refused.exit_code == 2 and "Nothing was spent" in refused.output  # type: ignore[attr-defined]
+    assert calls == ["preflight"] and not (tmp_path / "no").exists() and budget.read_bytes() == before
+    # a refusal before the models are touched (--out not empty): no preflight, no request
+    backend = EchoBackend()
+    again, calls = cli_run(tmp_path, monkeypatch, backend, tmp_path / "ok")
+    assert again.exit_code == 2 and calls == [] and backend.calls == 0  # type: ignore[attr-defined]
+
+
+def test_the_local_generator_owns_its_sampling_stream(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from synthdp.models.generator import LocalGenerator
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.private_evolution.resources import sampling_generator
+
+    seeded = [sampling_generator(7).random(4) for _ in range(2)]
+    assert np.array_equal(*seeded)  # --seed: reproducible, and apart from the run's own streams
+    assert not np.array_equal(seeded[0], np.random.Generator(np.random.PCG64(np.random.SeedSequence(7))).random(4))
+    own = sampling_generator(None)
+    backend = LocalGenerator(LocalLM.load(str(tiny_model_dir), device="cpu"), rng=own, batch_size=8)
+    _, ctx, _ = run_pipeline(data_of(("a",)).records, ("a",), backend, tmp_path, max_tokens=4, probe=0)
+    assert backend.rng is own and ctx.rng is not own  # the pipeline never swaps it for the run's
+
+
+def test_default_prompts_name_the_domain_and_use_only_public_examples() -> None:
+    from synthdp.pipelines.private_evolution.prompts import random_prompt, variation_prompt
+
+    pipe = get_pipeline("private-evolution")
+    default = parse_options(pipe.options_class, {})
+    assert default.domain == "short text" and "one short text whose label" in random_prompt(default, "ham", "s", 0)
+    for variation in ("paraphrase", "blanks"):
+        o = parse_options(pipe.options_class, {"domain": "SMS message", "variation": variation})
+        assert "one SMS message whose label is \"ham\"" in random_prompt(o, "ham", "s", 0)
+        prompt = variation_prompt(o, "ham", "see you at the station at six", "s", "variation|1|ham|0|0")
+        assert "SMS message" in prompt and prompt.count("Examples") == 0
+    shown = parse_options(pipe.options_class, {"examples": "Running late, 10 min || Call me back"})
+    prompt = random_prompt(shown, "ham", "s", 0)
+    assert "- Running late, 10 min\n- Call me back" in prompt and "Examples" not in random_prompt(default, "a", "s", 0)
+    with pytest.raises(OptionError, match="domain"):
+        parse_options(pipe.options_class, {"domain": " "})

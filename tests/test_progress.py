@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 import synthdp.progress as progress_module
 import synthdp.run as run_module
 from synthdp.cli import app
-from synthdp.pipelines.private_evolution import private_evolution_event
-from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.accounting import epsilon_report, private_evolution_event
 from synthdp.privacy.ledger import Ledger
 from synthdp.progress import ProgressDisplay, SpendTracker
 

@@ -49,6 +49,7 @@ class ModelSpec:
     api_base: str | None = None  # OpenAI-compatible endpoint
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
     device: str | None = None  # "cuda", "cpu" or None (CUDA when present)
+    seed: int | None = None  # --seed: models that sample on their own derive their stream from it (tests only)
 
 
 @dataclass(frozen=True, kw_only=True)

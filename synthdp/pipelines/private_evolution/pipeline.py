@@ -1,0 +1,182 @@
+"""Private Evolution for text (Lin et al. 2023; Xie et al. 2024, "Aug-PE"), API-only: the loop.
+
+The model only writes (RANDOM_API) and rephrases (VARIATION_API); the private records never reach
+it. They only vote, through the DP nearest-neighbour histogram, for which candidates survive:
+
+    E = embed(private records)                                     once, per label
+    S_c = RANDOM_API(prompt(c), n_c) + (L-1) x VARIATION_API         |S_c| = L n_c
+    for t in 1..T:
+        h = votes of D_c for their nearest candidates in S_c; h~ = h + N(0, sigma^2); threshold H
+        keep = top n_c of h~ (rank) or n_c draws prop. to h~ (sample)
+        S_c = keep + (L-1) x VARIATION_API(keep)                     (not after the last round)
+    release keep
+
+Privacy (plan.py): each round is one Gaussian release of the votes of all labels at once (labels
+partition the records: parallel composition), so the run is SelfComposedDpEvent(GaussianDpEvent(sigma), T).
+Per-label sample counts n_c come from a public choice (uniform or given weights) or from the shared DP
+label histogram. See docs/algorithms.md, section 2.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from synthdp.data import LoadedData, Record
+from synthdp.mechanisms import label_histogram
+from synthdp.mechanisms.nn_histogram import dp_nn_histogram, rank_select, sample_select
+from synthdp.models.api import ApiGenerator
+from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.private_evolution.generation import Apis, GenerationStats, probe
+from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+from synthdp.pipelines.private_evolution.plan import PrivateEvolutionPlan, make_plan
+from synthdp.pipelines.private_evolution.resources import PrivateEvolutionResources, load_resources
+from synthdp.pipelines.private_evolution.state import STATE_DIR, EvolutionState, Label, Population
+from synthdp.pipelines.shared import split_by_weights
+from synthdp.privacy.accounting import private_evolution_event
+
+
+@register_pipeline
+class PrivateEvolution:
+    name: ClassVar[str] = "private-evolution"
+    description: ClassVar[str] = (
+        "API-only Private Evolution (Aug-PE, Xie et al. 2024): the model writes and rephrases; private records "
+        "only vote through a DP nearest-neighbour histogram for which candidates survive"
+    )
+    options_class: ClassVar[type] = PrivateEvolutionOptions
+    supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
+
+    def load_resources(self, options: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
+        return load_resources(options, spec)
+
+    def preflight(self, options: PrivateEvolutionOptions, labels: Sequence[str],
+                  resources: PrivateEvolutionResources) -> None:
+        """The probe: public RANDOM_API requests; a model answering mostly empty text is refused here."""
+        if options.probe:
+            probe(options, list(labels), resources.generator)
+
+    def plan(self, options: PrivateEvolutionOptions, target: Target, data: LoadedData,
+             resources: PrivateEvolutionResources | None) -> PrivateEvolutionPlan:
+        return make_plan(options, target, data)
+
+    def run(self, records: list[Record], options: PrivateEvolutionOptions, plan: PrivateEvolutionPlan,
+            ctx: RunContext) -> Iterator[SyntheticRecord]:
+        assert isinstance(ctx.resources, PrivateEvolutionResources) and isinstance(plan, PrivateEvolutionPlan)
+        return Evolution(options, plan, ctx, ctx.resources).run(records)
+
+
+@dataclass
+class Evolution:
+    """One run of the loop; the checkpoint (`state`) holds every DP outcome before it is used."""
+
+    o: PrivateEvolutionOptions
+    plan: PrivateEvolutionPlan
+    ctx: RunContext
+    res: PrivateEvolutionResources
+
+    def run(self, records: list[Record]) -> Iterator[SyntheticRecord]:
+        o, ctx, generator = self.o, self.ctx, self.res.generator
+        labels: list[Label] = list(ctx.labels) or [None]
+        if ctx.work_dir is not None:  # the response cache lives in the run's folder, beside the checkpoint
+            generator.cache.attach(Path(ctx.work_dir) / STATE_DIR / "responses.jsonl")
+        state = EvolutionState.open(ctx.work_dir, ctx.resume, ctx.rng, ctx.seeded)
+        stats, requests_before = GenerationStats(), generator.new_requests
+        apis = Apis(generator, o, state.salt, labels, stats, tick=lambda n: ctx.progress(n, None))
+        count_duplicates(records, ctx)
+        total = o.population if o.population is not None else ctx.num_samples
+        n_c = self.samples_per_label(records, labels, total, state)
+        ctx.summary["samples_per_label"] = {str(k): v for k, v in n_c.items()}
+        start = time.perf_counter()
+        private = {lbl: self.res.embedder.embed([r.text for r in records if r.label == lbl]) for lbl in labels}
+        stats.seconds["embedding"] += time.perf_counter() - start
+
+        # Progress: one stage per round; a step is one generation request or one label's DP selection.
+        ctx.stage(f"PE round 0/{o.iterations}", sum(n_c.values()) * (1 + o.variations), "step")
+        kept = apis.random_api(n_c)  # RANDOM_API
+        candidates = apis.variation_api(kept, 0)  # |S_c| = L n_c
+        for t in range(1, o.iterations + 1):
+            ctx.stage(f"PE round {t}/{o.iterations}",
+                      len(labels) + (sum(n_c.values()) * o.variations if t < o.iterations else 0), "step")
+            saved = state.selection(t, labels)  # drawn and checkpointed before: never drawn again
+            kept = saved if saved is not None else self.vote_and_select(candidates, private, n_c, stats)
+            if saved is None:
+                state.record_selection(t, kept)  # checkpoint the DP outcome before anything uses it
+            ctx.progress(0, private_evolution_event(self.plan.noise_multiplier, t))
+            if t < o.iterations:
+                candidates = apis.variation_api(kept, t)  # VARIATION_API
+        self.finish(stats, requests_before)
+        yield from self.release(kept, labels, total)
+
+    def samples_per_label(self, records: list[Record], labels: list[Label], total: int,
+                          state: EvolutionState) -> dict[Label, int]:
+        """n_c: public weights or uniform, or drawn from the DP label histogram (checkpointed before use)."""
+        if state.label_counts is None:
+            if self.plan.histogram_noise is not None:
+                exact = label_histogram.exact_counts((r.label for r in records), labels)
+                noisy = label_histogram.noisy_counts(exact, self.plan.histogram_noise, self.plan.neighboring,
+                                                     self.ctx.noise_rng)
+                counts = split_by_weights(total, list(noisy))
+            else:
+                weights = self.plan.label_weights
+                counts = split_by_weights(total, [weights.get(str(lbl), 0.0) for lbl in labels] if weights
+                                          else [1.0] * len(labels))
+            state.record_label_counts(counts)
+        assert state.label_counts is not None
+        return dict(zip(labels, state.label_counts))
+
+    def vote_and_select(self, candidates: Population, private: dict[Label, np.ndarray], n_c: dict[Label, int],
+                        stats: GenerationStats) -> Population:
+        """One round: per label, the DP nearest-neighbour histogram of the private votes, then selection."""
+        o, plan, ctx, embedder = self.o, self.plan, self.ctx, self.res.embedder
+        choose = rank_select if o.selection == "rank" else sample_select
+        kept: Population = {}
+        for lbl, cands in candidates.items():
+            if not cands or n_c[lbl] == 0:
+                kept[lbl] = []
+                continue
+            start = time.perf_counter()
+            emb = embedder.embed(cands)
+            stats.seconds["embedding"] += time.perf_counter() - start
+            start = time.perf_counter()
+            noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=plan.noise_multiplier, rng=ctx.noise_rng,
+                                    votes=min(o.votes, len(cands)), threshold=o.threshold,
+                                    neighboring=plan.neighboring, device=embedder.device)
+            kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl], ctx.rng)]
+            stats.seconds["histogram"] += time.perf_counter() - start
+            ctx.progress(1, None)
+        return kept
+
+    def finish(self, stats: GenerationStats, requests_before: int) -> None:
+        generator, summary = self.res.generator, self.ctx.summary
+        generator.cache.close()
+        summary["empty_generations"] = stats.empty_generations
+        summary["dropped_empty"] = stats.dropped_empty
+        summary["generation_requests"] = generator.new_requests - requests_before
+        summary["cached_answers_reused"] = generator.cache_hits
+        if isinstance(generator.backend, ApiGenerator):
+            summary.update(generator.backend.summary())
+        # Embedding time grows with the number of private records: for the operator only.
+        self.ctx.operator_only_not_dp["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
+
+    def release(self, kept: Population, labels: list[Label], total: int) -> Iterator[SyntheticRecord]:
+        """The last round's kept texts, most voted first, at most --num-samples in all."""
+        release = split_by_weights(min(total, self.ctx.num_samples), [len(kept[lbl]) for lbl in labels])
+        self.ctx.stage("texts", sum(release), "text")
+        for lbl, quota in zip(labels, release):
+            for text in kept[lbl][:quota]:  # rank order: the most voted first
+                self.ctx.progress(1, None)
+                yield SyntheticRecord(text, lbl)
+
+
+def count_duplicates(records: list[Record], ctx: RunContext) -> None:
+    """Duplicates give one person several votes: an exact count of the private data, so for the operator
+    only (never their content, never in the summary or --out)."""
+    duplicates = sum(c - 1 for c in Counter((r.label, r.text) for r in records).values() if c > 1)
+    if duplicates:
+        ctx.operator_only_not_dp["duplicate_private_records"] = duplicates

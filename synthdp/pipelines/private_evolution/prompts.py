@@ -1,0 +1,69 @@
+"""The prompts of RANDOM_API and VARIATION_API, built from public text only.
+
+A prompt holds the options' public words (domain, label name, keywords, styles, public examples), the
+label and, for a variation, an earlier synthetic candidate; never a private record. The public choices
+in a prompt (keyword, style, masked words) come from `public_rng`, derived from the run's salt and the
+request's place in the run, so a resumed run asks the very same prompts and hits the response cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+
+
+def public_rng(salt: str, purpose: str) -> np.random.Generator:
+    """A generator for the public prompt choices of one request, from the run's salt and the request's
+    purpose. Never used for DP noise."""
+    digest = hashlib.sha256(f"{salt}|{purpose}".encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "big")))
+
+
+def _label_words(o: PrivateEvolutionOptions, label: str | None) -> dict[str, str]:
+    return {"domain": o.domain.strip(), "label_name": o.label_name, "label": label if label is not None else "any"}
+
+
+def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: int) -> str:
+    """RANDOM_API's prompt for the j-th sample of `label`: a public keyword, and public examples if given."""
+    prng = public_rng(salt, f"random|{label}|{j}")
+    keywords = o.keyword_list
+    prompt = o.random_prompt.format(keyword=keywords[int(prng.integers(len(keywords)))], style="", text="", words=0,
+                                    **_label_words(o, label))
+    examples = o.example_list
+    if examples:
+        shown = "\n".join(f"- {e}" for e in examples)
+        prompt = f"Examples of the kind of {o.domain.strip()} wanted (public):\n{shown}\n\n{prompt}"
+    return prompt
+
+
+def variation_prompt(o: PrivateEvolutionOptions, label: str | None, parent: str, salt: str, purpose: str) -> str:
+    """VARIATION_API's prompt for one variation of `parent` (a synthetic candidate) in a public style."""
+    prng = public_rng(salt, purpose)
+    styles = o.style_list
+    style = styles[int(prng.integers(len(styles)))]
+    fill = {"style": style, "keyword": "", **_label_words(o, label)}
+    if o.variation == "paraphrase":
+        return o.paraphrase_prompt.format(text=parent, words=len(parent.split()), **fill)
+    words = parent.split()
+    masked = mask_words(words, o.variation_degree, prng)
+    # Aug-PE asks for W words, W = the parent's length + Normal(0, sd) (at least 3 here).
+    target_words = max(3, len(words) + round(float(prng.normal(0.0, max(1.0, 0.25 * len(words))))))
+    return o.blanks_prompt.format(text=" ".join(masked), words=target_words, **fill)
+
+
+def mask_words(words: list[str], degree: float, prng: np.random.Generator) -> list[str]:
+    """Each word masked with probability `degree`; a run of masked words becomes one blank `_`."""
+    masked: list[str] = []
+    previous = False
+    for word in words:
+        if prng.random() < degree:
+            if not previous:
+                masked.append("_")
+            previous = True
+        else:
+            masked.append(word)
+            previous = False
+    return masked
