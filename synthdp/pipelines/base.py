@@ -67,14 +67,6 @@ class PrivacyPlan:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
 
 
-@dataclass(frozen=True, kw_only=True)
-class DictPlan(PrivacyPlan):  # TEMPORARY bridge while the pipelines move to typed plans; removed after
-    parameters: dict[str, Any]
-
-    def published(self) -> dict[str, Any]:
-        return dict(self.parameters)
-
-
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _jsonable(dataclasses.asdict(value))

@@ -49,7 +49,7 @@ class PrivateEvolutionOptions:
     concurrency: int = option(8, "API requests in flight at once", maximum=1024)
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
-    max_tokens: int = option(64, "length cap of one generated text, in tokens", maximum=MAX_TOKENS)
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens", maximum=MAX_TOKENS)
     empty_retries: int = option(3, "regenerations of an empty answer before it is dropped", maximum=100)
     probe: int = option(4, "public RANDOM_API requests checked for empty answers before anything is spent",
                         maximum=1000)
