@@ -9,6 +9,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.models.api import ApiGenerator, is_api_model
@@ -48,7 +50,7 @@ def load_resources(o: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolut
     return PrivateEvolutionResources(CachedGenerator(backend), embedder)
 
 
-def sampling_generator(seed: int | None) -> Any:
+def sampling_generator(seed: int | None) -> np.random.Generator:
     """The local model's sampling stream: public choices only (the texts are released or voted on with
     noise). OS entropy, or derived from --seed (tests and debugging) apart from the run's own streams."""
     if seed is None:
