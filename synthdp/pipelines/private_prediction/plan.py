@@ -155,7 +155,6 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-
 def describe_batch(o: PrivatePredictionOptions, r: int, rho: float) -> str:
     svt_words = (
         f"; SVT with threshold noise Lap({o.svt_noise:g}) and query noise Lap({2 * o.svt_noise:g}) "
