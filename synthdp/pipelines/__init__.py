@@ -3,3 +3,4 @@
 from synthdp.pipelines import private_prediction  # noqa: F401
 from synthdp.pipelines import private_evolution  # noqa: F401
 from synthdp.pipelines import finetune  # noqa: F401
+from synthdp.pipelines import invisibleink  # noqa: F401

@@ -1,0 +1,87 @@
+"""The knobs of InvisibleInk and its default prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, check_template, option
+from synthdp.pipelines.shared import parse_label_weights
+
+PROMPT_FIELDS = ("domain", "label_name", "label", "text")
+DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Please give me another {domain} like it."
+DEFAULT_PLACEHOLDER = "<a {domain} with {label_name}: {label}>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvisibleInkOptions:
+    """Knobs of InvisibleInk (Vinod, Pillutla & Thakurta, NeurIPS 2025). The paper uses s + 1 = 4 to 32 rows per
+    batch, tau about 1 (1.1 in its code), k = 50 to 100, T up to 500. Ours (s = 8, tau = 1, k = 50, T = 64) are
+    the paper's settings, not yet tuned on this project's data (docs/readme/ink.md says what was measured)."""
+
+    batch_size: int = option(8, "expected batch size s: records per hash batch, the fixed divisor of the "
+                                "clipped differences", maximum=MAX_BATCH)
+    temperature: float = option(1.0, "tau of the private sampling (the exponential mechanism)")
+    top_k: int | None = option(50, "k of the public set {y : z_pub(y) >= l_k - 2C/s} (public: free); "
+                                   "none: the whole vocabulary")
+    max_tokens: int = option(64, "T: length cap of one synthetic text, in tokens; every text is charged T tokens",
+                             maximum=MAX_TOKENS)
+    max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt",
+                                    maximum=MAX_TOKENS)
+    domain: str = option("short text", "what kind of text is wanted (public), e.g. SMS message, news article")
+    label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
+    prompt_template: str = option(DEFAULT_PROMPT, "user turn; {domain}, {label_name}, {label}, {text}")
+    public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt; "
+                                                          "{domain}, {label_name}, {label}")
+    assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
+    label_sizes: str = option("dp", "how many private records each label holds, which sets the batch counts: dp (a DP "
+                                    "label histogram paid from the budget), or public sizes like 'ham:300,spam:100' "
+                                    "(unlabelled data: one number)")
+    label_counts: str = option("dp", "texts per label: dp (in proportion to the label sizes that set the batch "
+                                     "counts: no extra cost), uniform, or public weights like 'ham:3,spam:1'")
+    batches_per_step: int | None = option(None, "hash batches decoded together in one forward pass (public); "
+                                                "default: as many as the device's row budget holds", maximum=MAX_BATCH)
+
+    def __post_init__(self) -> None:
+        check_option_values(self)
+        positive = {"batch_size": self.batch_size, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                    "max_record_tokens": self.max_record_tokens}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"`{name}` must be > 0. Found {value}.")
+        for name, value in (("top_k", self.top_k), ("batches_per_step", self.batches_per_step)):
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
+        check_template("prompt_template", self.prompt_template, PROMPT_FIELDS, ("text",))
+        check_template("public_placeholder", self.public_placeholder, PROMPT_FIELDS[:3])
+        for name in ("domain", "label_name", "assistant_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be text. Found {getattr(self, name)!r}.")
+        self.public_label_sizes()  # validates the syntax
+        parse_label_weights(self.label_counts)
+
+    def public_label_sizes(self) -> dict[str | None, int] | None:
+        """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
+        text = self.label_sizes.strip()
+        if text.lower() == "dp":
+            return None
+        sizes: dict[str | None, int] = {}
+        for part in text.split(","):
+            label, sep, value = part.rpartition(":")
+            try:
+                size = int(value)
+            except ValueError:
+                size = -1
+            if size < 0 or (sep and not label.strip()) or (not sep and "," in text) or label.strip() in sizes:
+                raise ValueError("`label_sizes` must be dp, public sizes like 'ham:300,spam:100', or one number for "
+                                 f"unlabelled data. Found {self.label_sizes!r}.")
+            sizes[label.strip() if sep else None] = size
+        return sizes
+
+    def fill(self, label: str | None, text: str) -> str:
+        """The user turn for one record (or the placeholder)."""
+        return self.prompt_template.format(domain=self.domain, label_name=self.label_name,
+                                           label=label if label is not None else "any", text=text)
+
+    def placeholder(self, label: str | None) -> str:
+        return self.public_placeholder.format(domain=self.domain, label_name=self.label_name,
+                                              label=label if label is not None else "any")

@@ -1,0 +1,202 @@
+"""InvisibleInk as a pipeline: hash batches as in private prediction, every token private, many batches per step.
+
+Per hash batch S of label l (algorithms.md, section 1, InvisibleInk):
+    for each of its m texts:                         # m*T tokens charged whatever the lengths
+        x = []
+        until x ends with a stop token, or |x| = T:  # a text cut at T is released as it is
+            Z = logits(p + x) for each private prompt p in S; z_pub = logits(p_public + x)
+            x += choose_token(Z, z_pub)              # DClip, top-k+, softmax(z_bar / tau)
+        emit x
+G batches advance together (decoding.py); each batch draws from its own noise stream, forked from the run's
+in batch order, so the texts do not depend on G.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from synthdp.data import LoadedData, Record
+from synthdp.mechanisms import label_histogram
+from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
+from synthdp.mechanisms.randomness import fork_noise, salt_bytes
+from synthdp.models.local import LocalLM
+from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
+from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
+from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
+from synthdp.pipelines.private_prediction import batches_per_label, hash_batch
+from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+
+PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
+
+
+@dataclass
+class Unit:
+    """One hash batch: its label, its records, how many texts it should write, its own noise stream."""
+
+    label: str | None
+    texts: list[str]
+    want: int
+    rng: np.random.Generator
+    made: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The per-token parameters of a run (C is set once the batch counts are known)."""
+
+    clip: float
+    divisor: int
+    temperature: float
+    top_k: int | None
+    max_tokens: int
+
+
+@register_pipeline
+class InvisibleInk:
+    name: ClassVar[str] = "invisibleink"
+    description: ClassVar[str] = (
+        "prompt an LM with small hash batches of private records; every token by the exponential mechanism over "
+        "the public logits plus clipped private differences, on a public top-k+ set (Vinod, Pillutla & Thakurta 2025)"
+    )
+    options_class: ClassVar[type] = InvisibleInkOptions
+    supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
+
+    def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
+        return LocalLM.load(spec.model, device=spec.device)
+
+    def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
+        return make_plan(options, target, data)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, records: list[Record], options: InvisibleInkOptions, plan: PrivacyPlan,
+            ctx: RunContext) -> Iterator[SyntheticRecord]:
+        assert isinstance(plan, InvisibleInkPlan)
+        lm: LocalLM = ctx.resources
+        labels: tuple[str | None, ...] = ctx.labels or (None,)
+        sizes = self.label_sizes(records, labels, plan, ctx)
+        batches = batches_per_label(sizes, plan.divisor_s)
+        quotas = self.texts_per_label(ctx.num_samples, labels, sizes, options)
+        m = max((math.ceil(q / batches[lbl]) for lbl, q in quotas.items()), default=0)
+        if m == 0:
+            return
+        mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=plan.divisor_s,
+                                  temperature=plan.temperature, neighboring=plan.neighboring),
+                         plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
+        ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
+        units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
+        widths = self.widths(lm, labels, options)
+        shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
+        spent = batch_event(plan.rho_batch)
+        for start in range(0, len(units), shape.batches):
+            group = units[start:start + shape.batches]
+            self.decode_group(lm, group, m, mech, options, widths, shape, ctx)
+            for unit in group:
+                for text in unit.made:
+                    ctx.progress(1, spent)
+                    yield SyntheticRecord(text, unit.label)
+
+    @staticmethod
+    def label_sizes(records: list[Record], labels: tuple[str | None, ...], plan: InvisibleInkPlan,
+                    ctx: RunContext) -> dict[str | None, float]:
+        """Sizes per label: public (from the plan), or the DP label histogram drawn now (paid in the plan)."""
+        if plan.label_sizes is not None:
+            return dict(plan.label_sizes)
+        assert plan.histogram_noise_multiplier is not None
+        noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
+                                             plan.histogram_noise_multiplier, plan.neighboring, ctx.noise_rng)
+        return {label: float(n) for label, n in zip(labels, noisy)}
+
+    @staticmethod
+    def texts_per_label(total: int, labels: tuple[str | None, ...], sizes: dict[str | None, float],
+                        options: InvisibleInkOptions) -> dict[str | None, int]:
+        """label_counts: dp (in proportion to the sizes), uniform, or public weights."""
+        weights = parse_label_weights(options.label_counts)
+        if wants_dp_counts(options.label_counts):
+            shares = [max(0.0, sizes[label]) for label in labels]
+        else:
+            shares = [1.0 if weights is None else weights.get(str(label), 0.0) for label in labels]
+        return dict(zip(labels, split_by_weights(total, shares)))
+
+    @staticmethod
+    def units(records: list[Record], labels: tuple[str | None, ...], batches: dict[str | None, int],
+              quotas: dict[str | None, int], ctx: RunContext) -> list[Unit]:
+        """The hash batches in a fixed order (label, then index), each with its quota and its own noise stream."""
+        salt = salt_bytes(ctx.noise_rng, ctx.seeded)
+        texts: dict[str | None, list[list[str]]] = {label: [[] for _ in range(batches[label])] for label in labels}
+        for rec in records:
+            if rec.label in texts:
+                texts[rec.label][hash_batch(salt, rec.label, rec.text, batches[rec.label])].append(rec.text)
+        units = []
+        for label in labels:
+            wants = split_by_weights(quotas[label], [1.0] * batches[label])
+            units += [Unit(label, rows, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"))
+                      for i, (rows, want) in enumerate(zip(texts[label], wants))]
+        return units
+
+    # ------------------------------------------------------------------ decoding
+
+    @staticmethod
+    def widths(lm: LocalLM, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:
+        """(private, public) fixed widths over all labels: public quantities only. A private prompt gets the
+        prompt with an empty record plus `max_record_tokens`, PROMPT_SLACK tokens for merges at the record's edges
+        and one padding column."""
+        private = max(len(lm.chat_ids(o.fill(label, ""), o.assistant_prefix)) for label in labels)
+        public = max(len(lm.chat_ids(o.fill(label, o.placeholder(label)), o.assistant_prefix)) for label in labels)
+        return private + o.max_record_tokens + PROMPT_SLACK + 1, public + 1
+
+    @staticmethod
+    def prompt(lm: LocalLM, text: str, label: str | None, o: InvisibleInkOptions, width: int) -> list[int]:
+        """A record's prompt, the record cut to `max_record_tokens` tokens (further in the rare case the prompt
+        still leaves no padding column in `width`): it depends on the record alone."""
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = min(len(ids), o.max_record_tokens)
+        while True:
+            cut = text if keep == len(ids) else lm.decode(ids[:keep])
+            row = lm.chat_ids(o.fill(label, cut), o.assistant_prefix)
+            if len(row) < width or keep == 0:
+                return row
+            keep = max(0, keep - (len(row) - width + 1))
+
+    @torch.no_grad()
+    def decode_group(self, lm: LocalLM, units: list[Unit], m: int, mech: Mechanism, o: InvisibleInkOptions,
+                     widths: tuple[int, int], shape: StepShape, ctx: RunContext) -> None:
+        """Up to m texts for each unit of the group (fewer when its quota is met), into `unit.made`."""
+        decoder = MultiBatchDecoder(
+            lm, [[self.prompt(lm, t, u.label, o, widths[0]) for t in u.texts] for u in units],
+            [lm.chat_ids(o.fill(u.label, o.placeholder(u.label)), o.assistant_prefix) for u in units],
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape)
+        logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
+        for _ in range(m):
+            active = [len(u.made) < u.want for u in units]
+            if not any(active):
+                return
+            tokens: list[list[int]] = [[] for _ in units]
+            for step in range(mech.max_tokens):
+                chosen = torch.full((len(units),), lm.pad_id, dtype=torch.long)
+                for i, unit in enumerate(units):
+                    if active[i]:
+                        chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=mech.clip, divisor=mech.divisor,
+                                                 temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng)
+                        if int(chosen[i]) in lm.stop_ids:
+                            active[i] = False
+                        else:
+                            tokens[i].append(int(chosen[i]))
+                if not any(active) or step == mech.max_tokens - 1:
+                    break
+                logits = decoder.step(chosen)
+            ctx.summary["cut_at_max_tokens"] = ctx.summary.get("cut_at_max_tokens", 0) + sum(active)
+            for unit, ids in zip(units, tokens):
+                if len(unit.made) < unit.want:
+                    text = lm.decode(ids).strip()
+                    if text:
+                        unit.made.append(text)
+                    else:
+                        ctx.summary["empty_texts"] = ctx.summary.get("empty_texts", 0) + 1
+            logits = decoder.rewind()
