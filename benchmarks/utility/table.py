@@ -126,4 +126,4 @@ def markdown(results: Sequence[dict[str, Any]], command: str) -> str:
               f"the range over the repeats. beats baseline: yes when n >= {MIN_TEXTS} in both, at least "
               f"{MIN_REPEATS} repeats, and the difference exceeds the sum of the two spreads (every repeat of "
               "the arm above every repeat of the baseline); no: the mirror image."]
-    return "\n".join(lines + notes)
+    return "\n".join(lines + ([""] + notes if notes else []))
