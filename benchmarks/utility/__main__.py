@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--datasets", default=None, help="comma-separated: ag_news, sms (default: the preset's)")
     ap.add_argument("--pipelines", default=None,
-                    help=f"comma-separated (default: all: {', '.join(a.pipeline for a in ARMS)}); none: baseline only")
+                    help=f"comma-separated, of {', '.join(a.pipeline for a in ARMS)} (default: the preset's); "
+                         "none: baseline and ceilings only")
     ap.add_argument("--epsilons", default=None, help="comma-separated, inf allowed (default: the preset's)")
     ap.add_argument("--num-samples", type=int, default=None, help="texts per run, the baseline's too")
     ap.add_argument("--repeats", type=int, default=None)
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                 if args.epsilons else list(preset.epsilons))
     num_samples = args.num_samples or preset.num_samples
     repeats = args.repeats or preset.repeats
-    arms, overrides = chosen_arms(args.pipelines), parse_sets(args.sets)
+    default = ",".join(preset.pipelines) if preset.pipelines is not None else None
+    arms, overrides = chosen_arms(args.pipelines or default), parse_sets(args.sets)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
     out = args.out or work / "results.json"
     settings = {"preset": args.preset, "datasets": datasets, "epsilons": [str(e) for e in epsilons],

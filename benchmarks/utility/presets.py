@@ -53,6 +53,7 @@ class Preset:
     max_test: int | None  # held-out rows, even per label (None: all)
     max_tokens: int
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipelines: tuple[str, ...] | None = None  # the arms run by default (None: every arm of ARMS)
     leaves: str = ""  # what this preset leaves to a larger one
 
 
@@ -73,16 +74,20 @@ PRESETS: dict[str, Preset] = {
         description="the main table on a 2-core CPU: AG News, epsilon 3, baseline and each pipeline, 200 texts, "
                     "two repeats",
         datasets=("ag_news",), epsilons=(3.0,), num_samples=200, repeats=2, max_private=None, max_test=None,
-        max_tokens=48,
+        max_tokens=48, pipelines=("invisibleink", "private-evolution", "dp-finetune"),
         options={
             "invisibleink": {"max_record_tokens": 64},
-            "private-prediction": {"batch_size": 127, "max_record_tokens": 64},
+            "private-prediction": {"batch_size": 127, "max_record_tokens": 64},  # with --pipelines only
             "private-evolution": {"iterations": 3, "variations": 2},
-            "dp-finetune": {"epochs": 1, "batch_size": 128, "micro_batch_size": 16, "max_length": 64,
+            # a quarter pass over the 7,984 rows, 16 DP-SGD steps of 128: one pass would take hours on 2 cores
+            # (the README: 9.7 s per DP step of 8 x 32 tokens under load)
+            "dp-finetune": {"epochs": 0.25, "batch_size": 128, "micro_batch_size": 16, "max_length": 64,
                             "sample_batch_size": 32},
         },
-        leaves="epsilon 1 and inf for every pipeline, the bundled SMS sample, and the papers' sizes "
-               "(PE T = 10 rounds, DP-SGD over several epochs, 64-token texts): --preset paper",
+        leaves="private prediction (every token is a forward pass of s + 1 rows: about 1.5 s per token at "
+               "s = 127 on 2 cores, 3 h per repeat of 200 texts), epsilon 1 and inf for every pipeline, the "
+               "bundled SMS sample, and the papers' sizes (PE T = 10 rounds, DP-SGD over 10 epochs, 64-token "
+               "texts): --preset paper",
     ),
     "paper": Preset(
         description="the whole grid for a GPU: AG News and SMS, epsilon 1, 3, inf, 400 texts, three repeats",
