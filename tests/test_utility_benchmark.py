@@ -124,7 +124,8 @@ def test_arm_options_drop_unknown_names_and_map_older_ones() -> None:
         epochs: float = 1.0
 
     options, dropped = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {})
-    assert options == {"max_new_tokens": PRESETS["cpu"].max_tokens, "epochs": 1}
+    cpu = PRESETS["cpu"]
+    assert options == {"max_new_tokens": cpu.max_tokens, "epochs": cpu.options["dp-finetune"]["epochs"]}
     assert sorted(dropped) == ["batch_size", "domain", "label_name", "max_length", "micro_batch_size",
                                "sample_batch_size"]
     options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {"typo": "1"})
