@@ -114,7 +114,7 @@ def markdown(results: Sequence[dict[str, Any]], command: str) -> str:
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['arm']}: {row['note']}")
         if "error" in row:
-            status = "not installed | " if row["error"] == "not installed" else f"failed | {row['error'][:90]}"
+            status = "not installed | " if row["error"] == "not installed" else f"failed | {row['error'][:90].replace('|', '/')}"
             lines.append(f"| {row['dataset']} | {name} | {row['epsilon']} | {status} | | | |")
             continue
         fig: Figure = row["figure"]
