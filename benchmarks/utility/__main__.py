@@ -1,0 +1,138 @@
+"""Utility benchmark: every pipeline beside the public-prompt baseline of the same size, over repeats.
+
+    python -m benchmarks.utility --preset smoke     # a few SMS texts per arm: checks the plumbing
+    python -m benchmarks.utility --preset cpu       # main table: AG News, epsilon 3, 200 texts, 2 repeats
+    python -m benchmarks.utility --preset paper --device cuda   # the whole grid
+
+Each figure is the accuracy of TF-IDF + logistic regression trained on the synthetic texts and tested
+on held-out real rows, given as mean ± spread over the repeats (fresh noise each repeat). Prints the
+markdown table to stdout; writes every repeat's figure to --out (JSON) after each repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.utility import runner
+from benchmarks.utility.data import load_dataset
+from benchmarks.utility.presets import ARM_BY_PIPELINE, ARMS, PRESETS, Arm
+from benchmarks.utility.table import markdown
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.utility", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--datasets", default=None, help="comma-separated: ag_news, sms (default: the preset's)")
+    ap.add_argument("--pipelines", default=None,
+                    help=f"comma-separated, of {', '.join(a.pipeline for a in ARMS)} (default: the preset's); "
+                         "none: baseline and ceilings only")
+    ap.add_argument("--epsilons", default=None, help="comma-separated, inf allowed (default: the preset's)")
+    ap.add_argument("--num-samples", type=int, default=None, help="texts per run, the baseline's too")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--max-private", type=int, default=None, help="private rows, even per label (default: all)")
+    ap.add_argument("--max-test", type=int, default=None, help="held-out rows, even per label (default: all)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="PIPELINE:KEY=VALUE pipeline option")
+    ap.add_argument("--model", default=None, help="generator (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--work-dir", type=Path, default=None, help="the runs' folders (default: a new temp folder)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON of every repeat (default: WORK_DIR/results.json)")
+    ap.add_argument("--from-results", type=Path, default=None, help="reprint the table of an earlier JSON file")
+    return ap.parse_args(argv)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
+    options: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        head, eq, value = pair.partition("=")
+        pipeline, colon, key = head.partition(":")
+        if not (eq and colon and key):
+            sys.exit(f"--set takes PIPELINE:KEY=VALUE. Found {pair!r}.")
+        options.setdefault(pipeline, {})[key] = value
+    return options
+
+
+def chosen_arms(text: str | None) -> list[Arm]:
+    if text is None:
+        return list(ARMS)
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    # A name outside the arm list still runs (a third-party pipeline); a missing one reads "not installed".
+    return [ARM_BY_PIPELINE.get(n, Arm(n, n)) for n in names]
+
+
+def write_json(path: Path, command: str, settings: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"command": command, "settings": settings, "results": results}
+    path.write_text(json.dumps(blob, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python -m benchmarks.utility " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.from_results is not None:
+        blob = json.loads(args.from_results.read_text(encoding="utf-8"))
+        print(markdown(blob["results"], blob["command"]))
+        return
+    preset = PRESETS[args.preset]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    datasets = args.datasets.split(",") if args.datasets else list(preset.datasets)
+    epsilons = ([math.inf if e.strip() == "inf" else float(e) for e in args.epsilons.split(",")]
+                if args.epsilons else list(preset.epsilons))
+    num_samples = args.num_samples or preset.num_samples
+    repeats = args.repeats or preset.repeats
+    default = ",".join(preset.pipelines) if preset.pipelines is not None else None
+    arms, overrides = chosen_arms(args.pipelines or default), parse_sets(args.sets)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
+    out = args.out or work / "results.json"
+    settings = {"preset": args.preset, "datasets": datasets, "epsilons": [str(e) for e in epsilons],
+                "num_samples": num_samples, "repeats": repeats, "arms": [a.pipeline for a in arms],
+                "work_dir": str(work), "cpus": os.cpu_count(), "threads": args.threads,
+                "load_average_at_start": os.getloadavg()}
+    print(f"work dir {work}; results {out}", file=sys.stderr)
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with runner.shared_loads() as shared:
+        try:
+            for name in datasets:
+                data = load_dataset(name, args.max_private if args.max_private else preset.max_private,
+                                    args.max_test if args.max_test else preset.max_test)
+                print(f"{name}: {len(data.private)} private rows, {len(data.heldout)} held-out", file=sys.stderr)
+                results += runner.ceilings(data, num_samples, repeats)
+                for repeat in range(repeats):
+                    grid = [(None, None)] + [(arm, eps) for arm in arms for eps in epsilons]
+                    for arm, eps in grid:
+                        row = (runner.baseline(data, preset, num_samples, repeat, shared, args.model, args.device)
+                               if arm is None else
+                               runner.pipeline_arm(arm, data, eps, preset, num_samples, repeat, shared, work,
+                                                   overrides.get(arm.pipeline, {}), args.model, args.device))
+                        results.append(row)
+                        print(json.dumps({k: row.get(k) for k in ("dataset", "arm", "epsilon", "repeat", "texts",
+                                                                  "accuracy", "wall_s", "cpu_s", "error")}),
+                              file=sys.stderr)
+                        write_json(out, command, settings, results)
+        except KeyboardInterrupt:
+            print("interrupted: the table holds the repeats that finished", file=sys.stderr)
+        settings["model_loads"] = shared.loads
+    settings["total_wall_s"] = time.monotonic() - started
+    write_json(out, command, settings, results)
+    print(markdown(results, command))
+    print(f"\nTotal wall time {settings['total_wall_s']:.0f} s; every repeat in {out}.")
+    if preset.leaves:
+        print(f"--preset {args.preset} leaves: {preset.leaves}.")
+
+
+if __name__ == "__main__":
+    main()

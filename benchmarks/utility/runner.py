@@ -1,0 +1,187 @@
+"""Running the arms: the public-prompt baseline, each pipeline through `synthdp.generate`, the ceilings.
+
+One model load per process: `shared_loads()` makes `LocalLM.load` and `Embedder.load` hand every arm
+the same loaded model (the same weights a fresh load would give; private prediction, Private Evolution,
+InvisibleInk and the baseline only read it), and the shared embedder keeps each text's embedding, so
+Private Evolution embeds the private rows once per process instead of once per run. DP fine-tuning
+changes the model it is given (LoRA layers), so its arm gets a load of its own. The library API takes
+no loaded model (`synthdp.generate` loads through the pipeline's `load_resources`), hence the patch; it
+lives in this process only.
+
+Every repeat draws fresh noise: no seed is passed to any run (the runs are fit for release), and the
+baseline samples from a generator seeded by the operating system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+import synthdp
+from synthdp.evaluate.metrics import tfidf_logreg
+from synthdp.models.embedder import Embedder
+from synthdp.models.generator import LocalGenerator, Request
+from synthdp.models.local import LocalLM
+from synthdp.pipelines.shared import split_by_weights
+
+from benchmarks.utility.data import Dataset
+from benchmarks.utility.presets import INF_EPSILON, Arm, Preset, arm_options
+
+BASELINE_PROMPT = 'Write one {domain} whose {label_name} is "{label}". Reply with the text only.'
+DELTA = 1e-5
+
+
+class CachingEmbedder:
+    """An Embedder that embeds each distinct text once per process (embeddings are deterministic)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner, self.cache = inner, {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            self.cache.update(zip(missing, self.inner.embed(missing)))
+        if not texts:
+            return np.zeros((0, self.inner.dim), np.float32)
+        return np.stack([self.cache[t] for t in texts])
+
+
+class SharedLoads:
+    """Memoised `LocalLM.load` / `Embedder.load` for the arms that only read the model."""
+
+    def __init__(self) -> None:
+        self.lm_load, self.embedder_load = LocalLM.load, Embedder.load  # the real loaders (bound classmethods)
+        self.originals = LocalLM.__dict__["load"], Embedder.__dict__["load"]  # the classmethods, to restore
+        self.models: dict[Any, Any] = {}
+        self.sharing = True
+        self.loads = 0  # real loads made, for the report
+
+    def lm(self, path: Any = None, device: str | None = None) -> LocalLM:
+        if not self.sharing:
+            self.loads += 1
+            return self.lm_load(path, device=device)
+        key = ("lm", str(path), device)
+        if key not in self.models:
+            self.loads += 1
+            self.models[key] = self.lm_load(path, device=device)
+        return self.models[key]
+
+    def embedder(self, path: Any = None, device: str | None = None, batch_size: int = 64) -> Any:
+        key = ("embedder", str(path), device, batch_size)
+        if key not in self.models:
+            self.loads += 1
+            self.models[key] = CachingEmbedder(self.embedder_load(path, device=device, batch_size=batch_size))
+        return self.models[key]
+
+
+@contextlib.contextmanager
+def shared_loads() -> Iterator[SharedLoads]:
+    shared = SharedLoads()
+    LocalLM.load = shared.lm  # type: ignore[method-assign,assignment]
+    Embedder.load = shared.embedder  # type: ignore[method-assign,assignment]
+    try:
+        yield shared
+    finally:
+        LocalLM.load, Embedder.load = shared.originals  # type: ignore[method-assign]
+
+
+def accuracy(texts: list[str], labels: list[str], data: Dataset) -> float:
+    """TF-IDF + logistic regression trained on (texts, labels), accuracy on the held-out real rows."""
+    held_texts = [r["text"] for r in data.heldout]
+    held_labels = [r["label"] for r in data.heldout]
+    return tfidf_logreg(texts, labels, held_texts, held_labels, sorted(data.labels))["accuracy"]
+
+
+def _timed(row: dict[str, Any], data: Dataset, work: Any) -> dict[str, Any]:
+    """Run `work()` -> (texts, labels, extra fields), score it; a failure is recorded in the row."""
+    wall, cpu = time.monotonic(), time.process_time()
+    try:
+        texts, labels, extra = work()
+        row.update(extra)
+        row["texts"] = len(texts)
+        if not texts:
+            raise RuntimeError("the run wrote no text")
+        row["accuracy"] = accuracy(texts, labels, data)
+    except Exception as err:  # noqa: BLE001 - one failing repeat must not hide the others; the table says why
+        row["error"] = f"{type(err).__name__}: {err}"
+    row["wall_s"], row["cpu_s"] = time.monotonic() - wall, time.process_time() - cpu
+    return row
+
+
+def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, shared: SharedLoads,
+             model: str | None, device: str | None) -> dict[str, Any]:
+    """Texts from the public prompt alone (no private row), as many as each arm asks for, split evenly."""
+    from benchmarks.utility.table import BASELINE
+
+    def work() -> tuple[list[str], list[str], dict[str, Any]]:
+        generator = LocalGenerator(shared.lm(model, device), rng=np.random.default_rng(), batch_size=32)
+        labels = [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, [1.0] * len(data.labels)))
+                  for _ in range(k)]
+        prompt = {lbl: BASELINE_PROMPT.format(domain=data.domain, label_name=data.label_name, label=lbl)
+                  for lbl in data.labels}
+        requests = [Request(prompt[lbl], preset.max_tokens, rid=str(i)) for i, lbl in enumerate(labels)]
+        kept = [(t, lbl) for t, lbl in zip(generator.generate(requests), labels) if t.strip()]
+        return [t for t, _ in kept], [lbl for _, lbl in kept], {"prompt": BASELINE_PROMPT}
+
+    row = {"dataset": data.name, "arm": BASELINE, "pipeline": None, "epsilon": None, "repeat": repeat,
+           "requested": num_samples}
+    return _timed(row, data, work)
+
+
+def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_samples: int, repeat: int,
+                 shared: SharedLoads, work_dir: Path, overrides: dict[str, str], model: str | None,
+                 device: str | None) -> dict[str, Any]:
+    """One repeat of one pipeline at one epsilon (inf: run at INF_EPSILON), through `synthdp.generate`."""
+    from synthdp.pipelines.base import available_pipelines
+
+    row: dict[str, Any] = {"dataset": data.name, "arm": arm.title, "pipeline": arm.pipeline, "epsilon": epsilon,
+                           "repeat": repeat, "requested": num_samples,
+                           "note": arm.inf_note if math.isinf(epsilon) else ""}
+    installed = available_pipelines()
+    if arm.pipeline not in installed:
+        return {**row, "error": "not installed", "texts": 0}
+
+    def work() -> tuple[list[str], list[str], dict[str, Any]]:
+        options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data.domain,
+                                       data.label_name, overrides)
+        out = work_dir / f"{data.name}-{arm.pipeline}-eps{epsilon:g}-r{repeat}-{random.getrandbits(32):08x}"
+        shared.sharing = arm.share_model
+        try:
+            result = synthdp.generate(out=out, data=data.write_private(work_dir), pipeline=arm.pipeline,
+                                      epsilon=INF_EPSILON if math.isinf(epsilon) else epsilon, delta=DELTA,
+                                      num_samples=num_samples, labels=list(data.labels), model=model,
+                                      options=options)
+        finally:
+            shared.sharing = True
+        rows = [json.loads(line) for line in result.corpus_path.read_text(encoding="utf-8").splitlines() if line]
+        extra = {"options": options, "options_dropped": dropped, "ledger_epsilon": result.epsilon,
+                 "parameters": json.loads(json.dumps(result.ledger.parameters, default=str)),
+                 "summary": json.loads(json.dumps(result.summary, default=str)), "out": str(out)}
+        return [r["text"] for r in rows], [r["label"] for r in rows], extra
+
+    return _timed(row, data, work)
+
+
+def ceilings(data: Dataset, num_samples: int, repeats: int) -> list[dict[str, Any]]:
+    """The classifier on real private rows: all of them (one figure), and `num_samples` of them drawn
+    afresh per repeat (the same size as the arms, with a spread)."""
+    texts, labels = [r["text"] for r in data.private], [r["label"] for r in data.private]
+    rows = [{"dataset": data.name, "arm": f"ceiling: all {len(texts)} real private rows", "pipeline": None,
+             "epsilon": None, "repeat": 0, "texts": len(texts), "accuracy": accuracy(texts, labels, data)}]
+    rng = random.Random()  # fresh: the spread is that of the draw
+    for repeat in range(repeats):
+        picked = rng.sample(data.private, min(num_samples, len(data.private)))
+        rows.append({"dataset": data.name, "arm": "ceiling: real rows, same size", "pipeline": None,
+                     "epsilon": None, "repeat": repeat, "texts": len(picked),
+                     "accuracy": accuracy([r["text"] for r in picked], [r["label"] for r in picked], data)})
+    return rows
