@@ -23,6 +23,7 @@ SMALL = {
     "private-prediction": {"batch_size": 31, "max_tokens": 15, "max_record_tokens": 64},
     "private-evolution": {"iterations": 1, "variations": 1, "max_tokens": 24},
     "dp-finetune": {"epochs": 1, "batch_size": 16, "max_record_tokens": 25, "max_tokens": 24},
+    "invisibleink": {"batch_size": 8, "max_tokens": 16, "max_record_tokens": 64},
 }
 
 

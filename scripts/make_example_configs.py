@@ -13,7 +13,7 @@ import tomli_w
 
 from synthdp.pipelines.base import available_pipelines, options_table
 
-BUILT_IN = ("private-prediction", "private-evolution", "dp-finetune")
+BUILT_IN = ("private-prediction", "private-evolution", "dp-finetune", "invisibleink")
 RUN = {  # the [run] table: the embedded defaults at small settings
     "epsilon": (4.0, "target epsilon of this run (> 0)"),
     "delta": (1e-5, "target delta, below 1/(10 n): the bundled sample has 400 rows"),

@@ -32,7 +32,7 @@ def run_script(args: list[str], env: dict[str, str] | None = None, timeout: int 
 def test_library_quickstart_runs_every_pipeline(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = run_script([sys.executable, str(EXAMPLES / "library_quickstart.py"), "--model", str(tiny_model_dir),
                       "--out", str(tmp_path), "--num-samples", "2"])
-    for pipeline in ("private-prediction", "private-evolution", "dp-finetune"):
+    for pipeline in ("private-prediction", "private-evolution", "dp-finetune", "invisibleink"):
         assert f"== {pipeline}:" in out
         assert json.loads((tmp_path / pipeline / "ledger.json").read_text())["status"] == "complete"
 
@@ -46,7 +46,7 @@ def test_release_workflow_script(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(budget["runs"]) == 1  # the second run was refused and charged nothing
 
 
-@pytest.mark.parametrize("pipeline", ["private-prediction", "private-evolution", "dp-finetune"])
+@pytest.mark.parametrize("pipeline", ["private-prediction", "private-evolution", "dp-finetune", "invisibleink"])
 def test_example_config_lists_every_option(pipeline: str) -> None:
     text = (EXAMPLES / "configs" / f"{pipeline}.toml").read_text()
     config = tomllib.loads(text)

@@ -118,16 +118,16 @@ def test_reprint_from_json(tmp_path, capsys) -> None:
     assert "| ag_news | PE | 3 | 200 x 2 | 0.530 ± 0.030 | 0.520 ± 0.020 | +0.010 | not shown (within spread) |" in out
 
 
-def test_arm_options_drop_unknown_names_and_map_older_ones() -> None:
+def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
     @dataclasses.dataclass(frozen=True)
     class Older:
-        max_new_tokens: int = 0
+        max_tokens: int = 0
         epochs: float = 1.0
 
     options, dropped = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {})
     cpu = PRESETS["cpu"]
-    assert options == {"max_new_tokens": cpu.max_tokens, "epochs": cpu.options["dp-finetune"]["epochs"]}
-    assert sorted(dropped) == ["batch_size", "domain", "label_name", "max_length", "micro_batch_size",
+    assert options == {"max_tokens": cpu.max_tokens, "epochs": cpu.options["dp-finetune"]["epochs"]}
+    assert sorted(dropped) == ["batch_size", "domain", "label_name", "max_record_tokens", "micro_batch_size",
                                "sample_batch_size"]
     options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {"typo": "1"})
     assert options["typo"] == "1"  # asked for by the user: passed on for the pipeline to refuse by name

@@ -66,7 +66,7 @@ PRESETS: dict[str, Preset] = {
             "invisibleink": {"max_record_tokens": 32},
             "private-prediction": {"batch_size": 63, "max_record_tokens": 32},  # s = 15 pays for no token at 3
             "private-evolution": {"iterations": 1, "variations": 1, "probe": 1},
-            "dp-finetune": {"epochs": 0.05, "batch_size": 16, "max_length": 32, "sample_batch_size": 8},  # 1 step
+            "dp-finetune": {"epochs": 0.05, "batch_size": 16, "max_record_tokens": 24, "sample_batch_size": 8},  # 1 step
         },
         leaves="everything: its figures are too small for any claim (n < 200)",
     ),
@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
             "private-evolution": {"iterations": 3, "variations": 2},
             # a quarter pass over the 7,984 rows, 16 DP-SGD steps of 128: one pass would take hours on 2 cores
             # (the README: 9.7 s per DP step of 8 x 32 tokens under load)
-            "dp-finetune": {"epochs": 0.25, "batch_size": 128, "micro_batch_size": 16, "max_length": 64,
+            "dp-finetune": {"epochs": 0.25, "batch_size": 128, "micro_batch_size": 16, "max_record_tokens": 54,
                             "sample_batch_size": 32},
         },
         leaves="private prediction (every token is a forward pass of s + 1 rows: about 1.5 s per token at "
@@ -97,15 +97,11 @@ PRESETS: dict[str, Preset] = {
             "invisibleink": {"max_record_tokens": 128},
             "private-prediction": {"max_record_tokens": 128},
             "private-evolution": {"iterations": 10},
-            "dp-finetune": {"epochs": 10, "batch_size": 1024, "micro_batch_size": 32, "max_length": 128,
+            "dp-finetune": {"epochs": 10, "batch_size": 1024, "micro_batch_size": 32, "max_record_tokens": 118,
                             "sample_batch_size": 128},
         },
     ),
 }
-
-# The new vocabulary first; the name an older options class used instead (issue 10 item 4).
-OLDER_NAMES = {"max_tokens": ("max_new_tokens",)}
-
 
 def arm_options(pipeline: str, options_class: type, preset: Preset, domain: str, label_name: str,
                 overrides: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
@@ -121,10 +117,7 @@ def arm_options(pipeline: str, options_class: type, preset: Preset, domain: str,
         if name in known:
             chosen[name] = value
             continue
-        older = next((old for old in OLDER_NAMES.get(name, ()) if old in known), None)
-        if older is not None:
-            chosen[older] = value
-        elif name in overrides:
+        if name in overrides:
             chosen[name] = value  # the user asked for it: let the pipeline refuse it by name
         else:
             dropped.append(name)

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from synthdp.errors import OptionError
+
 # `label_counts`: how many synthetic texts each label gets. "uniform" (public), "dp" (a DP label histogram
 # paid from the budget; "dp_histogram" is the deprecated spelling), or public weights like "ham:3,spam:1".
 LABEL_COUNTS_HELP = ("texts per label: uniform, dp (a DP label histogram paid from the budget; its noise costs "
@@ -48,3 +50,36 @@ def parse_label_weights(text: str) -> dict[str, float] | None:
 
 def wants_dp_counts(label_counts: str) -> bool:
     return label_counts.strip() in DP_LABEL_COUNTS
+
+
+def parse_label_sizes(text: str) -> dict[str | None, int] | None:
+    """`label_sizes`: public record counts given as 'a:300,b:100' (or one number for unlabelled data); None for
+    'dp' (a DP label histogram). Raises ValueError."""
+    text = text.strip()
+    if text.lower() == "dp":
+        return None
+    sizes: dict[str | None, int] = {}
+    for part in text.split(","):
+        label, sep, value = part.rpartition(":")
+        try:
+            size = int(value)
+        except ValueError:
+            size = -1
+        if size < 0 or (sep and not label.strip()) or (not sep and "," in text) or label.strip() in sizes:
+            raise ValueError("`label_sizes` must be dp, public sizes like 'ham:300,spam:100', or one number for "
+                             f"unlabelled data. Found {text!r}.")
+        sizes[label.strip() if sep else None] = size
+    return sizes
+
+
+def check_label_sizes(label_sizes: str, labels: tuple[str, ...]) -> dict[str | None, int] | None:
+    """The public sizes of `label_sizes`, checked against the label set (OptionError before any spend)."""
+    sizes = parse_label_sizes(label_sizes)
+    if sizes is None:
+        return None
+    wanted: set[str | None] = set(labels) if labels else {None}
+    if set(sizes) != wanted:
+        expected = ",".join(f"{lbl}:N" for lbl in labels) if labels else "N (one number: unlabelled data)"
+        raise OptionError(f"`label_sizes` must give one size per label of the label set. Found "
+                          f"{label_sizes!r}. Use {expected}, or dp for a DP label histogram.")
+    return sizes

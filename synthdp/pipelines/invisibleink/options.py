@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, check_template, option
-from synthdp.pipelines.shared import parse_label_weights
+from synthdp.pipelines.shared import parse_label_sizes, parse_label_weights
 
 PROMPT_FIELDS = ("domain", "label_name", "label", "text")
 DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Please give me another {domain} like it."
@@ -61,21 +61,7 @@ class InvisibleInkOptions:
 
     def public_label_sizes(self) -> dict[str | None, int] | None:
         """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
-        text = self.label_sizes.strip()
-        if text.lower() == "dp":
-            return None
-        sizes: dict[str | None, int] = {}
-        for part in text.split(","):
-            label, sep, value = part.rpartition(":")
-            try:
-                size = int(value)
-            except ValueError:
-                size = -1
-            if size < 0 or (sep and not label.strip()) or (not sep and "," in text) or label.strip() in sizes:
-                raise ValueError("`label_sizes` must be dp, public sizes like 'ham:300,spam:100', or one number for "
-                                 f"unlabelled data. Found {self.label_sizes!r}.")
-            sizes[label.strip() if sep else None] = size
-        return sizes
+        return parse_label_sizes(self.label_sizes)
 
     def fill(self, label: str | None, text: str) -> str:
         """The user turn for one record (or the placeholder)."""

@@ -12,7 +12,7 @@ from synthdp.mechanisms.invisibleink import REPLACE_FACTOR, batch_event, calibra
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.private_prediction import batches_per_label
-from synthdp.pipelines.shared import parse_label_weights, wants_dp_counts
+from synthdp.pipelines.shared import check_label_sizes, parse_label_weights, wants_dp_counts
 from synthdp.privacy.ledger import LedgerEvent
 
 
@@ -34,15 +34,7 @@ class InvisibleInkPlan(PrivacyPlan):
 
 def check_sizes(options: InvisibleInkOptions, labels: tuple[str, ...]) -> dict[str | None, int] | None:
     """The public sizes of `label_sizes`, checked against the label set (OptionError before any spend)."""
-    sizes = options.public_label_sizes()
-    if sizes is None:
-        return None
-    wanted: set[str | None] = set(labels) if labels else {None}
-    if set(sizes) != wanted:
-        expected = ",".join(f"{lbl}:N" for lbl in labels) if labels else "N (one number: unlabelled data)"
-        raise OptionError(f"`label_sizes` must give one size per label of the label set. Found "
-                          f"{options.label_sizes!r}. Use {expected}, or dp for a DP label histogram.")
-    return sizes
+    return check_label_sizes(options.label_sizes, labels)
 
 
 def check_weights(options: InvisibleInkOptions, labels: tuple[str, ...]) -> None:

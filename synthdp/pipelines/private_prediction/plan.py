@@ -16,11 +16,12 @@ from typing import Any
 from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, label_set_words
-from synthdp.errors import OptionError, PrivacyParameterError
+from synthdp.errors import PrivacyParameterError
 from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.private_prediction.batching import batches_per_label
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
+from synthdp.pipelines.shared import check_label_sizes
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -172,12 +173,4 @@ def describe_batch(o: PrivatePredictionOptions, r: int, rho: float) -> str:
 
 def check_sizes(o: PrivatePredictionOptions, labels: tuple[str, ...]) -> dict[str | None, int] | None:
     """The public sizes of `label_sizes`, checked against the label set (OptionError before any spend)."""
-    sizes = o.public_label_sizes()
-    if sizes is None:
-        return None
-    wanted: set[str | None] = set(labels) if labels else {None}
-    if set(sizes) != wanted:
-        expected = ",".join(f"{lbl}:N" for lbl in labels) if labels else "N (one number: unlabelled data)"
-        raise OptionError(f"`label_sizes` must give one size per label of the label set. Found "
-                          f"{o.label_sizes!r}. Use {expected}, or dp for a DP label histogram.")
-    return sizes
+    return check_label_sizes(o.label_sizes, labels)
