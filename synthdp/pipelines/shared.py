@@ -7,6 +7,8 @@ import math
 import numpy as np
 
 from synthdp.errors import OptionError
+from synthdp.mechanisms import label_histogram
+from synthdp.privacy.ledger import LedgerEvent
 
 # `label_counts`: how many synthetic texts each label gets. "uniform" (public), "dp" (a DP label histogram
 # paid from the budget; "dp_histogram" is the deprecated spelling), or public weights like "ham:3,spam:1".
@@ -83,3 +85,12 @@ def check_label_sizes(label_sizes: str, labels: tuple[str, ...]) -> dict[str | N
         raise OptionError(f"`label_sizes` must give one size per label of the label set. Found "
                           f"{label_sizes!r}. Use {expected}, or dp for a DP label histogram.")
     return sizes
+
+
+def label_histogram_event(epsilon: float, delta: float, neighboring: str, num_labels: int, purpose: str,
+                          name: str = "label histogram") -> tuple[float, LedgerEvent]:
+    """The one DP label histogram of a run, planned: its noise multiplier (it alone costs 5% of epsilon) and its
+    ledger event. Whether a run needs one is `label_histogram.needs_histogram`."""
+    sigma = label_histogram.calibrate_noise(epsilon, delta)
+    words = label_histogram.describe(sigma, neighboring, num_labels, purpose)
+    return sigma, LedgerEvent(name, words, label_histogram.histogram_event(sigma))

@@ -41,7 +41,7 @@ from synthdp.pipelines.finetune.lora import (
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, schedule
 from synthdp.pipelines.finetune.texts import generate
-from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -79,12 +79,9 @@ class DPFinetune:
         sigma_h = None
         if wants_dp_counts(options.label_counts) and label_histogram.needs_histogram(len(labels), target.neighboring,
                                                                                       uses_sizes=False):
-            sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
-            events.append(LedgerEvent(
-                "DP label histogram",
-                label_histogram.describe(sigma_h, target.neighboring, len(labels),
-                                         "sets the number of synthetic texts per label"),
-                label_histogram.histogram_event(sigma_h)))
+            sigma_h, event = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(labels),
+                                                   "sets the number of synthetic texts per label", "DP label histogram")
+            events.append(event)
         sigma = self.noise_multiplier(options, target, q, steps, tuple(e.event for e in events))
         events.append(LedgerEvent("DP-SGD (LoRA)", dpsgd_words(options, sigma, q, steps), dpsgd_event(sigma, q, steps)))
         counts_words = ("set from the DP label histogram" if sigma_h is not None else

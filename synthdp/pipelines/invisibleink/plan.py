@@ -12,7 +12,7 @@ from synthdp.mechanisms.invisibleink import REPLACE_FACTOR, batch_event, calibra
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.private_prediction import batches_per_label
-from synthdp.pipelines.shared import check_label_sizes, parse_label_weights, wants_dp_counts
+from synthdp.pipelines.shared import label_histogram_event, check_label_sizes, parse_label_weights, wants_dp_counts
 from synthdp.privacy.ledger import LedgerEvent
 
 
@@ -52,11 +52,8 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
     check_weights(options, data.labels)
     s, hist, sigma_h = options.batch_size, None, None
     if sizes is None and label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
-        sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
-        hist = LedgerEvent("label histogram", label_histogram.describe(
-            sigma_h, target.neighboring, len(data.labels),
-            "sets the number of hash batches per label, B = max(1, round(noisy count / s))"),
-            label_histogram.histogram_event(sigma_h))
+        sigma_h, hist = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(data.labels),
+                                              "sets the number of hash batches per label, B = max(1, round(noisy count / s))")
     rho = calibrate_batch_rho(target.epsilon, target.delta, (hist.event,) if hist is not None else ())
     public_sizes: dict[str | None, float] | None = None
     if sizes is not None:

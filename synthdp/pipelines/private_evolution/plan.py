@@ -19,7 +19,7 @@ from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.nn_histogram import l2_sensitivity
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
-from synthdp.pipelines.shared import wants_dp_counts
+from synthdp.pipelines.shared import label_histogram_event, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -64,12 +64,10 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     events: list[LedgerEvent] = []
     sigma_h: float | None = None
     if dp_labels:
-        sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
-        events.append(LedgerEvent(
-            "private-evolution label histogram",
-            label_histogram.describe(sigma_h, target.neighboring, len(labels),
-                                     "sets how many synthetic texts each label gets"),
-            label_histogram.histogram_event(sigma_h)))
+        sigma_h, event = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(labels),
+                                               "sets how many synthetic texts each label gets",
+                                               "private-evolution label histogram")
+        events.append(event)
     others = tuple(e.event for e in events)
     calibrated = calibrate_gaussian_compositions(target.epsilon, target.delta, o.iterations, other_events=others,
                                                  discrete=True) if o.noise is None else None

@@ -21,7 +21,7 @@ from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.private_prediction.batching import batches_per_label
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
-from synthdp.pipelines.shared import check_label_sizes
+from synthdp.pipelines.shared import label_histogram_event, check_label_sizes
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -68,11 +68,9 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
     sizes = check_sizes(o, data.labels)
     histogram, sigma_h = None, None
     if sizes is None and label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
-        sigma_h = label_histogram.calibrate_noise(target.epsilon, target.delta)
-        histogram = LedgerEvent("label histogram", label_histogram.describe(
-            sigma_h, target.neighboring, len(data.labels),
-            "sets the number of hash batches per label, B = max(1, round(noisy count / s))"),
-            label_histogram.histogram_event(sigma_h))
+        sigma_h, histogram = label_histogram_event(
+            target.epsilon, target.delta, target.neighboring, len(data.labels),
+            "sets the number of hash batches per label, B = max(1, round(noisy count / s))")
     r = private_tokens_per_batch(o, target, rho, [histogram.event] if histogram is not None else [])
     check_r_completes_a_text(o, r)
     if sizes is not None:
