@@ -5,12 +5,14 @@ depends on another record and the batches compose in parallel. Also how many tex
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from synthdp.data import Record
+from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
-from synthdp.pipelines.base import RunContext
-from synthdp.pipelines.shared import split_by_weights
+from synthdp.pipelines.base import RunContext, Target
+from synthdp.pipelines.shared import check_label_sizes, label_histogram_event, split_by_weights
+from synthdp.privacy.ledger import LedgerEvent
 
 if TYPE_CHECKING:
     from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan
@@ -25,6 +27,40 @@ def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
 def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
     """B_l = max(1, round(n_l / s)), n_l a public size or a DP (noisy) count."""
     return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
+
+
+@dataclass(frozen=True)
+class HashBatchPlan:
+    """How the batch counts of a run are known: public sizes (given with `label_sizes`, or n under replace-one
+    with one label) or a DP label histogram drawn at run time (its noise and ledger event)."""
+
+    sizes: dict[str | None, int] | None  # public sizes, or None when the histogram sets them
+    batches: dict[str | None, int] | None  # B per label from the public sizes, or None
+    histogram_noise: float | None
+    histogram: LedgerEvent | None
+    assumption: str  # the ledger's words for it
+
+
+def plan_hash_batches(label_sizes: str, target: Target, data: LoadedData, s: int) -> HashBatchPlan:
+    """The batch counts' part of a plan (reads no record; OptionError for bad `label_sizes`)."""
+    labels: tuple[str | None, ...] = data.labels or (None,)
+    sizes = check_label_sizes(label_sizes, data.labels)
+    sigma_h, histogram = None, None
+    if sizes is not None:
+        words = f"the per-label sizes given with label_sizes ({label_sizes}) are public (they are not checked against the data)"
+    elif not label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
+        sizes = {labels[0]: len(data.records)}  # replace-one with one label: n is the same in neighbouring data sets
+        words = f"the number of records n = {len(data.records)} is public under replace-one adjacency"
+    else:
+        sigma_h, histogram = label_histogram_event(
+            target.epsilon, target.delta, target.neighboring, len(data.labels),
+            "sets the number of hash batches per label, B = max(1, round(noisy count / s))")
+        words = "the sizes come from the DP label histogram (an event of this ledger), drawn at run time"
+    batches = batches_per_label(dict(sizes), s) if sizes is not None else None
+    assumption = ("the number of hash batches per label is B = max(1, round(size / s)); " + words
+                  + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
+                  + "; each record goes to a batch by a salted hash of its own content")
+    return HashBatchPlan(sizes, batches, sigma_h, histogram, assumption)
 
 
 def hash_batches(texts: list[str], label: str | None, salt: bytes, b: int) -> list[list[str]]:

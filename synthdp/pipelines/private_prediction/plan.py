@@ -19,9 +19,8 @@ from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
 from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
-from synthdp.pipelines.private_prediction.batching import batches_per_label
+from synthdp.pipelines.private_prediction.batching import plan_hash_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
-from synthdp.pipelines.shared import label_histogram_event, check_label_sizes
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
 
@@ -64,37 +63,19 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
     """Reads no record: the batch counts come from public sizes, or from a DP label histogram drawn in
     `run` (after the write-ahead) and paid here."""
     rho = token_rho(o, target)
-    labels: tuple[str | None, ...] = data.labels or (None,)
-    sizes = check_sizes(o, data.labels)
-    histogram, sigma_h = None, None
-    if sizes is None and label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
-        sigma_h, histogram = label_histogram_event(
-            target.epsilon, target.delta, target.neighboring, len(data.labels),
-            "sets the number of hash batches per label, B = max(1, round(noisy count / s))")
-    r = private_tokens_per_batch(o, target, rho, [histogram.event] if histogram is not None else [])
+    hb = plan_hash_batches(o.label_sizes, target, data, o.batch_size)
+    r = private_tokens_per_batch(o, target, rho, [hb.histogram.event] if hb.histogram is not None else [])
     check_r_completes_a_text(o, r)
-    if sizes is not None:
-        batches: dict[str | None, int] | None = batches_per_label(dict(sizes), o.batch_size)
-        sizes_words = (f"the per-label sizes given with label_sizes ({o.label_sizes}) are public (they are "
-                       "not checked against the data)")
-    elif histogram is None:  # replace-one with one label: n is the same in neighbouring data sets
-        batches = batches_per_label({labels[0]: len(data.records)}, o.batch_size)
-        sizes_words = f"the number of records n = {len(data.records)} is public under replace-one adjacency"
-    else:
-        batches = None
-        sizes_words = "the sizes come from the DP label histogram (an event of this ledger), drawn at run time"
     assumptions = (
-        "the number of hash batches per label is B = max(1, round(size / s)); " + sizes_words
-        + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
-        + "; each record goes to a batch by a salted hash of its own content",
+        hb.assumption,
         label_set_words(data),
         "the prompt templates, the public placeholder prompt and the model are public",
         "the number of synthetic texts per label is public (split evenly across labels)",
     )
     batch = LedgerEvent("private-prediction batch", describe_batch(o, r, rho), private_prediction_event(rho, r))
     return PrivatePredictionPlan(
-        events=((histogram,) if histogram is not None else ()) + (batch,), public_assumptions=assumptions,
-        r=r, rho_token=rho, s=o.batch_size, public_batches=batches, histogram_noise=sigma_h,
+        events=((hb.histogram,) if hb.histogram is not None else ()) + (batch,), public_assumptions=assumptions,
+        r=r, rho_token=rho, s=o.batch_size, public_batches=hb.batches, histogram_noise=hb.histogram_noise,
         neighboring=target.neighboring)
 
 
@@ -169,6 +150,3 @@ def describe_batch(o: PrivatePredictionOptions, r: int, rho: float) -> str:
     )
 
 
-def check_sizes(o: PrivatePredictionOptions, labels: tuple[str, ...]) -> dict[str | None, int] | None:
-    """The public sizes of `label_sizes`, checked against the label set (OptionError before any spend)."""
-    return check_label_sizes(o.label_sizes, labels)
