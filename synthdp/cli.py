@@ -6,6 +6,7 @@ User errors (`synthdp.UserError`) print one message and exit with code 2; bugs k
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
@@ -31,7 +32,10 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            typer.echo(f"Error: {err}", err=True)
+            from synthdp.distributed import launched
+
+            if not launched() or os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once
+                typer.echo(f"Error: {err}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -93,6 +97,8 @@ def generate(
 
 
 def _report(result: Any) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports the run
+        return
     s = result.summary
     typer.echo(
         f"Wrote {result.num_records} synthetic texts (asked for {s['requested']}) to {result.corpus_path}.\n"

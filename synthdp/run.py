@@ -10,17 +10,19 @@ import dataclasses
 import logging
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
 from synthdp import __version__
+from synthdp import distributed
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import BUNDLED_OPTIONS, LoadedData, load_records
 from synthdp.errors import UserError
-from synthdp.mechanisms.randomness import run_streams
+from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
@@ -112,67 +114,79 @@ def generate_run(
     cfg: RunConfig, *, show_progress: bool = True, warn: Callable[[str], None] | None = None
 ) -> GenerateResult:
     warn = warn or _warn
-    p = prepare_run(cfg, warn)
-    ledger = Ledger(
-        run_id=uuid.uuid4().hex[:12],
-        pipeline=p.pipeline.name,
-        delta=cfg.delta,
-        neighboring=cfg.neighboring,
-        events=list(p.plan.events),
-        public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}"],
-        parameters=p.plan.published() | {"options": dataclasses.asdict(p.options)},
-        seed=cfg.seed,
-        budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
-        synthdp_version=__version__,
-        release_blockers=release_blockers(p.data),
-    )
-    # Write-ahead: from here on the run counts as spent, whatever happens.
-    out = cfg.out
-    if p.budget is not None:
-        p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events,
-                         neighboring=cfg.neighboring, delta=cfg.delta)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        ledger.write(out / "ledger.json")
-        write_config(out / "config.toml", cfg.to_toml_dict(p.options))
-    except BaseException as err:
-        record_failure(ledger, out, p.budget, err)
-        raise
-    return _execute(p, ledger, show_progress=show_progress, resume=False)
+    world = distributed.current()
+    if not world.main:
+        return _follow(world)
+    with _leading(world):
+        p = prepare_run(cfg, warn)
+        _check_world(p, world)
+        ledger = Ledger(
+            run_id=uuid.uuid4().hex[:12],
+            pipeline=p.pipeline.name,
+            delta=cfg.delta,
+            neighboring=cfg.neighboring,
+            events=list(p.plan.events),
+            public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}"],
+            parameters=p.plan.published() | {"options": dataclasses.asdict(p.options)},
+            seed=cfg.seed,
+            budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
+            synthdp_version=__version__,
+            release_blockers=release_blockers(p.data),
+        )
+        # Write-ahead: from here on the run counts as spent, whatever happens.
+        out = cfg.out
+        if p.budget is not None:
+            p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events,
+                             neighboring=cfg.neighboring, delta=cfg.delta)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            ledger.write(out / "ledger.json")
+            write_config(out / "config.toml", cfg.to_toml_dict(p.options))
+        except BaseException as err:
+            record_failure(ledger, out, p.budget, err)
+            raise
+    return _execute(p, ledger, world, show_progress=show_progress, resume=False)
 
 
 def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], None] | None = None) -> GenerateResult:
     """Continue an interrupted run in `out` under the plan it already charged; never spends twice."""
     warn = warn or _warn
     out = Path(out)
-    ledger = Ledger.read(out)
-    if ledger.status == "complete":
-        raise UserError(f"The run in {out} is complete; there is nothing to resume.")
-    values = load_config_file(out / "config.toml")
-    values["out"] = out
-    cfg = RunConfig(**values)
-    p = prepare_run(cfg, warn, resuming=True)
-    if not getattr(p.pipeline, "supports_resume", False):
-        raise UserError(
-            f"The {p.pipeline.name} pipeline cannot resume a run: rerunning it would draw fresh noise and spend "
-            f"again. The interrupted run stays charged ({ledger.epsilon:.4g}); start a new run with a new --out."
-        )
-    if [e.to_json() for e in p.plan.events] != [e.to_json() for e in ledger.events]:
-        raise UserError(f"The configuration in {out / 'config.toml'} no longer gives the plan in its ledger; "
-                        "it cannot be resumed. Start a new run.")
-    ledger.status = "running"
-    ledger.write(out / "ledger.json")
-    if p.budget is not None:
-        p.budget.mark(ledger.run_id, "running")
-    return _execute(p, ledger, show_progress=show_progress, resume=True)
+    world = distributed.current()
+    if not world.main:
+        return _follow(world)
+    with _leading(world):
+        ledger = Ledger.read(out)
+        if ledger.status == "complete":
+            raise UserError(f"The run in {out} is complete; there is nothing to resume.")
+        values = load_config_file(out / "config.toml")
+        values["out"] = out
+        cfg = RunConfig(**values)
+        p = prepare_run(cfg, warn, resuming=True)
+        _check_world(p, world)
+        if not getattr(p.pipeline, "supports_resume", False):
+            raise UserError(
+                f"The {p.pipeline.name} pipeline cannot resume a run: rerunning it would draw fresh noise and spend "
+                f"again. The interrupted run stays charged ({ledger.epsilon:.4g}); start a new run with a new --out."
+            )
+        if [e.to_json() for e in p.plan.events] != [e.to_json() for e in ledger.events]:
+            raise UserError(f"The configuration in {out / 'config.toml'} no longer gives the plan in its ledger; "
+                            "it cannot be resumed. Start a new run.")
+        ledger.status = "running"
+        ledger.write(out / "ledger.json")
+        if p.budget is not None:
+            p.budget.mark(ledger.run_id, "running")
+    return _execute(p, ledger, world, show_progress=show_progress, resume=True)
 
 
-def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) -> GenerateResult:
+def _execute(p: Prepared, ledger: Ledger, world: distributed.World, *, show_progress: bool,
+             resume: bool) -> GenerateResult:
     cfg, out = p.cfg, p.cfg.out
-    rng, noise_rng = run_streams(cfg.seed)  # released choices; noise (ChaCha20)
+    keys = None if cfg.seed is not None or world.size == 1 else fresh_keys()
+    world.broadcast(("go", _Shared(cfg, p.options, p.plan, p.model_name, keys, resume)))
+    rng, noise_rng = run_streams(cfg.seed, keys)  # released choices; noise (ChaCha20)
     bar = ProgressDisplay(cfg.num_samples, cfg.delta, ledger.epsilon) if show_progress else None
-    ctx = RunContext(rng=rng, noise_rng=noise_rng, seeded=cfg.seed is not None, num_samples=cfg.num_samples,
-                     labels=p.data.labels, resources=p.resources, work_dir=out, resume=resume)
+    ctx = _context(p, rng, noise_rng, world, resume)
     if bar is not None:
         ctx.progress, ctx.stage = bar.progress, bar.stage
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
@@ -188,8 +202,65 @@ def _execute(p: Prepared, ledger: Ledger, *, show_progress: bool, resume: bool) 
             p.budget.mark(ledger.run_id, "complete")
         except UserError as err:  # the run is complete; its budget entry reads so once this process has ended
             log.warning("The budget could not record the run as complete: %s", err)
-    return GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary,
-                          operator_only_not_dp=dict(ctx.operator_only_not_dp))
+    result = GenerateResult(out=out, corpus_path=corpus, ledger=ledger, num_records=count, summary=summary,
+                            operator_only_not_dp=dict(ctx.operator_only_not_dp))
+    return world.broadcast(result)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What rank 0 sends the other ranks once the run is charged: never a record."""
+
+    cfg: RunConfig
+    options: Any
+    plan: PrivacyPlan
+    model_name: str
+    keys: tuple[int, int] | None
+    resume: bool
+
+
+class PeerRefused(UserError):
+    """Rank 0 refused the run (it says why); the other ranks stop without reading anything."""
+
+
+@contextmanager
+def _leading(world: distributed.World) -> Iterator[None]:
+    """Rank 0's checks and write-ahead: if they fail, the other ranks hear so and stop before reading a record."""
+    try:
+        yield
+    except BaseException as err:
+        world.broadcast(("refused", f"{type(err).__name__}: {err}"))
+        raise
+
+
+def _check_world(p: Prepared, world: distributed.World) -> None:
+    if world.size > 1 and not getattr(p.pipeline, "supports_distributed", False):
+        raise UserError(f"The {p.pipeline.name} pipeline runs in one process; start it without torchrun"
+                        + (" (its scale path is several --api-base endpoints)." if p.pipeline.name == "private-evolution"
+                           else "."))
+
+
+def _follow(world: distributed.World) -> GenerateResult:
+    """A rank other than 0: wait for rank 0's word, then read the data, load the model and do its share."""
+    word, shared = world.broadcast(None)
+    if word == "refused":
+        raise PeerRefused(f"rank 0 refused the run ({shared}).")
+    assert isinstance(shared, _Shared)
+    cfg = shared.cfg
+    pipeline = get_pipeline(cfg.pipeline)
+    data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    resources = pipeline.load_resources(shared.options, cfg.model_spec())
+    p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name)
+    rng, noise_rng = run_streams(cfg.seed, shared.keys)
+    ctx = _context(p, rng, noise_rng, world, shared.resume)
+    for _ in _records(p, ctx):  # rank 0 writes the corpus
+        pass
+    return world.broadcast(None)
+
+
+def _context(p: Prepared, rng: Any, noise_rng: Any, world: distributed.World, resume: bool) -> RunContext:
+    return RunContext(rng=rng, noise_rng=noise_rng, seeded=p.cfg.seed is not None, num_samples=p.cfg.num_samples,
+                      labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world)
 
 
 def _records(p: Prepared, ctx: RunContext) -> Iterator[SyntheticRecord]:

@@ -37,9 +37,18 @@ def noise_generator(seed: int | None = None) -> np.random.Generator:
     return np.random.Generator(ChaCha(seed=np.random.SeedSequence([seed, NOISE_DOMAIN]), rounds=20))
 
 
-def run_streams(seed: int | None = None) -> tuple[np.random.Generator, np.random.Generator]:
-    """(public stream, noise stream) of one run."""
+def run_streams(seed: int | None = None, keys: tuple[int, int] | None = None) -> tuple[np.random.Generator, np.random.Generator]:
+    """(public stream, noise stream) of one run; from `keys` (see `fresh_keys`) when given, so that several
+    processes of one run (synthdp/distributed.py) draw the same streams."""
+    if keys is not None and seed is None:
+        return secure_generator(keys[0]), np.random.Generator(ChaCha(key=keys[1], rounds=20))
     return secure_generator(seed), noise_generator(seed)
+
+
+def fresh_keys() -> tuple[int, int]:
+    """256 secret bits from the OS for each of the two streams: rank 0 draws them and sends them to the run's
+    other processes (never written anywhere)."""
+    return secrets.randbits(256), secrets.randbits(256)
 
 
 def fork_noise(rng: np.random.Generator, tag: str) -> np.random.Generator:

@@ -24,6 +24,7 @@ import numpy as np
 from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, Record
+from synthdp.distributed import World
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy.ledger import LedgerEvent
@@ -94,6 +95,7 @@ class RunContext:
     noise_rng: np.random.Generator = field(default_factory=noise_generator)  # the run's noise stream
     work_dir: Path | None = None  # the run's output folder (checkpoints, caches); never the corpus itself
     resume: bool = False  # continuing a run whose plan is already charged: never spend twice
+    world: World = field(default_factory=World)  # this process among the run's processes (synthdp/distributed.py)
     # Progress (synthdp/progress.py): `stage(name, total, unit)` switches the bar to a stage (rounds, training
     # steps, texts) with its own total and ETA; `progress(n, spent)` advances it by n, `spent` the DpEvent of
     # the privacy spent so far or None. Without a `stage` call the bar counts texts (num_samples).
@@ -117,6 +119,8 @@ class Pipeline(Protocol):
     description: ClassVar[str]
     options_class: ClassVar[type]
     supports_resume: ClassVar[bool]  # True only if `run` with ctx.resume continues without re-spending
+    # Optional `supports_distributed: ClassVar[bool]`: True if `run` splits its work over ctx.world's ranks (every
+    # rank runs `run`; rank 0's records are the corpus). Without it, a run under torchrun is refused.
 
     def load_resources(self, options: Any, spec: ModelSpec) -> Any:
         """Load models (raising ModelError for a bad path or endpoint) before anything is spent."""
