@@ -113,6 +113,11 @@ class ApiGenerator:
     timeout: float = 120.0
     stats: ApiStats = field(default_factory=ApiStats)
 
+    def __post_init__(self) -> None:
+        if self.base_urls is None or isinstance(self.base_urls, str):  # one endpoint given as before
+            self.base_urls = (self.base_urls,)
+        self.base_urls = tuple(self.base_urls) or (None,)
+
     @property
     def name(self) -> str:
         urls = [u for u in self.base_urls if u]
@@ -140,9 +145,7 @@ class ApiGenerator:
                 "server without authentication, such as a local llama.cpp server), or name another variable with "
                 "--api-key-env."
             )
-        urls: tuple[str | None, ...] = ((base_url,) if base_url is None or isinstance(base_url, str)
-                                        else tuple(base_url) or (None,))
-        gen = cls(name, urls, key, concurrency, max_retries, retry_base, timeout)
+        gen = cls(name, base_url, key, concurrency, max_retries, retry_base, timeout)  # type: ignore[arg-type]
         gen.check(check_retries)
         return gen
 
