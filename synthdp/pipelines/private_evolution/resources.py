@@ -38,7 +38,7 @@ def load_resources(o: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolut
     embedder (ModelError when one is missing)."""
     if is_api_model(spec.model):
         backend: Any = ApiGenerator.connect(
-            str(spec.model), _endpoints(spec.api_base), spec.api_key_env, concurrency=o.concurrency,
+            str(spec.model), spec.api_base, spec.api_key_env, concurrency=o.concurrency,
             max_retries=o.max_retries, retry_base=o.retry_base, timeout=o.request_timeout,
             check_retries=min(o.max_retries, 3))
     else:
@@ -49,11 +49,6 @@ def load_resources(o: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolut
                                  batch_size=o.concurrency * 2)
     embedder = Embedder.load(o.embedder, device=spec.device)
     return PrivateEvolutionResources(CachedGenerator(backend), embedder)
-
-
-def _endpoints(api_base: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """The endpoints of a ModelSpec (a library caller may still pass one URL as text)."""
-    return (api_base,) if isinstance(api_base, str) else api_base or None
 
 
 def sampling_generator(seed: int | None) -> np.random.Generator:
