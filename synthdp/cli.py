@@ -63,7 +63,7 @@ def generate(
     budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`).")] = None,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
     neighboring: Annotated[Optional[str], typer.Option(help="add_remove (default) or replace_one.")] = None,
-    api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for --model openai:NAME.")] = None,
+    api_base: Annotated[Optional[list[str]], typer.Option(help="OpenAI-compatible endpoint for --model openai:NAME. Repeat it (or separate with commas) to spread requests over several servers of the same model.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the API key. Default: OPENAI_API_KEY.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: CUDA when present.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in this folder (pipelines that support it); spends nothing again.")] = None,
@@ -81,7 +81,7 @@ def generate(
     flags = {
         "data": data, "text_field": text_field, "pipeline": pipeline, "epsilon": epsilon, "delta": delta,
         "num_samples": num_samples, "out": out, "model": model, "budget": None if budget is None else str(budget),
-        "seed": seed, "neighboring": neighboring, "api_base": api_base, "api_key_env": api_key_env, "device": device,
+        "seed": seed, "neighboring": neighboring, "api_base": api_base or None, "api_key_env": api_key_env, "device": device,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if label_field is not None:

@@ -33,12 +33,12 @@ class RunConfig:
     budget: str | None = None
     seed: int | None = None
     neighboring: str = "add_remove"
-    api_base: str | None = None
+    api_base: str | list[str] | None = None  # one endpoint, or several (requests are spread over them)
     api_key_env: str = "OPENAI_API_KEY"
     device: str | None = None
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env, device=self.device,
+        return ModelSpec(model=self.model, api_base=endpoints(self.api_base), api_key_env=self.api_key_env, device=self.device,
                          seed=self.seed)
 
     def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
@@ -79,7 +79,8 @@ def check_config(cfg: RunConfig) -> None:
             setattr(cfg, name, os.fspath(value))
         elif value is not None and (not isinstance(value, str) or not value.strip()):
             raise OptionError(f"`{name}` must be a path or unset. Found {value!r}.")
-    for name in ("label_field", "api_base", "device"):
+    cfg.api_base = _check_api_base(cfg.api_base)
+    for name in ("label_field", "device"):
         if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), str):
             raise OptionError(f"`{name}` must be text or unset. Found {getattr(cfg, name)!r}.")
     cfg.labels = _check_labels(cfg.labels)
@@ -102,6 +103,30 @@ def _check_out_path(out: Any) -> Path:
         raise OutputError(f"`out` must be the path of a folder for the release bundle. Found {out!r}. "
                           "Example: --out release/")
     return Path(out)
+
+
+def _check_api_base(value: Any) -> str | list[str] | None:
+    """None, one endpoint URL or several (a list, or text with commas). One stays text and several a list, so
+    a config.toml with one endpoint reads and writes as it always has."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise OptionError(f"`api_base` must be an endpoint URL, a list of them, or unset. Found {value!r}. "
+                          "Example: --api-base http://127.0.0.1:8001/v1 --api-base http://127.0.0.1:8002/v1")
+    urls = [u.strip() for item in items for u in item.split(",") if u.strip()]
+    repeated = [u for u in dict.fromkeys(urls) if urls.count(u) > 1]
+    if repeated:
+        raise OptionError(f"`api_base` must name each endpoint once. Found {repeated[0]} {urls.count(repeated[0])} "
+                          "times. Drop the repeats (requests are spread evenly over the endpoints given).")
+    return None if not urls else urls[0] if len(urls) == 1 else urls
+
+
+def endpoints(api_base: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """`RunConfig.api_base` (checked) as the tuple of endpoints of a `ModelSpec`."""
+    if api_base is None:
+        return None
+    return (api_base,) if isinstance(api_base, str) else tuple(api_base)
 
 
 def _check_labels(labels: Any) -> list[str] | None:

@@ -47,7 +47,7 @@ class ModelSpec:
     """Where a pipeline's models come from (no secrets: an API key is read from `api_key_env`)."""
 
     model: str | None = None  # local path, .gguf, "openai:<name>", or None for the embedded default
-    api_base: str | None = None  # OpenAI-compatible endpoint
+    api_base: tuple[str, ...] | None = None  # OpenAI-compatible endpoint(s); requests are spread over them
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
     device: str | None = None  # "cuda", "cpu" or None (CUDA when present)
     seed: int | None = None  # --seed: models that sample on their own derive their stream from it (tests only)

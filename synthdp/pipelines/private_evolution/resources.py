@@ -34,7 +34,8 @@ class PrivateEvolutionResources:
 
 
 def load_resources(o: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
-    """Connect to the API or load the local model, and load the embedder (ModelError when one is missing)."""
+    """Connect to the API (checking every endpoint of `spec.api_base`) or load the local model, and load the
+    embedder (ModelError when one is missing)."""
     if is_api_model(spec.model):
         backend: Any = ApiGenerator.connect(
             str(spec.model), spec.api_base, spec.api_key_env, concurrency=o.concurrency,
