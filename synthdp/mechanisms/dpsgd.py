@@ -9,6 +9,19 @@ One logical step, as in the paper:
 Per-example gradients come from opacus' GradSampleModule hooks (only the LoRA linears are
 trainable, so only they pay) or from torch.func (functional_call + vmap(grad)).
 
+Several processes (torchrun; synthdp/distributed.py). Every rank holds the run's noise stream (rank 0 sends
+its key), so every rank draws the same Poisson mask over the WHOLE data set and keeps the sampled records
+of its own shard (record i on rank i mod N, `my_share`): the logical batch is exactly the one-process batch,
+at the same rate q. Each rank clips its examples' gradients and sums them; the clipped sums are all-reduced
+(summed over ranks), and then every rank adds the SAME noise draw N(0, (sigma C)^2) from the shared stream
+to the same total. The noise is drawn once in total: N ranks adding one realisation to one sum, not N
+independent draws, so its variance is sigma^2 C^2, as in one process. (opacus' DistributedDPOptimizer
+instead adds noise on rank 0 before the all-reduce. That would desynchronise the ranks' noise streams,
+which must stay in step to draw the same masks, and the model replicas would need the all-reduce to carry
+the noise; drawing the same noise everywhere after it keeps the streams and the replicas in sync with no
+extra collective, and makes the noisy gradient the one-process gradient up to float summation order.)
+The plan, its accountant and its ledger do not depend on N.
+
 Randomness. The Poisson masks and the Gaussian noise come from the run's noise stream (a numpy Generator
 over ChaCha20, `synthdp.mechanisms.randomness.noise_generator`), not from torch's Mersenne Twister:
 opacus' secure mode needs `torchcsprng`, which is not published for current torch. The noise is the
@@ -24,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthdp.distributed import World
 from synthdp.mechanisms.gaussian import check_noise_rng, noisy_average
 
 Engine = Literal["opacus", "torch.func"]
@@ -34,6 +48,11 @@ def poisson_batch(n: int, q: float, rng: np.random.Generator) -> torch.Tensor:
     uniform compared with q), drawn from the noise stream `rng`."""
     check_noise_rng(rng)
     return torch.from_numpy(np.flatnonzero(rng.random(n) < q))
+
+
+def my_share(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """The indices of a whole-data-set batch that this rank computes: record i belongs to rank i mod N."""
+    return batch[batch % world.size == world.rank]
 
 
 def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,12 +140,26 @@ def dp_step(
     grad_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]], params: dict[str, torch.Tensor], *, clip: float,
     auto_clip: bool, noise_multiplier: float, expected_batch: float, rng: np.random.Generator,
+    world: World | None = None,
 ) -> dict[str, torch.Tensor]:
     """One logical DP-SGD step over a Poisson batch already split into micro-batches -> the noisy
-    gradient per parameter. The sum of clipped gradients is accumulated across micro-batches and
-    noised once (an empty batch is noise only)."""
+    gradient per parameter. The sum of clipped gradients is accumulated across micro-batches (and, under
+    several processes, summed over the ranks, each holding its share of the batch) and noised once (an empty
+    batch is noise only). Every rank returns the same noisy gradient: see the module docstring."""
     total = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for k, p in params.items()}
     for input_ids, labels in micro_batches:
         for k, s in clipped_sum(grad_fn(input_ids, labels), clip, auto_clip).items():
             total[k] += s.float()
+    if world is not None and world.size > 1:
+        total = all_reduce_sums(total, world)
     return noisy_average(total, noise_multiplier * clip, expected_batch, rng)
+
+
+def all_reduce_sums(total: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """The clipped sums summed over the ranks, in one all-reduce of the flattened tensors."""
+    flat = world.all_reduce_sum(torch.cat([t.flatten() for t in total.values()]))
+    out, at = {}, 0
+    for k, t in total.items():
+        out[k] = flat[at:at + t.numel()].view(t.shape)
+        at += t.numel()
+    return out

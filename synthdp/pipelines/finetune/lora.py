@@ -106,8 +106,18 @@ def read_adapter_meta(folder: Path) -> AdapterMeta:
         raise UserError(f"Cannot read the adapter's metadata {path}: {err}. Was it written by synthdp?") from None
 
 
-def load_adapter_weights(model: Any, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
+def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The saved adapter's tensors (peft's names), on the CPU."""
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def set_adapter_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, weights)
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    set_adapter_weights(model, read_adapter_weights(folder))

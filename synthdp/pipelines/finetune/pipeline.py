@@ -12,6 +12,7 @@ adapter is itself DP (the ledger covers it) and is saved in the run folder, so `
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -22,24 +23,16 @@ from dp_accounting import dp_event
 from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
-from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step, poisson_batch
+from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step, my_share, poisson_batch
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, load_checkpoint, save_checkpoint
+from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
 from synthdp.pipelines.finetune.encoding import collate, encode_example
-from synthdp.pipelines.finetune.lora import (
-    ADAPTER_DIR,
-    attach_lora,
-    check_causal_lm,
-    has_adapter,
-    load_adapter_weights,
-    lora_config,
-    read_adapter_meta,
-    save_adapter,
-)
+from synthdp.pipelines.finetune.lora import ADAPTER_DIR, check_causal_lm, lora_config, save_adapter, set_adapter_weights
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, schedule
+from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
@@ -55,6 +48,7 @@ class DPFinetune:
     )
     options_class: ClassVar[type] = FinetuneOptions
     supports_resume: ClassVar[bool] = True  # training continues from the last checkpoint; the plan covers all T steps
+    supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
 
     def load_resources(self, options: FinetuneOptions, spec: ModelSpec) -> LocalLM:
         lm = LocalLM.load(spec.model, device=spec.device)
@@ -115,18 +109,26 @@ class DPFinetune:
 
     def after_step(self, step: int) -> None:
         """Called after each completed training step (a seam for progress and crash tests)."""
+        # TEST ONLY: a crash after a given step in a torchrun subprocess, where a test cannot patch this method
+        # (tests/test_distributed_finetune.py). Unset in any real run.
+        crash = os.environ.get("SYNTHDP_TEST_CRASH_AFTER_STEP")
+        if crash and step == int(crash):
+            raise RuntimeError(f"simulated crash after step {step} (SYNTHDP_TEST_CRASH_AFTER_STEP)")
 
     def run(self, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
+        """Every rank trains its share of each batch and samples its share of the texts; only rank 0 writes
+        into the run folder (synthdp/pipelines/finetune/ranks.py)."""
         lm: LocalLM = ctx.resources
-        work = Path(ctx.work_dir) if ctx.work_dir is not None else None
+        work = Path(ctx.work_dir) if ctx.work_dir is not None and ctx.world.main else None
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        model = attach_lora(lm, options)
-        if ctx.resume and work is not None and has_adapter(work / ADAPTER_DIR):  # trained before the crash
-            load_adapter_weights(model, work / ADAPTER_DIR)
-            weights = read_adapter_meta(work / ADAPTER_DIR).label_weights
+        model = lora_model(lm, options, ctx)
+        found = resumed_state(ctx, plan)
+        if found is not None and found[0] == "adapter":  # trained before the crash
+            adapter, weights = found[1]
+            set_adapter_weights(model, adapter)
         else:
-            state = load_checkpoint(work, plan.fingerprint()) if (ctx.resume and work is not None) else None
+            state: TrainingState | None = found[1] if found is not None else None
             if state is not None and state.label_weights:  # drawn before the crash: never drawn (paid) twice
                 weights = state.label_weights
             else:
@@ -156,33 +158,37 @@ class DPFinetune:
 
     def train(self, model: Any, lm: LocalLM, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
               ctx: RunContext, state: TrainingState | None, weights: list[float]) -> None:
-        """DP-SGD (Abadi et al. 2016) from step `state.step` (0 without a checkpoint) to T."""
+        """DP-SGD (Abadi et al. 2016) from step `state.step` (0 without a checkpoint) to T. Under torchrun each
+        rank computes the records i of the batch with i mod N == rank (mechanisms/dpsgd.py)."""
+        world = ctx.world
         params = {k: p for k, p in model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.Adam(params.values(), lr=options.learning_rate)
         start = restore(state, params, optimizer)
         # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
-        # resume never replays the noise of the steps already run.
+        # resume never replays the noise of the steps already run. Every rank forks the same stream.
         noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
-        examples = [encode_example(lm, options, r) for r in records]
+        examples = {i: encode_example(lm, options, records[i]) for i in range(world.rank, len(records), world.size)}
         grads = PerExampleGrads(model, options.grad_engine)
         ctx.stage("DP-SGD training", plan.steps, "step")
         ctx.progress(start, None)
         model.train()
         try:
             for step in range(start, plan.steps):
-                batch = poisson_batch(len(examples), plan.sampling_rate, noise).tolist()  # each record w.p. q
+                # each record w.p. q: the same mask over the whole data set on every rank; each keeps its share
+                batch = my_share(poisson_batch(len(records), plan.sampling_rate, noise), world).tolist()
                 micro = [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
                          for j in range(0, len(batch), options.micro_batch_size)]
-                # clip each example's gradient to C, sum, add N(0, (sigma C)^2), divide by B
+                # clip each example's gradient to C, sum (over the ranks too), add N(0, (sigma C)^2) once, divide by B
                 noisy = dp_step(grads, micro, params, clip=plan.clip, auto_clip=options.auto_clip,
                                 noise_multiplier=plan.noise_multiplier, expected_batch=plan.expected_batch_size,
-                                rng=noise)
+                                rng=noise, world=world)
                 for k, p in params.items():
                     p.grad = noisy[k].to(p.dtype)
                 optimizer.step()  # Adam on the noisy gradient: post-processing
                 optimizer.zero_grad(set_to_none=True)
                 ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
-                if ctx.work_dir is not None and ((step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps):
+                if (ctx.work_dir is not None and world.main
+                        and ((step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps)):
                     adapter = {k: p.detach().cpu() for k, p in params.items()}
                     save_checkpoint(Path(ctx.work_dir), TrainingState(step + 1, adapter, optimizer.state_dict(), weights),
                                     plan.fingerprint())
