@@ -295,3 +295,32 @@ def test_batched_decoding_gives_the_texts_of_one_batch_at_a_time(tiny_model_dir:
     assert len(one) == 9 and len(set(one)) > 3
     assert run_tiny(lm, 3) == one
     assert run_tiny(lm, 64) == one  # every batch in one step
+
+
+def test_the_public_row_shares_the_private_rows_passes_and_keeps_its_logits(tiny_model_dir: Path) -> None:
+    """The public row runs in the same forward passes as the private rows (prefill at its ladder width, steps
+    at the shared width): its logits equal those of a decoder of the public prompt alone (its own pass, as
+    before) up to float tolerance, and are the same bit for bit whichever private rows share its passes."""
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    public = lm.chat_ids("a short text with label: spam", "Text:")
+    records = [lm.chat_ids(f"message {i} " + "win a prize now " * (i % 5), "Text:") for i in range(13)]
+    width = max(len(r) for r in records + [public]) + 1
+    tokens = [21, 34, 55]
+
+    def public_logits(private: list[list[int]]) -> list[torch.Tensor]:
+        dec = MultiBatchDecoder(lm, [private], [public], len(tokens) + 1, full_width=width,
+                                public_width=len(public) + 1, shape=StepShape(1, 8, 8))
+        rows = [dec.prefill()] + [dec.step(torch.tensor([t])) for t in tokens] + [dec.rewind()]
+        assert all(r[0].shape[0] == len(private) + 1 for r in rows)
+        return [r[0][-1] for r in rows]
+
+    alone = lm.decoder([public], len(tokens) + 1)
+    reference = [alone.prefill()[0]] + [alone.step(t)[0] for t in tokens] + [alone.rewind()[0]]
+    few, many = public_logits(records[:2]), public_logits(records)  # one step group; two, the public row in the 2nd
+    for a, b, ref in zip(few, many, reference):
+        assert torch.equal(a, b), "the public row's logits depend on the private rows beside it"
+        assert torch.allclose(a, ref, rtol=1e-4, atol=1e-4), float((a - ref).abs().max())
+    assert not torch.allclose(few[0], few[1])  # the steps really move the logits
