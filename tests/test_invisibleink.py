@@ -258,7 +258,8 @@ def test_m_is_the_fewest_texts_per_batch_and_every_batch_is_charged_m_times_T(mo
     # B = 5 (a) and 2 (b); 10 texts split uniformly: 5 and 5, so m = ceil(5 / 2) = 3
     short, ctx, plan = scripted_run(monkeypatch, [3, 4, 0], 10, label_counts="uniform", max_tokens=20)
     assert ctx.summary["texts_per_batch"] == 3 and len(short) == 10 and set(short) == {"3 4"}
-    c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=8, temperature=1.0, neighboring="add_remove")
+    c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=plan.divisor_s, temperature=plan.temperature,
+                    neighboring="add_remove")
     assert ctx.summary["clip"] == c  # charged m*T = 60 tokens although each text had 2
     # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = ceil(3 / 2) = 2
     _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)
