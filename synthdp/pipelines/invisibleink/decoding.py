@@ -94,34 +94,45 @@ class SharedWidthDecoder:
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
-        """Each width of the ladder prefilled apart (fixed shapes); the caches copied, right-aligned, into
-        one preallocated cache per step group of width `width`."""
+        """Each width of the ladder prefilled apart (fixed shapes), its keys and values copied, right-aligned,
+        into the preallocated caches of the step groups (one bucket's caches alive at a time)."""
         ladder = width_ladder(self.width)
         buckets: dict[int, list[int]] = {}
         for i, row in enumerate(self.rows):
             buckets.setdefault(next(w for w in ladder if len(row) < w), []).append(i)
-        total, capacity = self.mask.shape
         logits = torch.empty((len(self.rows), self.lm.vocab_size), device=self.lm.device)
-        store: list[torch.Tensor] = []  # per layer, keys then values: (total, heads, width, dim)
+        self.caches = []
         for w, index in sorted(buckets.items()):
             part = Decoder(self.lm.model, [self.rows[i] for i in index], self.lm.pad_id, self.lm.device, 0,
                            width=w, group_rows=self.group_rows)
             logits[index] = part.prefill()
+            if not self.caches:
+                self.caches = [self._empty_cache(part.caches[0]) for _ in self.groups]
+            where = torch.tensor(index, device=self.lm.device)
+            by_group = [(g, torch.nonzero(where // self.step_rows == g).flatten()) for g in range(len(self.groups))]
             for j in range(len(part.caches[0].layers)):
-                for t, name in enumerate(("keys", "values")):
-                    filled = torch.cat([getattr(c.layers[j], name) for c in part.caches])[: len(index)]
-                    if len(store) <= 2 * j + t:
-                        store.append(filled.new_zeros(total, filled.shape[1], self.width, filled.shape[3]))
-                    store[2 * j + t][index, :, self.width - w:] = filled
-        self.caches = []
-        for group in self.groups:
-            cache = DynamicCache()
-            cache.layers = [PreallocatedLayer(store[2 * j][group], store[2 * j + 1][group], capacity)
-                            for j in range(len(store) // 2)]
-            self.caches.append(cache)
+                for name in ("_keys", "_values"):
+                    filled = torch.cat([getattr(c.layers[j], name[1:]) for c in part.caches])[: len(index)]
+                    for g, mine in by_group:
+                        if len(mine):
+                            target = getattr(self.caches[g].layers[j], name)
+                            target[where[mine] % self.step_rows, :, self.width - w:self.width] = filled[mine]
+            del part
+        for cache in self.caches:
+            for layer in cache.layers:
+                layer._fill(self.width)
         self.length = self.width
         self.prompt_logits = logits
         return logits
+
+    def _empty_cache(self, like: Any) -> DynamicCache:
+        """A cache of `step_rows` rows and room for width + max_new_tokens + 1 positions, shaped as `like`'s."""
+        cache = DynamicCache()
+        cache.layers = [PreallocatedLayer(*(getattr(layer, name).new_zeros(self.step_rows, getattr(layer, name).shape[1],
+                                                                           0, getattr(layer, name).shape[3])
+                                            for name in ("keys", "values")), self.mask.shape[1])
+                        for layer in like.layers]
+        return cache
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
