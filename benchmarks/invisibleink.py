@@ -2,9 +2,9 @@
 
 Both arms decode the same R = G (s + 1) rows per step (G hash batches of s records from the data, plus one
 public row each), same model and device, from the same prompts:
-- InvisibleInk: the pipeline's decoder (`MultiBatchDecoder`: fixed widths from the public ladder, fixed group
-  sizes, the public rows apart) and the pipeline's token choice per batch (DClip, top-k+, float64 sampling
-  from a ChaCha20 stream): G synthetic tokens per step.
+- InvisibleInk: the pipeline's decoder (`MultiBatchDecoder`: prefill at fixed widths from the public ladder,
+  steps at one fixed width, fixed group sizes, the public rows in the same passes) and the pipeline's token
+  choice per batch (DClip, top-k+, float64 sampling from a ChaCha20 stream): G synthetic tokens per step.
 - plain: one decoder of all R rows (padded to the longest, default kernels), one token per row drawn from
   softmax(logits) with torch.multinomial: R tokens per step.
 The ratio of tokens per second is at most 1/(s + 1); the target is 0.85/(s + 1), so "ratio x (s+1)" >= 0.85.
@@ -103,7 +103,7 @@ def main() -> None:
 
     plain = timed(lm, plain_decoder.prefill, plain_step, steps)
     print(f"model {lm.name} on {lm.device}; data {args.data}; s = {s}, G = {g} batches per step, R = {rows} rows, "
-          f"group rows {shape.group_rows} private / {shape.public_group_rows} public, {steps} steps, k = {args.top_k}")
+          f"rows per pass {shape.group_rows} prefill / {shape.step_rows} step, {steps} steps, k = {args.top_k}")
     figures = {}
     for name, (first, wall, cpu), per_step in (("invisibleink", ink, g), ("plain sampling", plain, rows)):
         figures[name] = (per_step / wall, per_step / cpu)

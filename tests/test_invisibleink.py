@@ -258,7 +258,8 @@ def test_m_is_the_fewest_texts_per_batch_and_every_batch_is_charged_m_times_T(mo
     # B = 5 (a) and 2 (b); 10 texts split uniformly: 5 and 5, so m = ceil(5 / 2) = 3
     short, ctx, plan = scripted_run(monkeypatch, [3, 4, 0], 10, label_counts="uniform", max_tokens=20)
     assert ctx.summary["texts_per_batch"] == 3 and len(short) == 10 and set(short) == {"3 4"}
-    c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=8, temperature=1.0, neighboring="add_remove")
+    c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=plan.divisor_s, temperature=plan.temperature,
+                    neighboring="add_remove")
     assert ctx.summary["clip"] == c  # charged m*T = 60 tokens although each text had 2
     # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = ceil(3 / 2) = 2
     _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)
@@ -295,3 +296,32 @@ def test_batched_decoding_gives_the_texts_of_one_batch_at_a_time(tiny_model_dir:
     assert len(one) == 9 and len(set(one)) > 3
     assert run_tiny(lm, 3) == one
     assert run_tiny(lm, 64) == one  # every batch in one step
+
+
+def test_the_public_row_shares_the_private_rows_passes_and_keeps_its_logits(tiny_model_dir: Path) -> None:
+    """The public row runs in the same forward passes as the private rows (prefill at its ladder width, steps
+    at the shared width): its logits equal those of a decoder of the public prompt alone (its own pass, as
+    before) up to float tolerance, and are the same bit for bit whichever private rows share its passes."""
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    public = lm.chat_ids("a short text with label: spam", "Text:")
+    records = [lm.chat_ids(f"message {i} " + "win a prize now " * (i % 5), "Text:") for i in range(13)]
+    width = max(len(r) for r in records + [public]) + 1
+    tokens = [21, 34, 55]
+
+    def public_logits(private: list[list[int]]) -> list[torch.Tensor]:
+        dec = MultiBatchDecoder(lm, [private], [public], len(tokens) + 1, full_width=width,
+                                public_width=len(public) + 1, shape=StepShape(1, 8, 8))
+        rows = [dec.prefill()] + [dec.step(torch.tensor([t])) for t in tokens] + [dec.rewind()]
+        assert all(r[0].shape[0] == len(private) + 1 for r in rows)
+        return [r[0][-1] for r in rows]
+
+    alone = lm.decoder([public], len(tokens) + 1)
+    reference = [alone.prefill()[0]] + [alone.step(t)[0] for t in tokens] + [alone.rewind()[0]]
+    few, many = public_logits(records[:2]), public_logits(records)  # one step group; two, the public row in the 2nd
+    for a, b, ref in zip(few, many, reference):
+        assert torch.equal(a, b), "the public row's logits depend on the private rows beside it"
+        assert torch.allclose(a, ref, rtol=1e-4, atol=1e-4), float((a - ref).abs().max())
+    assert not torch.allclose(few[0], few[1])  # the steps really move the logits
