@@ -8,6 +8,7 @@ the run test starts `python -m torch.distributed.run --nproc-per-node 2 -m synth
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from datetime import timedelta
@@ -84,12 +85,16 @@ def _one_process(model_dir: str) -> dict[str, Any]:
 
 
 def _adam_step(params: dict[str, Any], noisy: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """One Adam step on a noisy gradient -> (the parameters after it, the optimizer's state_dict)."""
+    """Two Adam steps on a noisy gradient -> the parameters and the optimizer's state_dict after the first (the
+    checkpoint), and the parameters after the second (a resumed step)."""
     optimizer = torch.optim.Adam(params.values(), lr=1e-2)
     for k, p in params.items():
         p.grad = noisy[k]
     optimizer.step()
-    return {"params": {k: p.detach().clone() for k, p in params.items()}, "optimizer": optimizer.state_dict()}
+    out = {"params": {k: p.detach().clone() for k, p in params.items()}, "optimizer": copy.deepcopy(optimizer.state_dict())}
+    optimizer.step()
+    out["next"] = {k: p.detach().clone() for k, p in params.items()}
+    return out
 
 
 def _sharded_checkpoint(ghost: fsdp.GhostClipping, noisy: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -104,8 +109,10 @@ def _sharded_checkpoint(ghost: fsdp.GhostClipping, noisy: dict[str, torch.Tensor
     fsdp.load_full_params(params, {k: torch.zeros_like(v) for k, v in saved["params"].items()})
     fsdp.load_full_params(params, saved["params"])
     fsdp.load_full_optimizer_state(fresh, params, saved["optimizer"])
-    return {"saved": saved, "reloaded": {"params": fsdp.full_params(params),
-                                         "optimizer": fsdp.full_optimizer_state(fresh)}}
+    reloaded = {"params": fsdp.full_params(params), "optimizer": fsdp.full_optimizer_state(fresh)}
+    fsdp.set_grads(params, noisy)
+    fresh.step()  # the step after a resume: on the reloaded slices
+    return {"saved": saved, "reloaded": reloaded, "next": fsdp.full_params(params)}
 
 
 def _sharded_steps(world: World, model_dir: str) -> dict[str, Any]:
@@ -210,7 +217,11 @@ def test_the_sharded_checkpoint_is_the_one_process_state_and_reloads(ranks: dict
             assert state.keys() == one["optimizer"]["state"].keys()
             for i, ref in one["optimizer"]["state"].items():
                 assert state[i].keys() == ref.keys()
-                assert all(torch.equal(state[i][name], value) for name, value in ref.items())
+                for name, value in ref.items():
+                    assert torch.equal(state[i][name], value), (i, name, state[i][name], value)
+        for k, ref in one["next"].items():  # the resumed optimizer steps on as the one-process one
+            assert not torch.equal(ref, one["params"][k])
+            torch.testing.assert_close(ranks[r]["checkpoint"]["next"][k], ref, rtol=1e-6, atol=1e-7)
 
 
 def test_a_rank_with_no_example_runs_padding_passes_and_does_not_hang(ranks: dict[str, Any]) -> None:

@@ -162,7 +162,10 @@ def set_grads(params: dict[str, Any], noisy: dict[str, torch.Tensor]) -> None:
 
 
 def _full(value: Any) -> Any:
-    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
+    """A whole copy on the CPU, sharing no memory with the live state (a DTensor gathered first)."""
+    if isinstance(value, DTensor):  # the gathered tensor may share memory with this rank's shard: copied too
+        value = value.full_tensor()
+    return value.detach().cpu().clone() if torch.is_tensor(value) else value
 
 
 def full_params(params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -190,8 +193,9 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str
     state = {}
     for i, s in full["state"].items():
         p = order[int(i)]
-        state[int(i)] = {name: as_dtensor(local_slice(v, p).to(p.device).contiguous(), p)
-                         if torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape) else v for name, v in s.items()}
+        state[int(i)] = {name: as_dtensor(local_slice(v, p).to(p.device).clone(), p)
+                         if torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape) else _full(v)
+                         for name, v in s.items()}  # copies: Adam updates the tensors it is given in place
     optimizer.load_state_dict({"state": state, "param_groups": full["param_groups"]})
 
 
