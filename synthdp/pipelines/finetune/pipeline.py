@@ -64,9 +64,9 @@ class DPFinetune:
             raise PrivacyParameterError("dp-finetune accounts Poisson-sampled DP-SGD, which dp_accounting supports for "
                                         "add/remove adjacency only. Use --neighboring add_remove.")
         if options.sharding == "fsdp2" and not launched():
-            raise OptionError("`sharding` = fsdp2 shards the model over torchrun processes; this is one process. "
-                              "Start it with `torchrun --nproc-per-node N -m synthdp generate ...`, or drop "
-                              "--set sharding=fsdp2 (one process holds the whole model).")
+            raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
+                              "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
+                              "generate ...`, or drop --set sharding=fsdp2.")
         n, labels = len(data.records), data.labels or ()
         q, steps = schedule(options, n)
         public = parse_label_weights(options.label_counts)
