@@ -1,6 +1,7 @@
 """DP fine-tuning with the model sharded over two processes (`sharding=fsdp2`: FSDP2 + opacus ghost clipping, gloo
-on the CPU): the sharded DP-SGD step is the one-process step, ranks with unequal (or empty) shares do not hang, a
-torchrun run gives the one-process ledger and adapter, and its adapter samples on one device.
+on the CPU): the sharded DP-SGD step is the one-process step, ranks with unequal (or empty) shares do not hang, the
+gathered checkpoint is the one-process one, a torchrun run crashed and resumed gives the one-process ledger and
+adapter, its adapter samples on one device, and one process refuses fsdp2.
 
 The step tests spawn two ranks once (torch.multiprocessing, under a time limit: a hang fails instead of waiting);
 the run test starts `python -m torch.distributed.run --nproc-per-node 2 -m synthdp generate ...` as a subprocess.
@@ -235,25 +236,34 @@ def test_a_rank_with_no_example_runs_padding_passes_and_does_not_hang(ranks: dic
 # --------------------------------------------------------------------------- a whole run under torchrun
 
 
-def test_a_sharded_run_gives_the_one_process_ledger_and_adapter_and_samples_on_one_device(
-        tmp_path: Path, data_file: Path, tiny_model_dir: Path) -> None:
-    args = ("--seed", "7", "--set", "epochs=2")
+def test_a_sharded_run_resumes_to_the_one_process_ledger_and_adapter_and_samples_on_one_device(
+        tmp_path: Path, data_file: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs crash after step 4 of 6 (a checkpoint every 2 steps) and are resumed: the sharded run's checkpoint
+    and resume give the one-process run's ledger and adapter (same batches, clip and noise streams)."""
+    args = ("--seed", "7", "--set", "epochs=2", "--set", "checkpoint_every=2")
+    crash = {"SYNTHDP_TEST_CRASH_AFTER_STEP": "4"}  # test-only hook in DPFinetune.after_step
     one, two, more = tmp_path / "one", tmp_path / "two", tmp_path / "more"
-    result = CliRunner().invoke(app, generate_args(data_file, one, tiny_model_dir, *args))
+    monkeypatch.setenv("SYNTHDP_TEST_CRASH_AFTER_STEP", "4")
+    assert CliRunner().invoke(app, generate_args(data_file, one, tiny_model_dir, *args)).exit_code != 0
+    result = CliRunner().invoke(app, ["generate", "--resume", str(one), "--no-progress"])
     assert result.exit_code == 0, result.output
-    done = torchrun(*generate_args(data_file, two, tiny_model_dir, *args, "--set", "sharding=fsdp2"))
+    failed = torchrun(*generate_args(data_file, two, tiny_model_dir, *args, "--set", "sharding=fsdp2"), env=crash)
+    assert failed.returncode != 0 and "simulated crash after step 4" in failed.stderr
+    assert Ledger.read(two).status == "failed" and not (two / "synthetic.jsonl").exists()
+    assert torch.load(two / "checkpoint" / "state.pt", weights_only=True)["step"] == 4  # gathered, rank 0 wrote
+    done = torchrun("generate", "--resume", str(two), "--no-progress", env=crash)  # from step 0 it would crash again
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "training steps: 2" in done.stdout  # steps 5 and 6 only
     a, b = Ledger.read(one), Ledger.read(two)
-    assert b.status == "complete" and b.epsilon == a.epsilon
+    assert a.status == b.status == "complete" and b.epsilon == a.epsilon
     assert [e.to_json() for e in b.events] == [e.to_json() for e in a.events]
-    assert {k: v for k, v in b.parameters.items() if k != "options"} == {
-        k: v for k, v in a.parameters.items() if k != "options"}
-    wa, wb = adapter(one), adapter(two)  # the ordinary peft adapter, the one-process weights (same batches, noise)
+    wa, wb = adapter(one), adapter(two)  # the ordinary peft adapter, the one-process weights
     assert wa.keys() == wb.keys() and any(w.abs().max() > 1e-3 for w in wb.values())
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
     assert len((two / "synthetic.jsonl").read_text().splitlines()) == 10  # sampled in lockstep, rank 0 wrote
     assert not (two / "checkpoint").exists()
+    monkeypatch.delenv("SYNTHDP_TEST_CRASH_AFTER_STEP")
     sampled = CliRunner().invoke(app, ["sample", "--from", str(two), "--num-samples", "3", "--out", str(more)])
     assert sampled.exit_code == 0, sampled.output
     assert len((more / "synthetic.jsonl").read_text().splitlines()) == 3
