@@ -22,9 +22,10 @@ clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); 
   noise is one draw in total, variance sigma^2 C^2 per coordinate, and the full noisy gradient equals the
   one-process noisy gradient up to float summation order in the clipped sum.
 - Checkpoints: the trainable (LoRA) parameters and the Adam state are gathered whole (`DTensor.full_tensor`, a
-  collective every rank joins) and saved by rank 0 in the ddp path's format (parameter names, the optimizer's
-  own state_dict layout with whole tensors), so a run resumes under either sharding; on resume each rank takes
-  its slice of what rank 0 read and broadcast. The saved adapter is the ordinary peft adapter (written from the
+  collective every rank joins) and saved by rank 0 in the ddp path's checkpoint format (parameter names, the
+  optimizer's own state_dict layout with whole tensors; torch.distributed.checkpoint's get_optimizer_state_dict
+  would key the state by parameter name instead, and gather the frozen base too unless told otherwise); on
+  resume each rank takes its slice of what rank 0 read and broadcast (ranks.resumed_state). The saved adapter is the ordinary peft adapter (written from the
   gathered weights), so `synthdp sample --from RUN` loads it on one device.
 - Sampling: every rank decodes the SAME chunks in lockstep and rank 0 yields the texts. A sharded model needs
   every rank in every forward pass, so ranks cannot decode different chunks; and to make the lockstep exact
@@ -163,7 +164,7 @@ def set_grads(params: dict[str, Any], noisy: dict[str, torch.Tensor]) -> None:
 
 def _full(value: Any) -> Any:
     """A whole copy on the CPU, sharing no memory with the live state (a DTensor gathered first)."""
-    if isinstance(value, DTensor):  # the gathered tensor may share memory with this rank's shard: copied too
+    if isinstance(value, DTensor):
         value = value.full_tensor()
     return value.detach().cpu().clone() if torch.is_tensor(value) else value
 
