@@ -79,11 +79,12 @@ class AdapterMeta:
 
 
 def save_adapter(model: Any, folder: Path, options: FinetuneOptions, labels: tuple[str | None, ...],
-                 weights: list[float], plan: FinetunePlan) -> None:
-    """The DP adapter (peft format) and its metadata, written beside the folder then renamed into place."""
+                 weights: list[float], plan: FinetunePlan, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The DP adapter (peft format) and its metadata, written beside the folder then renamed into place.
+    `state_dict`: the whole trainable weights by parameter name, when the model's own are sharded (fsdp2)."""
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     meta = {"format": ADAPTER_FORMAT, "synthdp_version": __version__, "labels": list(labels),
             "label_weights": weights, "options": asdict(options), "privacy": plan.published()}
     (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -56,6 +56,9 @@ class FinetuneOptions:
     sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)", maximum=MAX_BATCH)
     checkpoint_every: int = option(20, "save the training state every K steps (resume continues from it)")
     grad_engine: Literal["opacus", "torch.func"] = option("opacus", "per-example gradients: opacus hooks or torch.func vmap")
+    sharding: Literal["ddp", "fsdp2"] = option("ddp", "under torchrun: ddp (every process holds the whole model) or "
+                                               "fsdp2 (the model sharded over the processes, ghost clipping: for "
+                                               "models that do not fit one device)")
 
     def __post_init__(self) -> None:
         check_option_values(self)
@@ -79,6 +82,9 @@ class FinetuneOptions:
             raise ValueError("`prompt_template` is the public control prompt: it must not contain {text}.")
         check_template("prompt_template", self.prompt_template, ("label_name", "label", "domain"))
         parse_label_weights(self.label_counts)  # raises ValueError on a bad syntax
+        if self.sharding == "fsdp2" and self.grad_engine != "opacus":
+            raise ValueError(f"`grad_engine` must be opacus with sharding=fsdp2 (it clips with opacus' ghost clipping "
+                             f"on the sharded model). Found {self.grad_engine}. Drop --set grad_engine.")
         if self.modules() == []:
             raise ValueError(f"`target_modules` must be auto or module names, comma-separated. Found "
                              f"{self.target_modules!r}. Example: --set target_modules=q_proj,v_proj.")

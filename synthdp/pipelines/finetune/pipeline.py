@@ -21,6 +21,7 @@ import torch
 from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, Record, label_set_words
+from synthdp.distributed import launched
 from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step, my_share, poisson_batch
@@ -62,6 +63,10 @@ class DPFinetune:
         if target.neighboring != "add_remove":
             raise PrivacyParameterError("dp-finetune accounts Poisson-sampled DP-SGD, which dp_accounting supports for "
                                         "add/remove adjacency only. Use --neighboring add_remove.")
+        if options.sharding == "fsdp2" and not launched():
+            raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
+                              "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
+                              "generate ...`, or drop --set sharding=fsdp2.")
         n, labels = len(data.records), data.labels or ()
         q, steps = schedule(options, n)
         public = parse_label_weights(options.label_counts)
@@ -119,9 +124,15 @@ class DPFinetune:
             ctx: RunContext) -> Iterator[SyntheticRecord]:
         """Every rank trains its share of each batch and samples its share of the texts; only rank 0 writes
         into the run folder (synthdp/pipelines/finetune/ranks.py)."""
+        labels: tuple[str | None, ...] = ctx.labels or (None,)
+        if options.sharding == "fsdp2":  # the model sharded over the ranks: pipelines/finetune/sharded.py
+            from synthdp.pipelines.finetune.sharded import run_sharded
+
+            yield from run_sharded(self, records, options, plan, ctx,
+                                   lambda: self.label_weights(records, options, plan, labels, ctx))
+            return
         lm: LocalLM = ctx.resources
         work = Path(ctx.work_dir) if ctx.work_dir is not None and ctx.world.main else None
-        labels: tuple[str | None, ...] = ctx.labels or (None,)
         model = lora_model(lm, options, ctx)
         found = resumed_state(ctx, plan)
         if found is not None and found[0] == "adapter":  # trained before the crash

@@ -76,10 +76,13 @@ def sample_chunk(lm: LocalLM, options: FinetuneOptions, chunk: Chunk) -> tuple[l
 
 
 def generate(lm: LocalLM, options: FinetuneOptions, labels: tuple[str | None, ...], weights: list[float], total: int,
-             rng: np.random.Generator, ctx: RunContext | None = None) -> Iterator[SyntheticRecord]:
-    """Sample `total` texts split across labels by `weights`, the chunks shared over ctx.world's ranks; every
-    rank yields the same texts in chunk order (rank 0's are the corpus)."""
-    world = ctx.world if ctx is not None else World()
+             rng: np.random.Generator, ctx: RunContext | None = None, world: World | None = None,
+             ) -> Iterator[SyntheticRecord]:
+    """Sample `total` texts split across labels by `weights`, the chunks shared over the ranks of `world` (default
+    ctx.world); every rank yields the same texts in chunk order (rank 0's are the corpus). A sharded model
+    (fsdp2) passes World(): every rank decodes every chunk, in lockstep (pipelines/finetune/fsdp.py)."""
+    if world is None:
+        world = ctx.world if ctx is not None else World()
     chunks = plan_chunks(labels, weights, total, options.sample_batch_size, rng)
     for i, (texts, dropped) in map_in_rounds(world, len(chunks), lambda i: sample_chunk(lm, options, chunks[i])):
         if ctx is not None and dropped:
