@@ -8,11 +8,14 @@ Per hash batch S of label l (algorithms.md, section 1, InvisibleInk):
             x += choose_token(Z, z_pub)              # DClip, top-k+, softmax(z_bar / tau)
         emit x
 G batches advance together (decoding.py); each batch draws from its own noise stream, forked from the run's
-in batch order, so the texts do not depend on G.
+in batch order, so the texts do not depend on G. Under torchrun the groups of G batches are spread over the
+ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them in order: with the same --seed the
+corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
@@ -20,16 +23,17 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 import torch
 
+from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
-from synthdp.mechanisms.randomness import fork_noise, salt_bytes
+from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
-from synthdp.pipelines.private_prediction import batches_per_label, hash_batch
+from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
@@ -66,6 +70,7 @@ class InvisibleInk:
     )
     options_class: ClassVar[type] = InvisibleInkOptions
     supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
+    supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
@@ -94,11 +99,20 @@ class InvisibleInk:
         widths = self.widths(lm, labels, options)
         shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
         spent = batch_event(plan.rho_batch)
-        for start in range(0, len(units), shape.batches):
-            group = units[start:start + shape.batches]
-            self.decode_group(lm, group, m, mech, options, widths, shape, ctx)
-            for unit in group:
-                for text in unit.made:
+        groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
+
+        def decode(k: int) -> tuple[list[list[str]], dict[str, Any]]:
+            """Group k (on rank k mod N under torchrun): its units' texts and its summary counts."""
+            part = dataclasses.replace(ctx, summary={})
+            self.decode_group(lm, groups[k], m, mech, options, widths, shape, part)
+            return [unit.made for unit in groups[k]], part.summary
+
+        # Each group depends only on its units (their records, quotas and noise streams), so the corpus is the
+        # same whichever rank decodes a group; rank 0 gets every group back in order and yields the texts.
+        for k, (made, counts) in distributed.map_in_rounds(ctx.world, len(groups), decode):
+            add_counts(ctx.summary, counts)
+            for unit, texts in zip(groups[k], made):
+                for text in texts:
                     ctx.progress(1, spent)
                     yield SyntheticRecord(text, unit.label)
 
@@ -128,7 +142,7 @@ class InvisibleInk:
     def units(records: list[Record], labels: tuple[str | None, ...], batches: dict[str | None, int],
               quotas: dict[str | None, int], ctx: RunContext) -> list[Unit]:
         """The hash batches in a fixed order (label, then index), each with its quota and its own noise stream."""
-        salt = salt_bytes(ctx.noise_rng, ctx.seeded)
+        salt = ctx.noise_rng.bytes(16)  # secret (a ChaCha20 stream), and the same on every rank of a torchrun run
         texts: dict[str | None, list[list[str]]] = {label: [[] for _ in range(batches[label])] for label in labels}
         for rec in records:
             if rec.label in texts:
