@@ -7,9 +7,12 @@ there). Only the record part carries loss; the prompt tokens and padding get lab
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from synthdp.data import Record
+from synthdp.distributed import World
+from synthdp.mechanisms.dpsgd import my_share, poisson_batch
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.finetune.options import FinetuneOptions, control_prompt
 
@@ -42,3 +45,17 @@ def collate(examples: list[Example], pad_id: int, device: torch.device) -> tuple
         ids[i, : len(row)] = torch.tensor(row)
         labels[i, : len(lab)] = torch.tensor(lab)
     return ids.to(device), labels.to(device)
+
+
+def rank_examples(lm: LocalLM, options: FinetuneOptions, records: list[Record], world: World) -> dict[int, Example]:
+    """The training rows this rank may be asked for: records i with i mod N == rank (all of them in one process)."""
+    return {i: encode_example(lm, options, records[i]) for i in range(world.rank, len(records), world.size)}
+
+
+def sampled_micro_batches(examples: dict[int, Example], n: int, q: float, options: FinetuneOptions, lm: LocalLM,
+                          noise: np.random.Generator, world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of one Poisson-sampled logical batch, in micro-batches: every record of the whole data set
+    w.p. q (the same mask on every rank, from the shared noise stream), this rank keeping records i mod N == rank."""
+    batch = my_share(poisson_batch(n, q, noise), world).tolist()
+    return [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
+            for j in range(0, len(batch), options.micro_batch_size)]

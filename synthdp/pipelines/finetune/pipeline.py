@@ -24,12 +24,12 @@ from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.distributed import launched
 from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
-from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step, my_share, poisson_batch
+from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
-from synthdp.pipelines.finetune.encoding import collate, encode_example
+from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_batches
 from synthdp.pipelines.finetune.lora import ADAPTER_DIR, check_causal_lm, lora_config, save_adapter, set_adapter_weights
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, schedule
@@ -178,7 +178,7 @@ class DPFinetune:
         # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
         # resume never replays the noise of the steps already run. Every rank forks the same stream.
         noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
-        examples = {i: encode_example(lm, options, records[i]) for i in range(world.rank, len(records), world.size)}
+        examples = rank_examples(lm, options, records, world)
         grads = PerExampleGrads(model, options.grad_engine)
         ctx.stage("DP-SGD training", plan.steps, "step")
         ctx.progress(start, None)
@@ -186,9 +186,7 @@ class DPFinetune:
         try:
             for step in range(start, plan.steps):
                 # each record w.p. q: the same mask over the whole data set on every rank; each keeps its share
-                batch = my_share(poisson_batch(len(records), plan.sampling_rate, noise), world).tolist()
-                micro = [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
-                         for j in range(0, len(batch), options.micro_batch_size)]
+                micro = sampled_micro_batches(examples, len(records), plan.sampling_rate, options, lm, noise, world)
                 # clip each example's gradient to C, sum (over the ranks too), add N(0, (sigma C)^2) once, divide by B
                 noisy = dp_step(grads, micro, params, clip=plan.clip, auto_clip=options.auto_clip,
                                 noise_multiplier=plan.noise_multiplier, expected_batch=plan.expected_batch_size,

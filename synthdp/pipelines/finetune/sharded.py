@@ -11,12 +11,11 @@ import torch
 
 from synthdp.data import Record
 from synthdp.distributed import World
-from synthdp.mechanisms.dpsgd import my_share, poisson_batch
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import RunContext, SyntheticRecord
 from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
-from synthdp.pipelines.finetune.encoding import collate, encode_example
+from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_batches
 from synthdp.pipelines.finetune.fsdp import (
     GhostClipping,
     fsdp_step,
@@ -83,15 +82,13 @@ def train_sharded(pipeline: Any, root: torch.nn.Module, lm: LocalLM, records: li
         load_full_optimizer_state(optimizer, params, state.optimizer)
         start = state.step
     noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")  # as the ddp loop: a resume never replays noise
-    examples = {i: encode_example(lm, options, records[i]) for i in range(world.rank, len(records), world.size)}
+    examples = rank_examples(lm, options, records, world)
     ctx.stage("DP-SGD training", plan.steps, "step")
     ctx.progress(start, None)
     root.train()
     try:
         for step in range(start, plan.steps):
-            batch = my_share(poisson_batch(len(records), plan.sampling_rate, noise), world).tolist()
-            micro = [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
-                     for j in range(0, len(batch), options.micro_batch_size)]
+            micro = sampled_micro_batches(examples, len(records), plan.sampling_rate, options, lm, noise, world)
             noisy = fsdp_step(ghost, micro, world, lm.pad_id, noise_multiplier=plan.noise_multiplier,
                               expected_batch=plan.expected_batch_size, rng=noise)
             set_grads(params, noisy)
