@@ -59,6 +59,13 @@ def fork_noise(rng: np.random.Generator, tag: str) -> np.random.Generator:
     return np.random.Generator(ChaCha(key=int.from_bytes(digest, "big"), rounds=20))
 
 
+def fork_public(rng: np.random.Generator, tag: str) -> np.random.Generator:
+    """The public-stream twin of `fork_noise`: a new public stream (PCG64) seeded by SHA-256(256 bits drawn from
+    `rng`, `tag`), for choices that are released anyway (free public tokens of one chunk of work)."""
+    digest = hashlib.sha256(rng.bytes(32) + tag.encode()).digest()
+    return secure_generator(int.from_bytes(digest, "big"))
+
+
 def salt_bytes(rng: np.random.Generator | None, seeded: bool) -> bytes:
     """A fresh 16-byte salt: from the OS, or from `rng` when the run is seeded (reproducible)."""
     if seeded and rng is not None:

@@ -4,7 +4,6 @@ of each label's batches that torchrun's ranks can share."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
@@ -13,7 +12,7 @@ from dp_accounting import dp_event
 
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
-from synthdp.mechanisms.randomness import fork_noise
+from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.private_prediction.batching import (
@@ -34,13 +33,6 @@ class Chunk:
     noise_rng: np.random.Generator  # forked from the run's noise stream
     rng: np.random.Generator  # forked from the run's public stream
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def fork_public(rng: np.random.Generator, tag: str) -> np.random.Generator:
-    """A new public stream (PCG64) seeded by SHA-256(256 bits drawn from `rng`, `tag`): the public-stream twin of
-    `fork_noise`, for choices that are released anyway (free public tokens)."""
-    digest = hashlib.sha256(rng.bytes(32) + tag.encode()).digest()
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int.from_bytes(digest, "big"))))
 
 
 @register_pipeline
