@@ -31,6 +31,7 @@ from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, step_shape
+from synthdp.pipelines.invisibleink.pipeline import Unit
 
 
 def sync(device: torch.device) -> None:
@@ -80,11 +81,13 @@ def main() -> None:
     s, steps = args.batch_size, args.steps
     o = InvisibleInkOptions(batch_size=s, max_tokens=steps + 1, top_k=args.top_k)
     pool, label = texts(args.data)
-    widths = InvisibleInk.widths(lm, (label,), o)
+    prompts = InvisibleInk.prompts(lm, o)
+    widths = InvisibleInk.widths(prompts, (label,), o)
     shape = step_shape(lm, s, widths[0], o.max_tokens, args.batches)
     g = shape.batches
-    private = [[InvisibleInk.prompt(lm, t, label, o, widths[0]) for t in pool[j * s:(j + 1) * s]] for j in range(g)]
-    public = [lm.chat_ids(o.fill(label, o.placeholder(label)), o.assistant_prefix)] * g
+    units = [Unit(label, pool[j * s:(j + 1) * s], 1, noise_generator(), j) for j in range(g)]
+    private = [[InvisibleInk.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units]
+    public = [prompts.public(label, j) for j in range(g)]
     rows = sum(len(p) for p in private) + g
     rngs = [noise_generator() for _ in range(g)]
 

@@ -37,7 +37,7 @@ synthdp generate --data private+canaries.jsonl --labels ham,spam --pipeline priv
 synthdp budget show sms.budget
 
 echo "== 4. a second run that would overspend the budget is refused: nothing is written, nothing charged"
-if synthdp generate --data private+canaries.jsonl --labels ham,spam --epsilon 4 --delta 1e-5 --num-samples 8 \
+if synthdp generate --data private+canaries.jsonl --labels ham,spam --pipeline private-prediction --epsilon 4 --delta 1e-5 --num-samples 8 \
     --budget sms.budget --out run2 --no-progress "${MODEL_FLAGS[@]}" "${SET_FLAGS[@]}"; then
   echo "expected the second run to be refused" >&2; exit 1
 fi

@@ -15,7 +15,7 @@ def generate(
     epsilon: float,
     delta: float,
     num_samples: int,
-    pipeline: str = "private-prediction",
+    pipeline: str = "invisibleink",
     data: str | Path | None = None,
     text_field: str = "text",
     label_field: str | None = "label",

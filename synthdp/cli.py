@@ -51,7 +51,7 @@ def generate(
     data: Annotated[Optional[str], typer.Option(help="Private data: .jsonl, .json, .csv, .tsv, .parquet or a saved `datasets` folder. Default: the bundled SMS Spam sample.")] = None,
     text_field: Annotated[Optional[str], typer.Option(help="Field holding the text. Default: text.")] = None,
     label_field: Annotated[Optional[str], typer.Option(help="Field holding the label; '' for unlabelled data. Default: label.")] = None,
-    pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: private-prediction.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: invisibleink.")] = None,
     epsilon: EpsilonOpt = None,
     delta: DeltaOpt = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Number of synthetic texts.")] = None,

@@ -23,7 +23,7 @@ class RunConfig:
     epsilon: float
     delta: float
     num_samples: int
-    pipeline: str = "private-prediction"
+    pipeline: str = "invisibleink"
     data: str | None = None
     text_field: str = "text"
     label_field: str | None = "label"

@@ -22,7 +22,8 @@ from synthdp.errors import DataError
 BUNDLED_SOURCE = "bundled SMS Spam sample"
 # Public facts about the bundled sample that its runs use as option defaults where a pipeline has the option and
 # the user did not set it: what kind of text it is (the default prompts name it).
-BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message"}
+BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message",
+                                   "public_examples": "synthdp:sms_public_examples.jsonl"}
 SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
 
 Row = dict[str, Any]

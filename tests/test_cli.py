@@ -64,7 +64,8 @@ def test_generate_end_to_end_on_a_tiny_model(tmp_path: Path, data_file: Path, ti
 def test_seed_marks_the_run_not_fit_for_release(tmp_path: Path, data_file: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "seeded"
     result = runner.invoke(app, gen("--data", str(data_file), "--epsilon", "2", "--delta", "1e-5", "--num-samples", "2",
-                                    "--out", str(out), "--model", str(tiny_model_dir), "--seed", "5", *FAST))
+                                    "--out", str(out), "--model", str(tiny_model_dir), "--seed", "5",
+                                    "--pipeline", "private-prediction", *FAST))
     assert result.exit_code == 0, result.output
     ledger = json.loads((out / "ledger.json").read_text())
     assert ledger["release_ready"] is False and "seed" in ledger["not_release_ready_reasons"][0]
@@ -81,7 +82,8 @@ def test_pipelines_lists_options_with_defaults() -> None:
 
 def test_small_delta_warning(tmp_path: Path, data_file: Path, tiny_model_dir: Path) -> None:
     result = runner.invoke(app, gen("--data", str(data_file), "--epsilon", "2", "--delta", "0.1", "--num-samples", "1",
-                                    "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir), *FAST))
+                                    "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir),
+                                    "--pipeline", "private-prediction", *FAST))
     assert result.exit_code == 0 and "not below 1/n" in result.output
 
 
@@ -106,8 +108,8 @@ def test_bad_input_exits_2_with_a_message_and_leaves_nothing(case: str, tmp_path
     budget = Budget.init(tmp_path / "b.budget", epsilon=4, delta=1e-5).path
     before = budget.read_bytes()
     override, expected = BAD_INPUTS[case]
-    args = {"--data": str(data_file), "--epsilon": "2", "--delta": "1e-5", "--num-samples": "2",
-            "--model": str(tiny_model_dir), "--budget": str(budget)}
+    args = {"--data": str(data_file), "--pipeline": "private-prediction", "--epsilon": "2", "--delta": "1e-5",
+            "--num-samples": "2", "--model": str(tiny_model_dir), "--budget": str(budget)}
     extra: list[str] = []
     for flag, value in zip(override[::2], override[1::2]):
         if flag == "--set":

@@ -195,7 +195,7 @@ def test_library_raises_a_user_error_before_anything_is_spent(case: tuple[str, d
                                                               tmp_path: Path, files: dict[str, str],
                                                               tiny_model_dir: Path) -> None:
     _, override, words, _ = case
-    kwargs: dict[str, Any] = {"out": tmp_path / "out", "epsilon": 3, "delta": 1e-5, "num_samples": 2,
+    kwargs: dict[str, Any] = {"out": tmp_path / "out", "pipeline": PP, "epsilon": 3, "delta": 1e-5, "num_samples": 2,
                               "data": files["data"], "model": tiny_model_dir, "budget": files["budget"],
                               "options": dict(FAST_OPTIONS[PP])}
     kwargs.update(override)

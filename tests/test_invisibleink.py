@@ -240,11 +240,14 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
 
     Decoder.script = script
     monkeypatch.setattr(pipe, "MultiBatchDecoder", Decoder)
-    monkeypatch.setattr(pipe.InvisibleInk, "widths", staticmethod(lambda lm, labels, o: (64, 16)))
-    monkeypatch.setattr(pipe.InvisibleInk, "prompt", staticmethod(lambda lm, text, label, o, width: [1, 2]))
+    monkeypatch.setattr(pipe.InvisibleInk, "widths", staticmethod(lambda prompts, labels, o: (64, 16)))
+    monkeypatch.setattr(pipe.InvisibleInk, "prompt", staticmethod(lambda prompts, text, unit, width: [1, 2]))
+    monkeypatch.setattr(pipe.InvisibleInk, "prompts", staticmethod(
+        lambda lm, o: pipe.Prompts(lm, o, {}, frozenset())))
     monkeypatch.setattr(pipe, "step_shape", lambda *a: pipe.StepShape(4, 8, 8))
     lm = ScriptedLM(script)
     lm.chat_ids = lambda text, prefix="": [1]  # type: ignore[attr-defined]
+    lm.tokenizer = lambda text, add_special_tokens=False: {"input_ids": [1]}  # type: ignore[attr-defined]
     lm.decode = lambda ids: " ".join(map(str, ids))  # type: ignore[attr-defined]
     options = parse_options(InvisibleInkOptions, {"label_sizes": "a:40,b:16", **opts})
     records = [Record(f"text {i}", "ab"[i % 2]) for i in range(30)]

@@ -43,8 +43,8 @@ def data_file(tmp_path: Path) -> Path:
 
 
 def generate(out: Path, model: Path, *extra: str) -> tuple[int, str, dict]:
-    result = runner.invoke(app, ["generate", "--epsilon", "3", "--delta", "1e-5", "--num-samples", "3", "--out",
-                                 str(out), "--model", str(model), *FAST, *extra])
+    result = runner.invoke(app, ["generate", "--pipeline", "private-prediction", "--epsilon", "3", "--delta", "1e-5",
+                                 "--num-samples", "3", "--out", str(out), "--model", str(model), *FAST, *extra])
     ledger = json.loads((out / "ledger.json").read_text()) if (out / "ledger.json").is_file() else {}
     return result.exit_code, result.output, ledger
 

@@ -37,16 +37,17 @@ def test_budget_composes_events_across_runs_and_refuses_with_numbers(tmp_path: P
                                                                       tiny_model_dir: Path) -> None:
     budget_path = tmp_path / "b.budget"
     Budget.init(budget_path, epsilon=3, delta=1e-5)
-    runs = [synthdp.generate(data=data_file, model=tiny_model_dir, epsilon=1.2, delta=1e-5, num_samples=2,
-                             out=tmp_path / f"o{i}", budget=budget_path, options=OPTS) for i in range(2)]
+    runs = [synthdp.generate(pipeline="private-prediction", data=data_file, model=tiny_model_dir, epsilon=1.2,
+                             delta=1e-5, num_samples=2, out=tmp_path / f"o{i}", budget=budget_path, options=OPTS)
+            for i in range(2)]
     budget = Budget.load(budget_path)
     events = [e.event for r in runs for e in r.ledger.events]
     composed = epsilon_report(events, 1e-5).epsilon
     assert budget.spent().epsilon == pytest.approx(composed)
     assert composed < sum(r.epsilon for r in runs)  # events compose (zCDP), not epsilons
     with pytest.raises(BudgetExceededError, match=r"spent .* this run alone .* > total epsilon 3") as refused:
-        synthdp.generate(data=data_file, model=tiny_model_dir, epsilon=2.5, delta=1e-5, num_samples=2,
-                         out=tmp_path / "o3", budget=budget_path, options=OPTS)
+        synthdp.generate(pipeline="private-prediction", data=data_file, model=tiny_model_dir, epsilon=2.5, delta=1e-5,
+                         num_samples=2, out=tmp_path / "o3", budget=budget_path, options=OPTS)
     # the refusal does not pretend that total minus spent is what is left: runs compose by events
     assert "at most about" not in str(refused.value) and "not by adding epsilons" in str(refused.value)
     assert not (tmp_path / "o3").exists() and len(Budget.load(budget_path).runs) == 2

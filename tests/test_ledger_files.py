@@ -118,8 +118,9 @@ def hostile_bytes(base: dict[str, Any], mutation: Any, events: Callable[[dict[st
 
 
 def generate(data: Path, model: Path, out: Path, *extra: str) -> Any:
-    return runner.invoke(app, ["generate", "--data", str(data), "--epsilon", "2", "--delta", "1e-5", "--num-samples", "2",
-                               "--model", str(model), "--out", str(out), *FAST, *extra])
+    return runner.invoke(app, ["generate", "--pipeline", "private-prediction", "--data", str(data), "--epsilon", "2",
+                               "--delta", "1e-5", "--num-samples", "2", "--model", str(model), "--out", str(out),
+                               *FAST, *extra])
 
 
 def assert_refused(result: Any, *words: str) -> None:
@@ -176,7 +177,8 @@ def test_a_budget_has_one_neighbouring_relation_and_delta(tmp_path: Path, data_f
     out = tmp_path / "out"
     mixed = generate(data_file, tiny_model_dir, out, "--budget", str(path), "--neighboring", "replace_one")
     assert_refused(mixed, "add_remove", "replace_one", "--neighboring add_remove")
-    other_delta = runner.invoke(app, ["generate", "--data", str(data_file), "--epsilon", "2", "--delta", "1e-6",
+    other_delta = runner.invoke(app, ["generate", "--pipeline", "private-prediction", "--data", str(data_file),
+                                      "--epsilon", "2", "--delta", "1e-6",
                                       "--num-samples", "2", "--model", str(tiny_model_dir), "--out", str(out),
                                       "--budget", str(path), *FAST])
     assert_refused(other_delta, "1e-05", "1e-06", "--delta 1e-05")

@@ -186,9 +186,9 @@ def test_the_refusal_writes_nothing_and_charges_nothing(tmp_path: Path, tiny_mod
     data.write_text("".join(json.dumps({"text": f"text {i}", "label": "ab"[i % 2]}) + "\n" for i in range(24)))
     Budget.init(tmp_path / "b.budget", epsilon=10, delta=1e-5)
     before = (tmp_path / "b.budget").read_bytes()
-    argv = ["generate", "--data", str(data), "--labels", "a,b", "--model", str(tiny_model_dir), "--epsilon", "3",
-            "--delta", "1e-5", "--num-samples", "2", "--budget", str(tmp_path / "b.budget"), "--out",
-            str(tmp_path / "out"), "--no-progress"]
+    argv = ["generate", "--pipeline", "private-prediction", "--data", str(data), "--labels", "a,b", "--model",
+            str(tiny_model_dir), "--epsilon", "3", "--delta", "1e-5", "--num-samples", "2", "--budget",
+            str(tmp_path / "b.budget"), "--out", str(tmp_path / "out"), "--no-progress"]
     settings = ["--set", "batch_size=8", "--set", "clip=2", "--set", "svt_noise=1", "--set", "max_tokens=64"]
     result = CliRunner().invoke(app, argv + settings)
     assert result.exit_code == 2 and "r = 5" in result.output and "Traceback" not in result.output, result.output
@@ -211,18 +211,20 @@ def test_the_default_prompts_name_the_domain() -> None:
 
 
 def test_runs_on_the_bundled_sample_ask_for_sms_messages(tmp_path: Path, tiny_model_dir: Path) -> None:
-    cfg = RunConfig(out=tmp_path / "out", epsilon=3, delta=1e-5, num_samples=2, model=str(tiny_model_dir))
+    cfg = RunConfig(out=tmp_path / "out", epsilon=3, delta=1e-5, num_samples=2, model=str(tiny_model_dir),
+                    pipeline="private-prediction")
     assert prepare_run(cfg, lambda message: None).options.domain == "SMS text message"
     cfg = RunConfig(out=tmp_path / "out", epsilon=3, delta=1e-5, num_samples=2, model=str(tiny_model_dir),
-                    options={"domain": "text message"})
+                    pipeline="private-prediction", options={"domain": "text message"})
     assert prepare_run(cfg, lambda message: None).options.domain == "text message"  # the user's setting wins
 
 
 @pytest.mark.slow
 def test_generate_on_the_embedded_default_model(tmp_path: Path) -> None:
     out = tmp_path / "release"
-    result = CliRunner().invoke(app, ["generate", "--epsilon", "3", "--delta", "1e-5", "--num-samples", "2",
-                                      "--set", "max_tokens=8", "--set", "top_k=50", "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(app, ["generate", "--pipeline", "private-prediction", "--epsilon", "3", "--delta",
+                                      "1e-5", "--num-samples", "2", "--set", "max_tokens=8", "--set", "top_k=50",
+                                      "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
     assert len(records) == 2 and {r["label"] for r in records} == {"ham", "spam"}

@@ -26,8 +26,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tu
     assert runner.invoke(app, ["budget", "init", str(budget), "--epsilon", "10", "--delta", "1e-5"]).exit_code == 0
     out = root / "run"
     result = runner.invoke(app, [
-        "generate", "--data", str(data), "--labels", "ham,spam", "--epsilon", "3", "--delta", "1e-5", "--num-samples", "4",
-        "--out", str(out), "--model", str(tiny_model_dir), "--budget", str(budget), *FAST,
+        "generate", "--pipeline", "private-prediction", "--data", str(data), "--labels", "ham,spam", "--epsilon", "3",
+        "--delta", "1e-5", "--num-samples", "4", "--out", str(out), "--model", str(tiny_model_dir), "--budget", str(budget),
+        *FAST,
     ])
     assert result.exit_code == 0, result.output
     return out, budget

@@ -4,6 +4,7 @@ the beats-baseline rule, n < 200 -> not shown, failed and missing arms, the opti
 from __future__ import annotations
 
 import dataclasses
+import types
 import json
 import sys
 from pathlib import Path
@@ -124,10 +125,11 @@ def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
         max_tokens: int = 0
         epochs: float = 1.0
 
-    options, dropped = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {})
+    news = types.SimpleNamespace(domain="news article", label_name="topic", public_examples="")
+    options, dropped = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {})
     cpu = PRESETS["cpu"]
     assert options == {"max_tokens": cpu.max_tokens, "epochs": cpu.options["dp-finetune"]["epochs"]}
     assert sorted(dropped) == ["batch_size", "domain", "label_name", "max_record_tokens", "micro_batch_size",
                                "sample_batch_size"]
-    options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], "news article", "topic", {"typo": "1"})
+    options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {"typo": "1"})
     assert options["typo"] == "1"  # asked for by the user: passed on for the pipeline to refuse by name

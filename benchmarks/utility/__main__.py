@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
                 for repeat in range(repeats):
                     grid = [(None, None)] + [(arm, eps) for arm in arms for eps in epsilons]
                     for arm, eps in grid:
-                        row = (runner.baseline(data, preset, num_samples, repeat, shared, args.model, args.device)
+                        row = (runner.baseline(data, preset, num_samples, repeat, shared, args.model, args.device,
+                                               overrides.get("invisibleink", {}))
                                if arm is None else
                                runner.pipeline_arm(arm, data, eps, preset, num_samples, repeat, shared, work,
                                                    overrides.get(arm.pipeline, {}), args.model, args.device))

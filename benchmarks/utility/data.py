@@ -30,6 +30,7 @@ class Dataset:
     heldout: list[dict[str, str]]
     domain: str  # what kind of text it is (public), for the prompts
     label_name: str
+    public_examples: str = ""  # public few-shot texts for InvisibleInk's prompts (its `public_examples` option)
 
     def write_private(self, folder: Path) -> Path:
         path = folder / f"{self.name}-private.jsonl"
@@ -86,7 +87,8 @@ def sms(max_private: int | None, max_test: int | None, heldout_share: float = 0.
         heldout += group[:cut]
         private += group[cut:]
     return Dataset("sms", tuple(sorted(by_label)), balanced(private, max_private, rng), balanced(heldout, max_test, rng),
-                   domain="SMS message", label_name="label")
+                   domain="SMS text message", label_name="label",
+                   public_examples="synthdp:sms_public_examples.jsonl")  # the bundled sample's own public facts
 
 
 def load_dataset(name: str, max_private: int | None, max_test: int | None) -> Dataset:

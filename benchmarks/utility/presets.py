@@ -103,13 +103,15 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-def arm_options(pipeline: str, options_class: type, preset: Preset, domain: str, label_name: str,
+def arm_options(pipeline: str, options_class: type, preset: Preset, data: Any,
                 overrides: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """The options of one arm, those its options class knows, and a note per option dropped."""
+    """The options of one arm (`data`: a benchmarks.utility.data.Dataset, for its public facts), those its options
+    class knows, and a note per option dropped."""
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(options_class)}
-    wanted: dict[str, Any] = {"max_tokens": preset.max_tokens, "domain": domain, "label_name": label_name,
+    facts = {"domain": data.domain, "label_name": data.label_name, "public_examples": data.public_examples}
+    wanted: dict[str, Any] = {"max_tokens": preset.max_tokens, **{k: v for k, v in facts.items() if v},
                               **preset.options.get(pipeline, {}), **overrides}
     chosen: dict[str, Any] = {}
     dropped: list[str] = []

@@ -23,18 +23,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 import synthdp
 from synthdp.evaluate.metrics import tfidf_logreg
 from synthdp.models.embedder import Embedder
-from synthdp.models.generator import LocalGenerator, Request
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.shared import split_by_weights
 
 from benchmarks.utility.data import Dataset
 from benchmarks.utility.presets import INF_EPSILON, Arm, Preset, arm_options
 
-BASELINE_PROMPT = 'Write one {domain} whose {label_name} is "{label}". Reply with the text only.'
 DELTA = 1e-5
 
 
@@ -118,20 +117,58 @@ def _timed(row: dict[str, Any], data: Dataset, work: Any) -> dict[str, Any]:
     return row
 
 
+@torch.no_grad()
+def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Generator,
+                 chunk: int = 32) -> list[str]:
+    """One text per label in `labels` from InvisibleInk's public prompt alone: its sampler with no private row
+    and C -> 0 (softmax(z_pub / tau) on the public top k; C = 1e-9, which an empty batch does not use), the same prompts (text j of a label shows the public
+    examples of batch j), the same ends of text. What the pipeline would write if the records counted for nothing."""
+    from synthdp.mechanisms.invisibleink import choose_token
+    from synthdp.pipelines.invisibleink.prompts import Prompts
+
+    prompts = Prompts.build(lm, options)
+    seen: dict[str, int] = {}
+    rows = []
+    for label in labels:
+        rows.append(prompts.public(label, seen.get(label, 0)))
+        seen[label] = seen.get(label, 0) + 1
+    empty = torch.zeros((0, lm.vocab_size), device=lm.device)
+    texts: list[str] = []
+    for start in range(0, len(rows), chunk):
+        decoder = lm.decoder(rows[start:start + chunk], options.max_tokens)
+        logits, active = decoder.prefill(), [True] * len(rows[start:start + chunk])
+        tokens: list[list[int]] = [[] for _ in active]
+        for step in range(options.max_tokens):
+            chosen = torch.full((len(active),), lm.pad_id, dtype=torch.long)
+            for i in (i for i, on in enumerate(active) if on):
+                chosen[i] = choose_token(empty, logits[i], clip=1e-9, divisor=1, temperature=options.temperature,
+                                         top_k=options.top_k, rng=rng)
+                if int(chosen[i]) not in lm.stop_ids:
+                    tokens[i].append(int(chosen[i]))
+                active[i] = not prompts.ends(int(chosen[i]))
+            if not any(active) or step == options.max_tokens - 1:
+                break
+            logits = decoder.step(chosen)
+        texts += [prompts.finish(ids) for ids in tokens]
+    return texts
+
+
 def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, shared: SharedLoads,
-             model: str | None, device: str | None) -> dict[str, Any]:
-    """Texts from the public prompt alone (no private row), as many as each arm asks for, split evenly."""
+             model: str | None, device: str | None, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Texts from the public prompt alone (no private row), as many as each arm asks for, split evenly: InvisibleInk's
+    prompts and sampler with the InvisibleInk arm's options (`public_texts`)."""
     from benchmarks.utility.table import BASELINE
+    from synthdp.pipelines.base import parse_options
+    from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 
     def work() -> tuple[list[str], list[str], dict[str, Any]]:
-        generator = LocalGenerator(shared.lm(model, device), rng=np.random.default_rng(), batch_size=32)
+        chosen, _ = arm_options("invisibleink", InvisibleInkOptions, preset, data, overrides or {})
+        options = parse_options(InvisibleInkOptions, chosen)
         labels = [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, [1.0] * len(data.labels)))
                   for _ in range(k)]
-        prompt = {lbl: BASELINE_PROMPT.format(domain=data.domain, label_name=data.label_name, label=lbl)
-                  for lbl in data.labels}
-        requests = [Request(prompt[lbl], preset.max_tokens, rid=str(i)) for i, lbl in enumerate(labels)]
-        kept = [(t, lbl) for t, lbl in zip(generator.generate(requests), labels) if t.strip()]
-        return [t for t, _ in kept], [lbl for _, lbl in kept], {"prompt": BASELINE_PROMPT}
+        texts = public_texts(shared.lm(model, device), options, labels, np.random.default_rng())
+        kept = [(t, lbl) for t, lbl in zip(texts, labels) if t.strip()]
+        return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen}
 
     row = {"dataset": data.name, "arm": BASELINE, "pipeline": None, "epsilon": None, "repeat": repeat,
            "requested": num_samples}
@@ -152,8 +189,7 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
         return {**row, "error": "not installed", "texts": 0}
 
     def work() -> tuple[list[str], list[str], dict[str, Any]]:
-        options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data.domain,
-                                       data.label_name, overrides)
+        options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data, overrides)
         out = work_dir / f"{data.name}-{arm.pipeline}-eps{epsilon:g}-r{repeat}-{random.getrandbits(32):08x}"
         shared.sharing = arm.share_model
         try:

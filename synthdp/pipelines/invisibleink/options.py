@@ -10,6 +10,8 @@ from synthdp.pipelines.shared import parse_label_sizes, parse_label_weights
 PROMPT_FIELDS = ("domain", "label_name", "label", "text")
 DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Please give me another {domain} like it."
 DEFAULT_PLACEHOLDER = "<a {domain} with {label_name}: {label}>"
+DEFAULT_HEADER = "Examples of {domain}s ({label_name}: {label}):"
+PROMPT_STYLES = ("list", "chat")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,15 @@ class InvisibleInkOptions:
                              maximum=MAX_TOKENS)
     max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt",
                                     maximum=MAX_TOKENS)
+    prompt_style: str = option("list", "list: the model continues a numbered list whose last item is the record, a "
+                                       "text ends at its line break; chat: a user turn (prompt_template) and an "
+                                       "assistant turn (assistant_prefix)")
+    list_header: str = option(DEFAULT_HEADER, "first line of a list prompt; {domain}, {label_name}, {label}")
+    public_examples: str = option("", "JSONL file of public texts ({\"text\", \"label\"}) shown as the first items "
+                                      "of every prompt, private and public; synthdp:NAME is a file in "
+                                      "synthdp/resources; empty: none")
+    max_examples: int = option(3, "public examples per prompt (batch j shows the next ones in turn)",
+                               maximum=MAX_BATCH)
     domain: str = option("short text", "what kind of text is wanted (public), e.g. SMS message, news article")
     label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
     prompt_template: str = option(DEFAULT_PROMPT, "user turn; {domain}, {label_name}, {label}, {text}")
@@ -58,23 +69,22 @@ class InvisibleInkOptions:
         for name, value in (("top_k", self.top_k), ("batches_per_step", self.batches_per_step)):
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"`prompt_style` must be one of {', '.join(PROMPT_STYLES)}. Found {self.prompt_style!r}.")
+        if self.max_examples < 0:
+            raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
+        check_template("list_header", self.list_header, PROMPT_FIELDS[:3])
         check_template("prompt_template", self.prompt_template, PROMPT_FIELDS, ("text",))
         check_template("public_placeholder", self.public_placeholder, PROMPT_FIELDS[:3])
-        for name in ("domain", "label_name", "assistant_prefix"):
+        for name in ("domain", "label_name", "assistant_prefix", "public_examples"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"`{name}` must be text. Found {getattr(self, name)!r}.")
+        from synthdp.pipelines.invisibleink.prompts import read_public_examples
+
+        read_public_examples(self.public_examples)  # a missing or malformed file is refused before any spending
         self.public_label_sizes()  # validates the syntax
         parse_label_weights(self.label_counts)
 
     def public_label_sizes(self) -> dict[str | None, int] | None:
         """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
         return parse_label_sizes(self.label_sizes)
-
-    def fill(self, label: str | None, text: str) -> str:
-        """The user turn for one record (or the placeholder)."""
-        return self.prompt_template.format(domain=self.domain, label_name=self.label_name,
-                                           label=label if label is not None else "any", text=text)
-
-    def placeholder(self, label: str | None) -> str:
-        return self.public_placeholder.format(domain=self.domain, label_name=self.label_name,
-                                              label=label if label is not None else "any")

@@ -33,6 +33,7 @@ from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, Synthetic
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
+from synthdp.pipelines.invisibleink.prompts import Prompts
 from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
 
@@ -47,6 +48,7 @@ class Unit:
     texts: list[str]
     want: int
     rng: np.random.Generator
+    index: int = 0  # its place among its label's batches (public): which public examples it shows
     made: list[str] = field(default_factory=list)
 
 
@@ -96,7 +98,8 @@ class InvisibleInk:
                          plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
         ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
-        widths = self.widths(lm, labels, options)
+        prompts = self.prompts(lm, options)
+        widths = self.widths(prompts, labels, options)
         shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
         spent = batch_event(plan.rho_batch)
         groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
@@ -104,7 +107,7 @@ class InvisibleInk:
         def decode(k: int) -> tuple[list[list[str]], dict[str, Any]]:
             """Group k (on rank k mod N under torchrun): its units' texts and its summary counts."""
             part = dataclasses.replace(ctx, summary={})
-            self.decode_group(lm, groups[k], m, mech, options, widths, shape, part)
+            self.decode_group(prompts, groups[k], m, mech, widths, shape, part)
             return [unit.made for unit in groups[k]], part.summary
 
         # Each group depends only on its units (their records, quotas and noise streams), so the corpus is the
@@ -150,41 +153,47 @@ class InvisibleInk:
         units = []
         for label in labels:
             wants = split_by_weights(quotas[label], [1.0] * batches[label])
-            units += [Unit(label, rows, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"))
+            units += [Unit(label, rows, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i)
                       for i, (rows, want) in enumerate(zip(texts[label], wants))]
         return units
 
     # ------------------------------------------------------------------ decoding
 
     @staticmethod
-    def widths(lm: LocalLM, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:
-        """(private, public) fixed widths over all labels: public quantities only. A private prompt gets the
-        prompt with an empty record plus `max_record_tokens`, PROMPT_SLACK tokens for merges at the record's edges
-        and one padding column."""
-        private = max(len(lm.chat_ids(o.fill(label, ""), o.assistant_prefix)) for label in labels)
-        public = max(len(lm.chat_ids(o.fill(label, o.placeholder(label)), o.assistant_prefix)) for label in labels)
+    def prompts(lm: LocalLM, o: InvisibleInkOptions) -> Prompts:
+        return Prompts.build(lm, o)
+
+    @staticmethod
+    def widths(prompts: Prompts, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:
+        """(private, public) fixed widths over all labels and sets of examples: public quantities only. A private
+        prompt gets the prompt with an empty record plus `max_record_tokens`, PROMPT_SLACK tokens for merges at
+        the record's edges and one padding column."""
+        private = max(len(prompts.private(label, j, "")) for label in labels for j in prompts.rotations(label))
+        public = max(len(prompts.public(label, j)) for label in labels for j in prompts.rotations(label))
         return private + o.max_record_tokens + PROMPT_SLACK + 1, public + 1
 
     @staticmethod
-    def prompt(lm: LocalLM, text: str, label: str | None, o: InvisibleInkOptions, width: int) -> list[int]:
+    def prompt(prompts: Prompts, text: str, unit: Unit, width: int) -> list[int]:
         """A record's prompt, the record cut to `max_record_tokens` tokens (further in the rare case the prompt
-        still leaves no padding column in `width`): it depends on the record alone."""
+        still leaves no padding column in `width`): it depends on the record and the unit's public index alone."""
+        lm = prompts.lm
         ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        keep = min(len(ids), o.max_record_tokens)
+        keep = min(len(ids), prompts.options.max_record_tokens)
         while True:
             cut = text if keep == len(ids) else lm.decode(ids[:keep])
-            row = lm.chat_ids(o.fill(label, cut), o.assistant_prefix)
+            row = prompts.private(unit.label, unit.index, cut)
             if len(row) < width or keep == 0:
                 return row
             keep = max(0, keep - (len(row) - width + 1))
 
     @torch.no_grad()
-    def decode_group(self, lm: LocalLM, units: list[Unit], m: int, mech: Mechanism, o: InvisibleInkOptions,
+    def decode_group(self, prompts: Prompts, units: list[Unit], m: int, mech: Mechanism,
                      widths: tuple[int, int], shape: StepShape, ctx: RunContext) -> None:
         """Up to m texts for each unit of the group (fewer when its quota is met), into `unit.made`."""
+        lm = prompts.lm
         decoder = MultiBatchDecoder(
-            lm, [[self.prompt(lm, t, u.label, o, widths[0]) for t in u.texts] for u in units],
-            [lm.chat_ids(o.fill(u.label, o.placeholder(u.label)), o.assistant_prefix) for u in units],
+            lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
+            [prompts.public(u.label, u.index) for u in units],
             mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape)
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
@@ -198,17 +207,17 @@ class InvisibleInk:
                     if active[i]:
                         chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=mech.clip, divisor=mech.divisor,
                                                  temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng)
-                        if int(chosen[i]) in lm.stop_ids:
-                            active[i] = False
-                        else:
-                            tokens[i].append(int(chosen[i]))
+                        token = int(chosen[i])
+                        if token not in lm.stop_ids:
+                            tokens[i].append(token)
+                        active[i] = not prompts.ends(token)
                 if not any(active) or step == mech.max_tokens - 1:
                     break
                 logits = decoder.step(chosen)
             ctx.summary["cut_at_max_tokens"] = ctx.summary.get("cut_at_max_tokens", 0) + sum(active)
             for unit, ids in zip(units, tokens):
                 if len(unit.made) < unit.want:
-                    text = lm.decode(ids).strip()
+                    text = prompts.finish(ids)
                     if text:
                         unit.made.append(text)
                     else:

@@ -1,0 +1,138 @@
+"""InvisibleInk's prompts: a numbered list the model continues (default), or a chat turn.
+
+`list` (measured better with small models, README "First run"): the model sees a header and a numbered list of
+texts, the last item being the record, and writes the next item; a text ends at its first line break.
+
+    Examples of SMS text messages (label: spam):      <- list_header
+    1. <public example>                               <- up to max_examples public examples of the label
+    2. <public example>
+    3. <the private record, on one line>              <- absent from the public prompt
+    4.                                                <- the model writes here
+
+`chat`: the user turn `prompt_template` (the record in `{text}`), the assistant turn opened by `assistant_prefix`;
+the public prompt puts `public_placeholder` where the record goes; a text ends at the model's stop token.
+
+Public examples come from a JSONL file of public texts (`public_examples`; `synthdp:NAME` names a file shipped in
+synthdp/resources). Batch j of a label shows examples j*k, j*k + 1, ... (mod their number): which examples a batch
+shows depends on its public index only, and the same examples go to its private rows and its public row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
+
+RESOURCE_PREFIX = "synthdp:"
+MAX_EXAMPLE_CHARS = 2_000
+MAX_EXAMPLES_FILE = 10_000
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def example_path(spec: str) -> Path:
+    if spec.startswith(RESOURCE_PREFIX):
+        return Path(str(resources.files("synthdp.resources") / spec.removeprefix(RESOURCE_PREFIX)))
+    return Path(spec).expanduser()
+
+
+def read_public_examples(spec: str) -> list[tuple[str, str | None]]:
+    """(text, label or None) per line of the JSONL file `spec`; [] for "". ValueError says what is wrong."""
+    if not spec:
+        return []
+    path = example_path(spec)
+    fix = 'Give a JSONL file of public texts, one {"text": ..., "label": ...} per line (label optional), or "".'
+    if not path.is_file():
+        raise ValueError(f"`public_examples`: no file at {path}. {fix}")
+    examples: list[tuple[str, str | None]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`public_examples`: line {number} of {path} is not JSON ({err.msg}). {fix}") from None
+        text, label = (row.get("text"), row.get("label")) if isinstance(row, dict) else (None, None)
+        if not isinstance(text, str) or not one_line(text) or len(text) > MAX_EXAMPLE_CHARS:
+            raise ValueError(f"`public_examples`: line {number} of {path} needs a non-empty \"text\" of at most "
+                             f"{MAX_EXAMPLE_CHARS:,} characters. {fix}")
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"`public_examples`: line {number} of {path}: \"label\" must be text. {fix}")
+        examples.append((one_line(text), label))
+        if len(examples) > MAX_EXAMPLES_FILE:
+            raise ValueError(f"`public_examples`: {path} has more than {MAX_EXAMPLES_FILE:,} examples; a prompt "
+                             f"shows at most `max_examples` of them. Keep a few dozen per label.")
+    if not examples:
+        raise ValueError(f"`public_examples`: {path} holds no example. {fix}")
+    return examples
+
+
+@dataclass
+class Prompts:
+    """Token ids of the private and public prompts of batch `index` of a label, and how a text ends."""
+
+    lm: Any  # LocalLM
+    options: InvisibleInkOptions
+    examples: dict[str | None, list[str]]
+    line_break_ids: frozenset[int]
+
+    @classmethod
+    def build(cls, lm: Any, options: InvisibleInkOptions) -> Prompts:
+        pool: dict[str | None, list[str]] = {}
+        for text, label in read_public_examples(options.public_examples):
+            pool.setdefault(label, []).append(text)
+        breaks: frozenset[int] = frozenset()
+        if options.prompt_style == "list":
+            pieces = lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer))))
+            breaks = frozenset(i for i, piece in enumerate(pieces)
+                               if "\n" in lm.tokenizer.convert_tokens_to_string([piece]))
+        return cls(lm, options, pool, breaks)
+
+    def shown(self, label: str | None, index: int) -> list[str]:
+        """The public examples batch `index` of `label` shows: those of its label, else the unlabelled ones."""
+        pool = self.examples.get(label) or self.examples.get(None) or []
+        k = min(self.options.max_examples, len(pool))
+        return [pool[(index * k + i) % len(pool)] for i in range(k)]
+
+    def rotations(self, label: str | None) -> range:
+        """Indices that cover every set of examples a batch of `label` can show."""
+        return range(max(1, len(self.examples.get(label) or self.examples.get(None) or [])))
+
+    def _fields(self, label: str | None) -> dict[str, str]:
+        o = self.options
+        return {"domain": o.domain, "label_name": o.label_name, "label": label if label is not None else "any"}
+
+    def _list_ids(self, label: str | None, items: list[str]) -> list[int]:
+        lines = [self.options.list_header.format(**self._fields(label))]
+        lines += [f"{i}. {item}" for i, item in enumerate(items, 1)]
+        return list(self.lm.tokenizer("\n".join(lines) + f"\n{len(items) + 1}.", add_special_tokens=False)["input_ids"])
+
+    def private(self, label: str | None, index: int, text: str) -> list[int]:
+        o = self.options
+        if o.prompt_style == "list":
+            return self._list_ids(label, self.shown(label, index) + [one_line(text)])
+        return list(self.lm.chat_ids(o.prompt_template.format(**self._fields(label), text=text), o.assistant_prefix))
+
+    def public(self, label: str | None, index: int) -> list[int]:
+        o = self.options
+        if o.prompt_style == "list":
+            return self._list_ids(label, self.shown(label, index))
+        placeholder = o.public_placeholder.format(**self._fields(label))
+        return list(self.lm.chat_ids(o.prompt_template.format(**self._fields(label), text=placeholder),
+                                     o.assistant_prefix))
+
+    def ends(self, token: int) -> bool:
+        """The text ends after this token (a stop token, which is dropped; in `list`, a line break, cut at it)."""
+        return token in self.lm.stop_ids or token in self.line_break_ids
+
+    def finish(self, ids: list[int]) -> str:
+        """The released text of the tokens chosen (up to the first line break in `list`)."""
+        text = str(self.lm.decode(ids))
+        return (text.split("\n", 1)[0] if self.options.prompt_style == "list" else text).strip()

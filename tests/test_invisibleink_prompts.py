@@ -1,0 +1,91 @@
+"""InvisibleInk's prompts: the list prompt and its public examples, the chat prompt, where a text ends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synthdp.errors import OptionError
+from synthdp.pipelines.base import parse_options
+from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions
+from synthdp.pipelines.invisibleink.pipeline import Unit
+from synthdp.pipelines.invisibleink.prompts import Prompts, read_public_examples
+
+
+def examples_file(tmp_path: Path, rows: list[object]) -> Path:
+    path = tmp_path / "examples.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_public_examples_are_read_with_their_labels_and_the_bundled_file_has_both_labels(tmp_path: Path) -> None:
+    path = examples_file(tmp_path, [{"text": "win  a\nprize", "label": "spam"}, {"text": "see you"}, ""])
+    assert read_public_examples(str(path)) == [("win a prize", "spam"), ("see you", None)]  # one line each
+    assert read_public_examples("") == []
+    bundled = read_public_examples("synthdp:sms_public_examples.jsonl")
+    assert {label for _, label in bundled} == {"ham", "spam"} and len(bundled) >= 10
+
+
+@pytest.mark.parametrize(("rows", "words"), [
+    (None, "no file at"),
+    (["{not json"], "is not JSON"),
+    ([{"label": "spam"}], 'non-empty "text"'),
+    ([{"text": "   "}], 'non-empty "text"'),
+    ([{"text": "x", "label": 3}], '"label" must be text'),
+    ([], "holds no example"),
+])
+def test_a_bad_examples_file_is_refused_by_the_options_with_what_to_fix(tmp_path: Path, rows: list[object] | None,
+                                                                        words: str) -> None:
+    path = tmp_path / "missing.jsonl" if rows is None else examples_file(tmp_path, rows)
+    with pytest.raises(OptionError, match=words) as err:
+        parse_options(InvisibleInkOptions, {"public_examples": str(path)})
+    assert "JSONL file of public texts" in str(err.value)
+    with pytest.raises(OptionError, match="prompt_style"):
+        parse_options(InvisibleInkOptions, {"prompt_style": "story"})
+
+
+def build(tiny_model_dir: Path, tmp_path: Path, **opts: object) -> Prompts:
+    from synthdp.models.local import LocalLM
+
+    rows = [{"text": f"spam example {i}", "label": "spam"} for i in range(5)] + [{"text": "any example"}]
+    options = parse_options(InvisibleInkOptions, {"public_examples": str(examples_file(tmp_path, rows)),
+                                                  "max_examples": 2, "domain": "note", **opts})
+    return Prompts.build(LocalLM.load(tiny_model_dir, device="cpu"), options)
+
+
+def test_the_list_prompt_shows_the_examples_of_the_batch_then_the_record_and_the_public_one_leaves_it_out(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    prompts = build(tiny_model_dir, tmp_path)
+    decode = prompts.lm.tokenizer.decode
+    private = decode(prompts.private("spam", 1, "call\nnow"))
+    assert private == ("Examples of notes (label: spam):\n1. spam example 2\n2. spam example 3\n"
+                       "3. call now\n4.")
+    assert decode(prompts.public("spam", 1)) == ("Examples of notes (label: spam):\n1. spam example 2\n"
+                                                 "2. spam example 3\n3.")
+    # batch j shows examples j*k, j*k + 1 (mod 5): every example in turn, from the batch's public index alone
+    assert [prompts.shown("spam", j) for j in range(3)] == [
+        ["spam example 0", "spam example 1"], ["spam example 2", "spam example 3"],
+        ["spam example 4", "spam example 0"]]
+    assert prompts.shown("ham", 0) == ["any example"]  # no example of its own: the unlabelled ones
+    widths = InvisibleInk.widths(prompts, ("spam", "ham"), prompts.options)
+    for j in range(7):  # the fixed widths hold every set of examples a batch can show
+        unit = Unit("spam", [], 1, None, j)  # type: ignore[arg-type]
+        assert len(InvisibleInk.prompt(prompts, "word " * 500, unit, widths[0])) < widths[0]
+        assert len(prompts.public("spam", j)) < widths[1]
+
+
+def test_a_list_text_ends_at_its_first_line_break_and_a_chat_text_at_the_stop_token(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    listed = build(tiny_model_dir, tmp_path)
+    tok = listed.lm.tokenizer
+    ids = tok("hello there\n5. next", add_special_tokens=False)["input_ids"]
+    breaks = [i for i in ids if listed.ends(i)]
+    assert breaks and all("\n" in tok.decode([i]) for i in breaks)
+    assert listed.finish(ids) == "hello there"
+    assert all(listed.ends(i) for i in listed.lm.stop_ids)
+    chat = build(tiny_model_dir, tmp_path, prompt_style="chat")
+    assert not any(chat.ends(i) for i in ids) and chat.finish(ids) == "hello there\n5. next"
+    assert "call now" in tok.decode(chat.private("spam", 0, "call now"))
+    assert "<a note with label: spam>" in tok.decode(chat.public("spam", 0))
