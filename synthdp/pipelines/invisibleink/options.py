@@ -25,7 +25,11 @@ class InvisibleInkOptions:
     of repeats on both data sets, and more fluent texts (NLL per token under the public model 2.16 against
     2.79 on AG News, 2.55 against 2.83 on SMS), so tau = 0.7, k = 20. T = 64 kept: at T = 32, 66% of the news
     texts were cut mid-sentence (38% at 64). s = 8 (the paper's range) was not varied: the one-factor grid
-    did not fit the shared CPU in the session."""
+    did not fit the shared CPU in the session.
+
+    Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
+    record, since the 135M model answered the paper's chat request with echoes and emoji (README, "The first
+    run"); `chat` keeps that request for models that follow it."""
 
     batch_size: int = option(8, "expected batch size s: records per hash batch, the fixed divisor of the "
                                 "clipped differences", maximum=MAX_BATCH)
