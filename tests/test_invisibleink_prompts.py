@@ -89,3 +89,41 @@ def test_a_list_text_ends_at_its_first_line_break_and_a_chat_text_at_the_stop_to
     assert not any(chat.ends(i) for i in ids) and chat.finish(ids) == "hello there\n5. next"
     assert "call now" in tok.decode(chat.private("spam", 0, "call now"))
     assert "<a note with label: spam>" in tok.decode(chat.public("spam", 0))
+
+
+def test_each_batch_s_public_row_shows_the_examples_of_its_private_rows_and_texts_are_one_line(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthdp.pipelines.invisibleink.pipeline as pipe
+    from synthdp.data import LoadedData, Record
+    from synthdp.mechanisms.randomness import noise_generator, secure_generator
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.base import RunContext, Target
+
+    seen: list[tuple[list[list[int]], list[int]]] = []
+    real = pipe.MultiBatchDecoder
+
+    def spy(lm: object, private: list[list[list[int]]], public: list[list[int]], *args: object, **kw: object) -> object:
+        seen.extend(zip(private, public))
+        return real(lm, private, public, *args, **kw)
+
+    monkeypatch.setattr(pipe, "MultiBatchDecoder", spy)
+    rows = [{"text": f"spam example {i}", "label": "spam"} for i in range(5)]
+    options = parse_options(InvisibleInkOptions, {"public_examples": str(examples_file(tmp_path, rows)),
+                                                  "max_examples": 2, "batch_size": 2, "max_tokens": 6,
+                                                  "label_sizes": "spam:8", "label_counts": "uniform"})
+    records = [Record(f"win cash now {i}", "spam") for i in range(8)]
+    data = LoadedData(records=records, labels=("spam",), labels_from_data=False, skipped={}, source="test")
+    plan = InvisibleInk().plan(options, Target(50.0, 1e-5), data, None)
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    ctx = RunContext(rng=secure_generator(3), noise_rng=noise_generator(3), seeded=True, num_samples=4,
+                     labels=("spam",), resources=lm)
+    texts = [r.text for r in InvisibleInk().run(records, options, plan, ctx)]
+    assert texts and all("\n" not in t for t in texts)
+    assert len(seen) == 4  # four batches of two records, one text each
+    shown = set()
+    for private, public in seen:
+        head = lm.tokenizer.decode(public).rsplit("\n", 1)[0]  # header and examples, without the open item
+        shown.add(head)
+        for row in private:
+            assert lm.tokenizer.decode(row).startswith(head + "\n3. win cash now")
+    assert len(shown) > 1  # the batches show different examples in turn

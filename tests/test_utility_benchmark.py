@@ -133,3 +133,21 @@ def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
                                "sample_batch_size"]
     options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {"typo": "1"})
     assert options["typo"] == "1"  # asked for by the user: passed on for the pipeline to refuse by name
+
+
+def test_the_baseline_is_invisibleink_s_public_prompt_and_sampler_with_no_record(tiny_model_dir: Path) -> None:
+    import numpy as np
+
+    from benchmarks.utility.runner import public_texts
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.invisibleink import InvisibleInkOptions
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    options = InvisibleInkOptions(max_tokens=8, public_examples="synthdp:sms_public_examples.jsonl")
+    labels = ["spam", "ham", "spam", "ham"]
+    texts = public_texts(lm, options, labels, np.random.default_rng(5), chunk=3)
+    assert len(texts) == 4 and all("\n" not in t for t in texts)
+    # top_k = 1: the public prompt's own top token at every step, whatever the stream and the rows beside it
+    greedy = dataclasses.replace(options, top_k=1)
+    one = public_texts(lm, greedy, labels, np.random.default_rng(0), chunk=1)
+    assert one == public_texts(lm, greedy, labels, np.random.default_rng(1), chunk=4)
