@@ -86,6 +86,30 @@ def test_public_set_is_the_top_k_plus_and_depends_on_public_logits_only() -> Non
     assert ink.public_set(ties, 2, 0.1, 1).tolist() == [0, 1, 2, 3]  # ties at l_k are in; -9 < 1 - 0.2 is out
 
 
+def test_excluded_tokens_leave_the_public_set_before_l_k_is_taken_and_are_never_drawn() -> None:
+    private, public = logits(4, 60, seed=7)
+    c, s, tau, k = 2.0, 5, 0.9, 8
+    top = torch.topk(public, 3).indices  # the three likeliest public tokens: what min_tokens takes out
+    pub = public.double().numpy()
+    rest = np.delete(np.arange(60), top.numpy())
+    want = rest[reference_set(pub[rest], k, c, s)]  # l_k among the tokens left
+    np.testing.assert_array_equal(ink.public_set(public, k, c, s, exclude=top).numpy(), np.sort(want))
+    assert set(ink.public_set(public, None, c, s, exclude=top).tolist()) == set(rest.tolist())
+    with pytest.raises(ValueError, match="excluded"):
+        ink.public_set(public, k, c, s, exclude=torch.arange(60))
+    z_bar = reference_z_bar(private.double().numpy(), pub, c, s)
+    rng, draws = noise_generator(5), 20_000
+    counts = np.zeros(60)
+    for _ in range(draws):
+        counts[ink.choose_token(private, public, clip=c, divisor=s, temperature=tau, top_k=k, rng=rng,
+                                exclude=top)] += 1
+    assert counts[top.numpy()].sum() == 0 and counts[np.setdiff1d(np.arange(60), want)].sum() == 0
+    assert stats.chisquare(counts[want], softmax(z_bar[want] / tau) * draws).pvalue > P_MIN
+    allowed = reference_set(pub, k, c, s)  # power: the set without the exclusion is rejected
+    spread = softmax(z_bar[np.union1d(allowed, want)] / tau) * draws
+    assert stats.chisquare(counts[np.union1d(allowed, want)] + 1e-9, spread).pvalue < P_MIN
+
+
 def test_z_bar_divides_by_the_fixed_s_and_an_empty_batch_is_the_public_row() -> None:
     private, public = logits(3, 30, seed=4)
     c = 2.5

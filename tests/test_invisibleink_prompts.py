@@ -127,3 +127,42 @@ def test_each_batch_s_public_row_shows_the_examples_of_its_private_rows_and_text
         for row in private:
             assert lm.tokenizer.decode(row).startswith(head + "\n3. win cash now")
     assert len(shown) > 1  # the batches show different examples in turn
+
+
+def test_no_text_ends_before_min_tokens_and_the_option_is_checked(tiny_model_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder that would end every text at once (an end token whenever one is allowed) writes texts of
+    exactly min_tokens tokens: the ends of text are left out of the public set until then, and only then."""
+    import torch
+
+    import synthdp.pipelines.invisibleink.pipeline as pipe
+    from synthdp.data import LoadedData, Record
+    from synthdp.mechanisms.randomness import noise_generator, secure_generator
+    from synthdp.models.local import LocalLM
+    from synthdp.pipelines.base import RunContext, Target
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    ends = Prompts.build(lm, parse_options(InvisibleInkOptions, {})).end_ids()
+    flags: list[bool] = []
+    real = pipe.choose_token
+
+    def eager_to_end(*args: object, exclude: torch.Tensor | None = None, **kw: object) -> int:
+        flags.append(exclude is not None)
+        if exclude is None:
+            return int(ends[0])
+        assert torch.equal(exclude.cpu(), ends)
+        return real(*args, exclude=exclude, **kw)
+
+    monkeypatch.setattr(pipe, "choose_token", eager_to_end)
+    options = parse_options(InvisibleInkOptions, {"batch_size": 2, "max_tokens": 8, "min_tokens": 3,
+                                                  "label_sizes": "spam:8", "label_counts": "uniform"})
+    records = [Record(f"win cash now {i}", "spam") for i in range(8)]
+    data = LoadedData(records=records, labels=("spam",), labels_from_data=False, skipped={}, source="test")
+    plan = InvisibleInk().plan(options, Target(50.0, 1e-5), data, None)
+    ctx = RunContext(rng=secure_generator(3), noise_rng=noise_generator(3), seeded=True, num_samples=4,
+                     labels=("spam",), resources=lm)
+    texts = [r.text for r in InvisibleInk().run(records, options, plan, ctx)]
+    assert len(texts) == 4 and flags.count(True) == 3 * flags.count(False) > 0  # 3 steps held open, then the end
+    for bad in ({"min_tokens": -1}, {"min_tokens": 9, "max_tokens": 8}):
+        with pytest.raises(OptionError, match="min_tokens"):
+            parse_options(InvisibleInkOptions, bad)

@@ -4,6 +4,7 @@ One private token of a batch of private prompts and its public prompt (the same 
 
     z_bar = z_pub + (1/s) * sum_i clip(z_i - z_pub, -C, C)       elementwise, fixed divisor s
     V     = { y : z_pub(y) >= l_k - 2C/s },  l_k the k-th largest public logit     (public: free)
+            less a fixed public set (the ends of text before `min_tokens` tokens), taken out before l_k
     y     ~ softmax(z_bar / tau) restricted to V                   (the exponential mechanism)
 
 Sensitivity. Add/remove one record: it adds or removes one term of the sum, each coordinate of which
@@ -40,14 +41,21 @@ def check_public(public_logits: torch.Tensor) -> None:
                                  "this precision. Refusing to choose a token.")
 
 
-def public_set(public_logits: torch.Tensor, top_k: int | None, clip: float, divisor: int) -> torch.Tensor:
+def public_set(public_logits: torch.Tensor, top_k: int | None, clip: float, divisor: int,
+               exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Top-k+: indices y with z_pub(y) >= l_k - 2C/s (l_k the k-th largest public logit), ascending.
-    None: the whole vocabulary. Depends on the public logits only. (V,) -> (|V|,) long."""
+    None: the whole vocabulary. `exclude`: token ids left out before l_k is taken (a public, fixed set, such as
+    the ends of text during the first `min_tokens` steps). Depends on public quantities only. (V,) -> (|V|,) long."""
     check_public(public_logits)
-    size = public_logits.shape[-1]
-    if top_k is None or top_k >= size:
-        return torch.arange(size, device=public_logits.device)
     z = public_logits.double()
+    if exclude is not None and exclude.numel():
+        z = z.clone()
+        z[exclude.to(z.device)] = -math.inf
+        if not bool(torch.isfinite(z).any()):
+            raise ValueError("Every token is excluded: nothing left to choose from.")
+    finite = torch.isfinite(z)
+    if top_k is None or top_k >= int(finite.sum()):
+        return torch.nonzero(finite).flatten()
     l_k = torch.topk(z, top_k).values[-1]
     return torch.nonzero(z >= l_k - 2.0 * clip / divisor).flatten()
 
@@ -87,10 +95,11 @@ def aggregate(private_logits: torch.Tensor, public_logits: torch.Tensor, clip: f
 
 
 def choose_token(private_logits: torch.Tensor, public_logits: torch.Tensor, *, clip: float, divisor: int,
-                 temperature: float, top_k: int | None, rng: np.random.Generator) -> int:
-    """One private token: softmax(z_bar / tau) on the top-k+ public set, drawn from `rng` (the noise stream).
-    private_logits: (rows, V), rows >= 0; public_logits: (V,)."""
-    allowed = public_set(public_logits, top_k, clip, divisor)
+                 temperature: float, top_k: int | None, rng: np.random.Generator,
+                 exclude: torch.Tensor | None = None) -> int:
+    """One private token: softmax(z_bar / tau) on the top-k+ public set (less `exclude`, public), drawn from
+    `rng` (the noise stream). private_logits: (rows, V), rows >= 0; public_logits: (V,)."""
+    allowed = public_set(public_logits, top_k, clip, divisor, exclude)
     scores = aggregate(private_logits, public_logits, clip, divisor, allowed).cpu().numpy()
     return int(allowed[sample_softmax(scores, temperature, rng)])
 

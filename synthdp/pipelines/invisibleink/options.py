@@ -38,6 +38,9 @@ class InvisibleInkOptions:
                                    "none: the whole vocabulary")
     max_tokens: int = option(64, "T: length cap of one synthetic text, in tokens; every text is charged T tokens",
                              maximum=MAX_TOKENS)
+    min_tokens: int = option(0, "ends of text (stop tokens; in `list`, line breaks) are left out of the public set "
+                                "for a text's first min_tokens tokens (public: free); 0: a text may end at once",
+                             maximum=MAX_TOKENS)
     max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt",
                                     maximum=MAX_TOKENS)
     prompt_style: str = option("list", "list: the model continues a numbered list whose last item is the record, a "
@@ -75,6 +78,9 @@ class InvisibleInkOptions:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"`prompt_style` must be one of {', '.join(PROMPT_STYLES)}. Found {self.prompt_style!r}.")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"`min_tokens` must be between 0 and max_tokens ({self.max_tokens}). "
+                             f"Found {self.min_tokens}.")
         if self.max_examples < 0:
             raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
         check_template("list_header", self.list_header, PROMPT_FIELDS[:3])

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:
     from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 
@@ -131,6 +133,10 @@ class Prompts:
     def ends(self, token: int) -> bool:
         """The text ends after this token (a stop token, which is dropped; in `list`, a line break, cut at it)."""
         return token in self.lm.stop_ids or token in self.line_break_ids
+
+    def end_ids(self) -> torch.Tensor:
+        """The tokens `ends` accepts, ascending (what `min_tokens` leaves out of the public set)."""
+        return torch.tensor(sorted(set(self.lm.stop_ids) | self.line_break_ids), dtype=torch.long)
 
     def finish(self, ids: list[int]) -> str:
         """The released text of the tokens chosen (up to the first line break in `list`)."""
