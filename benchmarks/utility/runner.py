@@ -133,7 +133,6 @@ def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Ge
         rows.append(prompts.public(label, seen.get(label, 0)))
         seen[label] = seen.get(label, 0) + 1
     empty = torch.zeros((0, lm.vocab_size), device=lm.device)
-    ends = prompts.end_ids().to(lm.device)
     texts: list[str] = []
     for start in range(0, len(rows), chunk):
         decoder = lm.decoder(rows[start:start + chunk], options.max_tokens)
@@ -143,7 +142,7 @@ def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Ge
             chosen = torch.full((len(active),), lm.pad_id, dtype=torch.long)
             for i in (i for i, on in enumerate(active) if on):
                 chosen[i] = choose_token(empty, logits[i], clip=1e-9, divisor=1, temperature=options.temperature,
-                                         top_k=options.top_k, rng=rng, exclude=ends if step < options.min_tokens else None)
+                                         top_k=options.top_k, rng=rng, exclude=prompts.banned(step))
                 if int(chosen[i]) not in lm.stop_ids:
                     tokens[i].append(int(chosen[i]))
                 active[i] = not prompts.ends(int(chosen[i]))

@@ -48,14 +48,17 @@ def public_set(public_logits: torch.Tensor, top_k: int | None, clip: float, divi
     the ends of text during the first `min_tokens` steps). Depends on public quantities only. (V,) -> (|V|,) long."""
     check_public(public_logits)
     z = public_logits.double()
+    size = z.shape[-1]
+    kept = None  # None: every token (the public logits are finite)
     if exclude is not None and exclude.numel():
         z = z.clone()
         z[exclude.to(z.device)] = -math.inf
-        if not bool(torch.isfinite(z).any()):
+        kept = torch.isfinite(z)
+        size = int(kept.sum())
+        if not size:
             raise ValueError("Every token is excluded: nothing left to choose from.")
-    finite = torch.isfinite(z)
-    if top_k is None or top_k >= int(finite.sum()):
-        return torch.nonzero(finite).flatten()
+    if top_k is None or top_k >= size:
+        return torch.arange(size, device=z.device) if kept is None else torch.nonzero(kept).flatten()
     l_k = torch.topk(z, top_k).values[-1]
     return torch.nonzero(z >= l_k - 2.0 * clip / divisor).flatten()
 

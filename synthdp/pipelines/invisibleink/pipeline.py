@@ -196,7 +196,6 @@ class InvisibleInk:
             [prompts.public(u.label, u.index) for u in units],
             mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape)
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
-        ends, floor = prompts.end_ids().to(lm.device), prompts.options.min_tokens  # public: no text ends before
         for _ in range(m):
             active = [len(u.made) < u.want for u in units]
             if not any(active):
@@ -208,7 +207,7 @@ class InvisibleInk:
                     if active[i]:
                         chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=mech.clip, divisor=mech.divisor,
                                                  temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng,
-                                                 exclude=ends if step < floor else None)
+                                                 exclude=prompts.banned(step))
                         token = int(chosen[i])
                         if token not in lm.stop_ids:
                             tokens[i].append(token)

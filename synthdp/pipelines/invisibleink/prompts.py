@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,15 @@ class Prompts:
     def end_ids(self) -> torch.Tensor:
         """The tokens `ends` accepts, ascending (what `min_tokens` leaves out of the public set)."""
         return torch.tensor(sorted(set(self.lm.stop_ids) | self.line_break_ids), dtype=torch.long)
+
+    @cached_property
+    def _end_ids_on_device(self) -> torch.Tensor:
+        return self.end_ids().to(self.lm.device)
+
+    def banned(self, step: int) -> torch.Tensor | None:
+        """The tokens left out of the public set at decoding step `step` (from 0): the ends of text while the text
+        has fewer than `min_tokens` tokens, else none. Public: it depends on the step and the options only."""
+        return self._end_ids_on_device if step < self.options.min_tokens else None
 
     def finish(self, ids: list[int]) -> str:
         """The released text of the tokens chosen (up to the first line break in `list`)."""
