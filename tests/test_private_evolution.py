@@ -164,6 +164,38 @@ def test_empty_answers_are_regenerated_counted_and_never_replaced(tmp_path: Path
     assert all(r.text.startswith("answer ") for r in out)
 
 
+@pytest.mark.parametrize(("answer", "cleaned"), [
+    ("News article:\n\nAccording to a survey, rates rose.", "According to a survey, rates rose."),
+    ("Here's a rewritten version in a neutral tone:\n\nThe match ended 2-1.", "The match ended 2-1."),
+    ("### News Article:\nMarkets fell.", "Markets fell."),
+    ("Text: Excited about the update.", "Excited about the update."),
+    ("Rewritten text: Shares rose.", "Shares rose."),
+    ("Text: a, b, c, imagine if more could be:\nCombs has a new shop.", "a, b, c, imagine if more could be:\nCombs has a new shop."),
+    ("**News article:** Rain in Paris.", "Rain in Paris."),
+    ('"The Colts won on Saturday."', "The Colts won on Saturday."),
+    ("\u201cShares rose.\u201d", "Shares rose."),
+    # kept as written: a colon line that is no preamble, inner quotes, a label word inside the text
+    ("Reminder:\nyour appointment is at 5", "Reminder:\nyour appointment is at 5"),
+    ('"Business" is a popular "topic"', '"Business" is a popular "topic"'),
+    ("Texting: lol", "Texting: lol"),
+    ("OK: meet at 5", "OK: meet at 5"),
+    ("News article, in short", "News article, in short"),
+    ("Text:", ""),
+])
+def test_answers_lose_the_preamble_and_the_echoed_label_only(answer: str, cleaned: str) -> None:
+    from synthdp.pipelines.private_evolution.prompts import clean_answer
+
+    assert clean_answer(answer, "news article") == cleaned
+
+
+def test_released_texts_are_cleaned_and_a_bare_echo_is_regenerated(tmp_path: Path) -> None:
+    # every other answer is only an echoed label: it counts as empty and is asked again
+    backend = EchoBackend(lambda prompt, n: "Text:" if n % 2 else f"Text: answer {n}")
+    out, ctx, _ = run_pipeline(data_of(("a",)).records, ("a",), backend, tmp_path)
+    assert ctx.summary["empty_generations"] > 0
+    assert out and all(r.text.startswith("answer ") for r in out)
+
+
 def test_mostly_empty_answers_are_refused_before_anything_is_spent() -> None:
     with pytest.raises(ModelError, match="empty"):
         run_pipeline(data_of(("a",)).records, ("a",), EchoBackend(lambda prompt, n: "  "), None)

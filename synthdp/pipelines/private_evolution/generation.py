@@ -1,5 +1,5 @@
 """The two model APIs of Private Evolution, RANDOM_API and VARIATION_API, with empty-answer handling,
-and the probe (public requests before anything is spent).
+and the probe (public requests before anything is spent). Every answer goes through `clean_answer` first.
 
 An empty answer is regenerated under a new request id up to `empty_retries` times and dropped if it
 stays empty; it is never replaced by its prompt or its parent (a pitfall of the public Aug-PE code).
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from synthdp.errors import ModelError
 from synthdp.models.generator import CachedGenerator, Request
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
-from synthdp.pipelines.private_evolution.prompts import random_prompt, variation_prompt
+from synthdp.pipelines.private_evolution.prompts import clean_answer, random_prompt, variation_prompt
 from synthdp.pipelines.private_evolution.state import Label, Population
 
 
@@ -42,9 +42,10 @@ def generate_nonempty(generator: CachedGenerator, requests: list[Request], o: Pr
                                                           requests[i].temperature, requests[i].top_p,
                                                           f"{requests[i].rid}|retry{attempt}") for i in pending]
         still = []
-        for i, text in zip(pending, generator.generate(batch, tick)):
-            if text.strip():
-                texts[i] = text.strip()
+        for i, answer in zip(pending, generator.generate(batch, tick)):
+            text = clean_answer(answer, o.domain)
+            if text:
+                texts[i] = text
             else:
                 empties += 1
                 still.append(i)

@@ -4,11 +4,16 @@ A prompt holds the options' public words (domain, label name, keywords, styles, 
 label and, for a variation, an earlier synthetic candidate; never a private record. The public choices
 in a prompt (keyword, style, masked words) come from `public_rng`, derived from the run's salt and the
 request's place in the run, so a resumed run asks the very same prompts and hits the response cache.
+
+`clean_answer` takes off what a model adds around the text it was asked for (a preamble line such as "Here's a
+rewritten version:", a "Text:" or "News article:" label echoed from the prompt, one pair of surrounding quotes).
+It reads model output only, so it is post-processing and changes no guarantee.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 
@@ -67,3 +72,24 @@ def mask_words(words: list[str], degree: float, prng: np.random.Generator) -> li
             masked.append(word)
             previous = False
     return masked
+
+
+_PREAMBLE_WORDS = r"here is|here's|here are|sure|certainly|of course|below is"  # a line that announces the text
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d"}
+
+
+def clean_answer(text: str, domain: str) -> str:
+    """`text` without a leading preamble line ending in ':' ("Here's a possible news article:"), a leading label
+    echoed from the prompt ("Text:", "News article:", the `domain`, with markdown marks) or one pair of quotes
+    around all of it. What is left is stripped; "" when nothing is left (the caller regenerates it)."""
+    label = rf"(?:the\s+)?(?:(?:rewritten|paraphrased|completed|new)\s+)?(?:text|{re.escape(domain.strip())})"
+    text = text.strip()
+    echo = re.match(rf"[#*\s]*{label}\s*[*]*\s*:[*\s]*", text, re.I)
+    first, _, rest = text.partition("\n")
+    if echo:
+        text = text[echo.end():].strip()
+    elif rest.strip() and first.rstrip().endswith(":") and re.match(rf"[\W_]*(?:{_PREAMBLE_WORDS})\b", first, re.I):
+        text = rest.strip()
+    if len(text) > 2 and _QUOTES.get(text[0]) == text[-1] and text[0] not in text[1:-1]:
+        text = text[1:-1].strip()
+    return text
