@@ -65,7 +65,9 @@ def run(pipeline: str, processes: int, data: Path, out: Path, args: argparse.Nam
 
 
 def tokens(out: Path, tokenizer: object) -> int:
-    rows = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
+    from synthdp.corpus import read_corpus
+
+    rows = read_corpus(out / "synthetic.jsonl")
     return sum(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in rows)  # type: ignore[operator]
 
 

@@ -32,6 +32,7 @@ import torch
 from benchmarks.utility import runner
 from benchmarks.utility.data import load_dataset
 from benchmarks.utility.presets import ARM_BY_PIPELINE, Preset
+from synthdp.corpus import read_corpus
 
 BASE = {"temperature": 1.0, "top_k": 50, "batch_size": 8, "max_tokens": 64}
 ONE_AT_A_TIME = [{}, {"temperature": 0.7}, {"top_k": 20}, {"batch_size": 12}, {"max_tokens": 32}]
@@ -73,7 +74,7 @@ def texts_of(row: dict[str, Any]) -> list[str]:
     corpus = Path(row["out"]) / "synthetic.jsonl"
     if not corpus.is_file():
         return []
-    return [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line]
+    return [row["text"] for row in read_corpus(corpus)]
 
 
 def spread(values: list[float]) -> str:

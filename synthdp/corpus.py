@@ -27,7 +27,8 @@ from synthdp.atomic import (
 )
 from synthdp.errors import OutputError
 
-__all__ = ["CorpusWriter", "check_out_dir", "remove_run_partials", "write_config", "write_parquet", "write_text_atomic"]
+__all__ = ["CorpusWriter", "check_out_dir", "read_corpus", "remove_run_partials", "write_config", "write_parquet",
+           "write_text_atomic"]
 
 CORPUS_NAME = "synthetic.jsonl"
 RUN_FILES = ("synthetic.jsonl", "synthetic.parquet", "ledger.json", "config.toml", "RELEASE.md", "README.md")
@@ -111,6 +112,12 @@ class CorpusWriter:
             self.abort()
 
 
+def read_corpus(jsonl: Path) -> list[dict[str, Any]]:
+    """The rows of a corpus written by `CorpusWriter`. Split on "\n" only: a text may hold U+2028, U+0085 and other
+    characters that `str.splitlines()` takes for line ends and `json.dumps(ensure_ascii=False)` leaves unescaped."""
+    return [json.loads(line) for line in Path(jsonl).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def write_parquet(jsonl: Path) -> Path | None:
     """A Parquet copy of the corpus, when pyarrow is installed."""
     try:
@@ -118,7 +125,7 @@ def write_parquet(jsonl: Path) -> Path | None:
         import pyarrow.parquet as pq
     except ImportError:
         return None
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+    rows = read_corpus(jsonl)
     table = pa.Table.from_pylist(rows, schema=pa.schema([("text", pa.string()), ("label", pa.string())]))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import synthdp
+from synthdp.corpus import read_corpus
 from synthdp.evaluate.metrics import tfidf_logreg
 from synthdp.models.embedder import Embedder
 from synthdp.models.local import LocalLM
@@ -199,7 +200,7 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
                                       options=options)
         finally:
             shared.sharing = True
-        rows = [json.loads(line) for line in result.corpus_path.read_text(encoding="utf-8").splitlines() if line]
+        rows = read_corpus(result.corpus_path)
         extra = {"options": options, "options_dropped": dropped, "ledger_epsilon": result.epsilon,
                  "parameters": json.loads(json.dumps(result.ledger.parameters, default=str)),
                  "summary": json.loads(json.dumps(result.summary, default=str)), "out": str(out)}

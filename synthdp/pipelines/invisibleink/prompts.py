@@ -55,7 +55,7 @@ def read_public_examples(spec: str) -> list[tuple[str, str | None]]:
     if not path.is_file():
         raise ValueError(f"`public_examples`: no file at {path}. {fix}")
     examples: list[tuple[str, str | None]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
