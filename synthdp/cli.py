@@ -270,7 +270,29 @@ def sample(
 
 
 def main() -> None:  # console-script entry point
-    app(prog_name="synthdp")
+    from synthdp import distributed
+
+    if not distributed.launched():
+        app(prog_name="synthdp")
+        return
+    try:  # a torchrun rank ends without interpreter finalization (see distributed.exit_process)
+        app(prog_name="synthdp")
+    except SystemExit as stop:
+        distributed.exit_process(_exit_code(stop.code))
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        distributed.exit_process(1)
+    distributed.exit_process(0)
+
+
+def _exit_code(code: object) -> int:
+    """The process exit status `sys.exit(code)` gives: None is 0, an int itself, anything else printed and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,56 @@ def test_streams_from_shared_keys_are_equal_and_fresh_keys_differ() -> None:
     assert run_streams(None, fresh_keys())[1].random() != run_streams(None, keys)[1].random()
     seeded = run_streams(5, keys)  # a seed wins over keys: a seeded run is the same in every process
     assert seeded[1].random() == run_streams(5)[1].random()
+
+
+# --------------------------------------------------------------------------- how a torchrun rank ends
+
+
+EXITING = """
+import atexit, sys, threading, time
+from synthdp.distributed import exit_process
+atexit.register(lambda: open(sys.argv[1], "w").write("exit handlers ran"))
+threading.Thread(target=time.sleep, args=(60,)).start()  # a non-daemon thread: a normal exit would wait for it
+sys.stdout.write("unflushed output")
+exit_process(3)
+print("never printed")
+"""
+
+
+def test_exit_process_runs_exit_handlers_flushes_and_ends_at_once(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", EXITING, str(marker)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert done.stdout == "unflushed output"
+    assert marker.read_text() == "exit handlers ran"
+
+
+class _Exited(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _fail() -> None:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize("argv, code", [(["pipelines"], 0), (["no-such-command"], 2),
+                                        (["ledger", "show", "/no/such/run"], 2), (["pipelines", "BUG"], 1)])
+def test_under_torchrun_the_command_line_ends_through_exit_process_with_its_status(
+        argv: list[str], code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from synthdp import cli
+
+    def exited(status: int) -> None:
+        raise _Exited(status)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "exit_process", exited)
+    if "BUG" in argv:
+        argv = argv[:1]
+        monkeypatch.setattr("synthdp.pipelines.base.available_pipelines", _fail)
+    monkeypatch.setattr(sys, "argv", ["synthdp", *argv])
+    with pytest.raises(_Exited) as stop:
+        cli.main()
+    assert stop.value.code == code
+    if code == 1:  # a bug keeps its traceback
+        assert "RuntimeError: a bug" in capsys.readouterr().err
