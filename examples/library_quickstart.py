@@ -11,11 +11,11 @@ Small settings throughout: the point is the calls and the result, not the qualit
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import synthdp
+from synthdp.corpus import read_corpus
 
 # Per pipeline: small options so that each run takes about a minute on a CPU.
 SMALL = {
@@ -53,8 +53,7 @@ def main() -> None:
               f"release ready: {result.ledger.release_ready}")
         for event in result.ledger.events:
             print(f"   event: {event.name}: {event.event}")
-        for line in result.corpus_path.read_text(encoding="utf-8").splitlines()[:2]:
-            record = json.loads(line)
+        for record in read_corpus(result.corpus_path)[:2]:
             print(f"   [{record['label']}] {record['text'][:100]}")
     print(f"\nAll runs are in {root}; check one with: synthdp ledger verify {root / 'private-prediction'}")
 

@@ -275,14 +275,15 @@ def main() -> None:  # console-script entry point
     if not distributed.launched():
         app(prog_name="synthdp")
         return
+    code = 0
     try:  # a torchrun rank ends without interpreter finalization (see distributed.exit_process)
         app(prog_name="synthdp")
     except SystemExit as stop:
-        distributed.exit_process(_exit_code(stop.code))
+        code = _exit_code(stop.code)
     except BaseException:
         sys.excepthook(*sys.exc_info())
-        distributed.exit_process(1)
-    distributed.exit_process(0)
+        code = 1
+    distributed.exit_process(code)
 
 
 def _exit_code(code: object) -> int:
