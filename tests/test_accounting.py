@@ -1,4 +1,4 @@
-"""Accounting against the closed forms and worked examples of docs/algorithms.md, section 1."""
+"""Accounting against the closed forms and worked examples of docs/pipelines/private-prediction.md."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
 
-# algorithms.md section 2: T = 10, delta = 1/(n ln n), the papers' sigmas at epsilon 1 / 2 / 4.
+# docs/pipelines/private-evolution.md: T = 10, delta = 1/(n ln n), the papers' sigmas at epsilon 1 / 2 / 4.
 REFERENCE = [(1_939_290, (15.34, 8.03, 4.24)), (8_396, (11.60, 6.22, 3.38)), (75_316, (13.26, 7.01, 3.75))]
 
 

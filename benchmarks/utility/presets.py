@@ -80,7 +80,7 @@ PRESETS: dict[str, Preset] = {
             "private-prediction": {"batch_size": 127, "max_record_tokens": 64},  # with --pipelines only
             "private-evolution": {"iterations": 3, "variations": 2},
             # a quarter pass over the 7,984 rows, 16 DP-SGD steps of 128: one pass would take hours on 2 cores
-            # (the README: 9.7 s per DP step of 8 x 32 tokens under load)
+            # (docs/benchmarks.md: 9.7 s per DP step of 8 x 32 tokens under load)
             "dp-finetune": {"epochs": 0.25, "batch_size": 128, "micro_batch_size": 16, "max_record_tokens": 54,
                             "sample_batch_size": 32},
         },

@@ -1,6 +1,6 @@
 """Local Hugging Face causal LMs: loading (directory, GGUF, embedded default) and batched decoding.
 
-Decoding follows the pitfalls list of algorithms.md: rows are left-padded, position ids come from
+Decoding follows the decoding pitfalls of docs/algorithms.md: rows are left-padded, position ids come from
 the attention mask (cumsum - 1), the KV cache is reused across steps (and trimmed back to the
 prompt to start another example), and only the last position's logits are materialised. For
 private prompts the padded width and the rows per forward pass are fixed by public quantities, so a

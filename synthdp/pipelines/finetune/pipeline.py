@@ -1,4 +1,4 @@
-"""DP fine-tuning then sampling (Yue et al. 2023; Kurakin et al. 2023), algorithms.md section 3.
+"""DP fine-tuning then sampling (Yue et al. 2023; Kurakin et al. 2023), docs/pipelines/dp-finetune.md.
 
 Train LoRA adapters on a local causal LM with DP-SGD on (public control prompt -> private text)
 pairs, loss on the text tokens only; then sample the synthetic corpus from the tuned model. The

@@ -20,7 +20,7 @@ class InvisibleInkOptions:
     batch, tau about 1 (1.1 in its code), k = 50 to 100, T up to 500.
 
     Ours, by measurement (benchmarks/tune_invisibleink.py, epsilon 3, bundled SMS sample and AG News, 48
-    private rows, 16 texts per run, two repeats each; README.md, invisibleink, "Defaults by measurement", has the table and the command):
+    private rows, 16 texts per run, two repeats each; docs/benchmarks.md, "Defaults by measurement", has the table and the command):
     tau 0.7 with k 20 (and T 32) against the paper's tau 1 with k 50 (T 64) gave the same TF-IDF+LR accuracy within the spread
     of repeats on both data sets, and more fluent texts (NLL per token under the public model 2.16 against
     2.79 on AG News, 2.55 against 2.83 on SMS), so tau = 0.7, k = 20. T = 64 kept: at T = 32, 66% of the news
@@ -28,7 +28,7 @@ class InvisibleInkOptions:
     did not fit the shared CPU in the session.
 
     Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
-    record, since the 135M model answered the paper's chat request with echoes and emoji (README, "The first
+    record, since the 135M model answered the paper's chat request with echoes and emoji (docs/benchmarks.md, "The first
     run"); `chat` keeps that request for models that follow it."""
 
     batch_size: int = option(8, "expected batch size s: records per hash batch, the fixed divisor of the "

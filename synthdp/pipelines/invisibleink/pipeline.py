@@ -1,6 +1,6 @@
 """InvisibleInk as a pipeline: hash batches as in private prediction, every token private, many batches per step.
 
-Per hash batch S of label l (algorithms.md, section 1, InvisibleInk):
+Per hash batch S of label l (docs/pipelines/invisibleink.md):
     for each of its m texts:                         # m*T tokens charged whatever the lengths
         x = []
         until x ends with a stop token, or |x| = T:  # a text cut at T is released as it is

@@ -1,6 +1,6 @@
 """InvisibleInk's prompts: a numbered list the model continues (default), or a chat turn.
 
-`list` (measured better with small models, README "First run"): the model sees a header and a numbered list of
+`list` (measured better with small models, docs/benchmarks.md): the model sees a header and a numbered list of
 texts, the last item being the record, and writes the next item; a text ends at its first line break.
 
     Examples of SMS text messages (label: spam):      <- list_header

@@ -1,7 +1,7 @@
 """Options of Private Evolution and its default prompts (all public).
 
 Defaults follow the released Aug-PE scripts (Xie et al. 2024, "Differentially Private Synthetic Data
-via Foundation Model APIs 2: Text", ICML 2024; docs/algorithms.md section 2): L = 4 with GPT-3.5, i.e.
+via Foundation Model APIs 2: Text", ICML 2024; docs/pipelines/private-evolution.md): L = 4 with GPT-3.5, i.e.
 3 variations per kept sample; T = 10 rounds; rank selection; one vote per record; temperature 1.0;
 fill-in-the-blanks masks words with probability 0.5. The prompts name the `domain` (what kind of text
 is wanted, e.g. "SMS message") beside the label, as Aug-PE's domain instruction does, so the texts stay

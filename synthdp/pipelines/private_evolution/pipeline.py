@@ -14,7 +14,7 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
 Privacy (plan.py): each round is one Gaussian release of the votes of all labels at once (labels
 partition the records: parallel composition), so the run is SelfComposedDpEvent(GaussianDpEvent(sigma), T).
 Per-label sample counts n_c come from a public choice (uniform or given weights) or from the shared DP
-label histogram. See docs/algorithms.md, section 2.
+label histogram. See docs/pipelines/private-evolution.md.
 """
 
 from __future__ import annotations

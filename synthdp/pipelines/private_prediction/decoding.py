@@ -1,6 +1,6 @@
 """Algorithm 1 of Amin et al. on one hash batch: the token choice (SVT, then the exponential mechanism over
 the clipped, aggregated logits, or a free public token) and the loop that writes texts until the batch's
-r private tokens are spent. See docs/algorithms.md, section 1."""
+r private tokens are spent. See docs/pipelines/private-prediction.md."""
 
 from __future__ import annotations
 
