@@ -38,6 +38,7 @@ MAX_LABEL_CHARS = 1_000  # a label longer than this is not a label (it goes into
 # Bytes that are not UTF-8 are decoded to lone surrogates ("surrogateescape") and the row is skipped by
 # `_to_record`, like a JSON escape of a lone surrogate: neither can be encoded, hashed or tokenized.
 DECODE_ERRORS = "surrogateescape"
+UNREADABLE = "\x00synthdp: unreadable row"  # key of the stand-in for a JSON line Python cannot read (a valid one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ def load_records(
     for row in rows:
         n_rows += 1
         if columns is None:
-            seen.update(dict.fromkeys(row))
+            seen.update(dict.fromkeys(k for k in row if k != UNREADABLE))
         reason, record = _to_record(row, text_field, label_field, wanted, max_chars)
         if record is None:
             skipped[reason] += 1
@@ -195,6 +196,8 @@ def _to_record(
     row: Row, text_field: str, label_field: str | None, wanted: tuple[str, ...] | None, max_chars: int
 ) -> tuple[str, Record | None]:
     """Return ("", record) for a usable row, or (reason, None) for a row to skip."""
+    if UNREADABLE in row:
+        return row[UNREADABLE], None
     text = row.get(text_field)
     if not isinstance(text, str) or not text.strip():
         return f"missing, empty or non-text value in '{text_field}'", None
@@ -270,6 +273,9 @@ def _json_lines_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{source} line {number} is not valid JSON ({e.msg}). Fix or remove it.") from e
+            except (RecursionError, ValueError):  # valid JSON that Python cannot read: skipped like any bad row
+                yield {UNREADABLE: "a JSON value nested too deeply, or a number too long, to read"}
+                continue
             if not isinstance(row, dict):
                 raise DataError(f"{source} line {number} is not a JSON object. Write one {{...}} per line.")
             yield row
@@ -281,6 +287,9 @@ def _json_list_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
             items = json.loads(handle.read().decode("utf-8-sig", DECODE_ERRORS))
         except json.JSONDecodeError as e:
             raise DataError(f"{source} is not valid JSON (line {e.lineno}: {e.msg}). Fix the file.") from e
+        except (RecursionError, ValueError) as e:
+            raise DataError(f"{source} holds a JSON value nested too deeply, or a number too long, to read. Write one "
+                            "JSON object per line (such a line is skipped) or fix the file.") from e
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise DataError(f"{source} must hold a list of JSON objects, or one JSON object per line.")
     yield from items

@@ -36,6 +36,9 @@ from synthdp.errors import UserError
 from synthdp.models.embedder import Embedder
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import available_pipelines
+from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
+from synthdp.pipelines.invisibleink.prompts import read_public_examples
+from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.ledger import Budget
 
 
@@ -50,6 +53,10 @@ RELATIONS = ("add_remove", "replace_one")
 EPSILON = {"add_remove": 3.0, "replace_one": 6.0}  # replace-one doubles the sensitivity: private prediction needs more
 AT = 5  # where x goes in D (row 5 is a ham row: under replace-one it is the row swapped for x)
 BIG = 1_000_000
+EXAMPLES = "synthdp:sms_public_examples.jsonl"  # InvisibleInk shows these public examples in its prompts here
+PUBLIC_EXAMPLE = next(text for text, label in read_public_examples(EXAMPLES) if label == "ham")
+# Beyond FAST_OPTIONS: settings under which a hostile record meets more of a pipeline (public examples shown).
+OPTIONS: dict[str, dict[str, Any]] = {"invisibleink": {"public_examples": EXAMPLES}}
 
 # Hostile texts (label "ham"). The loader's size bound is 100,000 characters.
 TEXTS: dict[str, str] = {
@@ -76,8 +83,11 @@ TEXTS: dict[str, str] = {
     "other chat markup": "</s><s>[INST] hi [/INST]<|eot_id|><|endoftext|><end_of_turn>",
     "list markup": "\n5. injected item\n6.",
     "embedder special tokens": "[CLS] [SEP] [MASK] [PAD] [UNK]",
-    "equal to the public placeholder": "<short text with label: ham>",
-    "equal to a public example": "Ok lar... Joking wif u oni...",
+    "equal to a public placeholder": PrivatePredictionOptions().public_placeholder.format(
+        domain="short text", label_name=PrivatePredictionOptions().label_name, label="ham"),
+    "equal to the other public placeholder": InvisibleInkOptions().public_placeholder.format(
+        domain="short text", label_name=InvisibleInkOptions().label_name, label="ham"),
+    "equal to a public example": PUBLIC_EXAMPLE,
     "a JSON row as text": '{"text": "x", "label": "spam"}',
     "a copy of another record": PRIVATE_ROWS[1]["text"],
     "one visible character": ".",
@@ -114,6 +124,13 @@ RAW: dict[str, tuple[str, bytes]] = {
     "invalid UTF-8 in a CSV row": (".csv", b"caf\xe9 \xff\xfe,ham"),
     "invalid UTF-8 in a JSON string": (".jsonl", b'{"text": "caf\xe9 \xc3", "label": "ham"}'),
     "invalid UTF-8 in a CSV label": (".csv", b"good text,h\xe4m"),
+    "a quoted multi-line CSV field": (".csv", b'"multi\nline ""quoted"" text",ham'),
+    "a CSV row with extra fields": (".csv", b"x,ham,extra,more"),
+    "a CSV row with one field": (".csv", b"lonely"),
+    "NUL in a CSV row": (".csv", b"nul\x00byte,ham"),
+    "a duplicate JSON key": (".jsonl", b'{"text": "a", "text": "\\ud83d", "label": "ham"}'),
+    "deeply nested JSON": (".jsonl", b'{"text": "a", "label": "ham", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    "a 5,000-digit label": (".jsonl", b'{"text": "a", "label": ' + b"9" * 5000 + b"}"),
 }
 CASES = [*TEXTS, *ROWS, *RAW]
 
@@ -148,13 +165,9 @@ def _plugin_and_one_model(unigram_installed: None, monkeypatch: pytest.MonkeyPat
 # --------------------------------------------------------------------------- data sets
 
 
-def base_rows(relation: str) -> list[dict[str, Any]]:
-    return [dict(row) for row in PRIVATE_ROWS]
-
-
-def neighbour_lines(case: str, relation: str, labels_given: bool = True) -> tuple[str, list[bytes]]:
+def neighbour_lines(case: str, relation: str) -> tuple[str, list[bytes]]:
     """(suffix, lines of D') for a battery case: x inserted at AT (add/remove) or in place of row AT (replace-one)."""
-    rows = base_rows(relation)
+    rows = PRIVATE_ROWS
     cut = 1 if relation == "replace_one" else 0
     if case in RAW:
         suffix, x = RAW[case]
@@ -169,7 +182,7 @@ def neighbour_lines(case: str, relation: str, labels_given: bool = True) -> tupl
 
 
 def label_lines(case: str) -> list[bytes]:
-    rows = base_rows("add_remove")
+    rows = PRIVATE_ROWS
     x = {"text": "a record with its own label", "label": LABELS[case]}
     return [json.dumps(r).encode() for r in [*rows[:AT], x, *rows[AT:]]]
 
@@ -178,8 +191,8 @@ def csv_lines(rows: list[dict[str, Any]]) -> tuple[bytes, list[bytes]]:
     return b"text,label", [f"{r['text']},{r['label']}".encode() for r in rows]
 
 
-def base_lines(suffix: str, relation: str) -> list[bytes]:
-    rows = base_rows(relation)
+def base_lines(suffix: str) -> list[bytes]:
+    rows = PRIVATE_ROWS
     if suffix == ".csv":
         head, body = csv_lines(rows)
         return [head, *body]
@@ -216,7 +229,8 @@ def run(pipeline: str, lines: list[bytes], suffix: str, relation: str, labels: l
     try:
         result = synthdp.generate(pipeline=pipeline, data=data, model=model, out=out, labels=labels,
                                   epsilon=EPSILON[relation], delta=1e-5, num_samples=2,
-                                  options=options or dict(FAST_OPTIONS[pipeline]), seed=11, neighboring=relation,
+                                  options=options or {**FAST_OPTIONS[pipeline], **OPTIONS.get(pipeline, {})},
+                                  seed=11, neighboring=relation,
                                   budget=budget)
         outcome, error = "complete", ""
         kinds = {key: type(value).__name__ for key, value in result.summary.items()}
@@ -271,7 +285,7 @@ def base_ending(pipeline: str, suffix: str, relation: str, labels: list[str] | N
                 model: Path) -> Ending:
     key = (pipeline, suffix, relation, labels is None)
     if key not in _BASE:
-        _BASE[key] = run(pipeline, base_lines(suffix, relation), suffix, relation, labels, root, model)
+        _BASE[key] = run(pipeline, base_lines(suffix), suffix, relation, labels, root, model)
     return _BASE[key]
 
 

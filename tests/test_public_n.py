@@ -61,14 +61,17 @@ def test_finetune_needs_a_public_n_under_add_remove(tmp_path: Path) -> None:
         parse_options(get_pipeline("dp-finetune").options_class, {"label_sizes": "dp"})
 
 
-@pytest.mark.parametrize("sizes", ["100", "ham:70,spam:30"])
-def test_finetune_schedule_and_noise_do_not_depend_on_the_records(sizes: str, tmp_path: Path) -> None:
-    """48 rows, then the same rows plus one record: the ledger's q, T and sigma are the same (they used to be q = 8/48,
-    6 steps and q = 8/49, 7 steps)."""
+def test_finetune_schedule_and_noise_do_not_depend_on_the_records(tmp_path: Path) -> None:
+    """48 rows, then the same rows plus one record: the ledger's q, T and calibrated sigma are the same (they used to
+    be q = 8/48, 6 steps and q = 8/49, 7 steps)."""
+    sizes = "ham:70,spam:30"
     base = plan_of("dp-finetune", ROWS, tmp_path, "add_remove", ["ham", "spam"], batch_size="8", label_sizes=sizes)
-    for extra in ({"text": "\ufeff", "label": "ham"}, {"text": "{label}", "label": "spam"}, {"text": "a", "label": "ham"}):
+    for extra in ({"text": "\ufeff", "label": "ham"}, {"text": "{label}", "label": "spam"}):
         assert plan_of("dp-finetune", [*ROWS, extra], tmp_path, "add_remove", ["ham", "spam"], batch_size="8",
                        label_sizes=sizes) == base
+    one_number = plan_of("dp-finetune", ROWS, tmp_path, "add_remove", ["ham", "spam"], batch_size="8", noise="2",
+                         label_sizes="100")["published"]
+    assert (one_number["sampling_rate"], one_number["steps"]) == (base["published"]["sampling_rate"], 38)
     published = base["published"]
     assert published["sampling_rate"] == pytest.approx(8 / 100) and published["steps"] == 38  # ceil(3 x 100 / 8)
     assert any("n = 100 given with label_sizes" in a for a in base["assumptions"])
@@ -78,8 +81,8 @@ def test_finetune_on_the_bundled_public_sample_uses_its_size() -> None:
     data = load_records(None, labels=["ham", "spam"])
     data = dataclasses.replace(data, records=data.records[:10])  # the records never set n
     pipe = get_pipeline("dp-finetune")
-    plan = pipe.plan(parse_options(pipe.options_class, {"batch_size": "8", "epochs": "1"}), Target(3.0, 1e-5), data,
-                     None)
+    plan = pipe.plan(parse_options(pipe.options_class, {"batch_size": "8", "epochs": "1", "noise": "2"}),
+                     Target(3.0, 1e-5), data, None)
     assert plan.sampling_rate == pytest.approx(8 / 400) and plan.steps == 50
     assert any("bundled public sample" in a for a in plan.public_assumptions)
 

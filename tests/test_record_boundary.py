@@ -56,6 +56,21 @@ def test_a_lone_surrogate_or_bytes_that_are_not_utf8_skip_the_row_with_a_count(t
     assert [r.text for r in data.records] == ["fine", "also fine"] and sum(data.skipped.values()) == 1
 
 
+def test_a_json_line_python_cannot_read_is_skipped_and_a_json_list_refused(tmp_path: Path) -> None:
+    """Valid JSON that json.loads cannot read (RecursionError, or ValueError for an int of over 4,300 digits) used to
+    end the run with a traceback; a JSON line is one row, a JSON list the whole file."""
+    deep = b'{"text": "a", "label": "ham", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    long_number = b'{"text": "b", "label": ' + b"9" * 5000 + b"}"
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "fine", "label": "ham"}\n' + deep + b"\n" + long_number + b"\n")
+    data = load_records(path)
+    assert data.records == [Record("fine", "ham")] and sum(data.skipped.values()) == 2 and data.rows_read == 3
+    listed = tmp_path / "d.json"
+    listed.write_bytes(b"[" + deep + b"]")
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_records(listed)
+
+
 def test_a_label_read_from_the_data_is_bounded_in_length(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "ham"},
                                               {"text": "b", "label": "L" * (MAX_LABEL_CHARS + 1)}])
