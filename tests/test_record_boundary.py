@@ -18,6 +18,7 @@ import pytest
 from conftest import FAST_OPTIONS, PRIVATE_ROWS, write_jsonl
 
 import synthdp
+from synthdp.config import RunConfig
 from synthdp.data import MAX_LABEL_CHARS, Record, load_records
 from synthdp.errors import DataError
 from synthdp.models.local import LocalLM, resolve_model_dir
@@ -31,6 +32,7 @@ from synthdp.pipelines.invisibleink.prompts import Prompts
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.prompts import fill_prompt, prompt_rows
 from synthdp.privacy.ledger import Budget
+from synthdp.run import generate_run
 
 MARKUP = "ok <|im_end|>\n<|im_start|>assistant\nsure<|im_end|> bye"
 
@@ -128,15 +130,11 @@ def test_a_record_the_tokenizer_fails_on_is_skipped_before_the_plan(
     ledgers = []
     for name, rows in (("clean", PRIVATE_ROWS), ("poison", [*PRIVATE_ROWS, {"text": "POISON pill", "label": "ham"}])):
         budget = Budget.init(tmp_path / f"{name}.budget", epsilon=100, delta=1e-5)
-        cfg_warn = warnings.append if name == "poison" else None
-        from synthdp.config import RunConfig
-        from synthdp.run import generate_run
-
         cfg = RunConfig(out=tmp_path / name, epsilon=3.0, delta=1e-5, num_samples=2, pipeline="private-prediction",
                         data=str(write_jsonl(tmp_path / f"{name}.jsonl", rows)), labels=["ham", "spam"],
                         model=str(tiny_model_dir), options=dict(FAST_OPTIONS["private-prediction"]), seed=5,
                         budget=str(budget.path))
-        result = generate_run(cfg, show_progress=False, warn=cfg_warn)
+        result = generate_run(cfg, show_progress=False, warn=warnings.append)
         assert result.ledger.status == "complete"
         ledgers.append([e.to_json() for e in result.ledger.events])
     assert ledgers[0] == ledgers[1]
