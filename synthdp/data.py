@@ -3,11 +3,18 @@
 `load_records` reads JSON lines, a JSON list, CSV/TSV, Parquet or a folder written by
 `datasets.Dataset.save_to_disk`, keeps the rows with a usable text (and label), and counts the rows
 it skips by reason. It never prints; the caller reports `LoadedData.skipped`.
+
+Records are checked here, once, so that no code after the write-ahead can fail on one: a text or label
+must be valid Unicode that encodes as UTF-8 (bytes that are not UTF-8 are read as lone surrogates, as is
+a JSON escape such as "\\ud83d", and such a row is skipped), non-empty and within its size bound.
+`keep_checked` applies a pipeline's own per-record check (its tokenizer) the same way once the models
+are loaded (synthdp/run.py). A row that cannot be parsed at all (a line that is not JSON) refuses the file.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections import Counter
@@ -15,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from synthdp.errors import DataError
 
@@ -27,6 +34,11 @@ BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message",
 SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
 
 Row = dict[str, Any]
+MAX_LABEL_CHARS = 1_000  # a label longer than this is not a label (it goes into every prompt of its batches)
+# Bytes that are not UTF-8 are decoded to lone surrogates ("surrogateescape") and the row is skipped by
+# `_to_record`, like a JSON escape of a lone surrogate: neither can be encoded, hashed or tokenized.
+DECODE_ERRORS = "surrogateescape"
+UNREADABLE = "\x00synthdp: unreadable row"  # key of the stand-in for a JSON line Python cannot read (a valid one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +54,13 @@ class LoadedData:
     labels_from_data: bool  # True when the label set was read from private data (never for the bundled public sample)
     skipped: dict[str, int]  # reason -> number of rows skipped
     source: str  # the path as given, or BUNDLED_SOURCE
+    rows: int | None = None  # rows read, skipped ones included; None: len(records)
+
+    @property
+    def rows_read(self) -> int:
+        """The number of rows read, skipped rows included: under replace-one the neighbouring data sets have the
+        same number of rows, so this is the public n (a skipped row counts and contributes nothing)."""
+        return self.rows if self.rows is not None else len(self.records)
 
 
 def bundled_sample_path() -> Path:
@@ -75,7 +94,7 @@ def load_records(
     for row in rows:
         n_rows += 1
         if columns is None:
-            seen.update(dict.fromkeys(row))
+            seen.update(dict.fromkeys(k for k in row if k != UNREADABLE))
         reason, record = _to_record(row, text_field, label_field, wanted, max_chars)
         if record is None:
             skipped[reason] += 1
@@ -100,7 +119,34 @@ def load_records(
         label_set = tuple(sorted({r.label for r in records if r.label is not None}))
     # The bundled sample is public data: its label set may be read from it.
     from_private = label_field is not None and wanted is None and path is not None
-    return LoadedData(records, label_set, from_private, dict(skipped), source)
+    return LoadedData(records, label_set, from_private, dict(skipped), source, n_rows)
+
+
+def keep_checked(data: LoadedData, check: Callable[[Record], object], reason: str) -> LoadedData:
+    """`data` without the records on which `check` raises (skipped and counted under `reason`, like an empty row;
+    `rows_read` is unchanged). A label set read from the data is read again from the records kept."""
+    kept: list[Record] = []
+    failed = 0
+    for record in data.records:
+        try:
+            check(record)
+        except (AttributeError, NameError, ImportError, AssertionError):
+            raise  # a bug in the check, not a record it cannot read
+        except Exception:  # noqa: BLE001 - whatever else a tokenizer raises, the record is skipped before any spend
+            failed += 1
+        else:
+            kept.append(record)
+    if not failed:
+        return data
+    skipped = dict(data.skipped)
+    skipped[reason] = skipped.get(reason, 0) + failed
+    if not kept:
+        raise DataError(f"no usable records in {data.source}: all {len(data.records)} usable rows fail this check: "
+                        f"{reason}.")
+    labels = data.labels
+    if data.labels_from_data:
+        labels = tuple(sorted({r.label for r in kept if r.label is not None}))
+    return dataclasses.replace(data, records=kept, labels=labels, skipped=skipped)
 
 
 def label_set_words(data: LoadedData) -> str:
@@ -122,6 +168,9 @@ def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tupl
         raise DataError("`labels` were given but `label_field` is None. Pass --label-field or drop --labels.")
     if isinstance(labels, str) or not all(isinstance(name, str) for name in labels):
         raise DataError(f"`labels` must be a list of label names. Found {labels!r}.")
+    if not all(_is_utf8(name) for name in labels):
+        raise DataError(f"`labels` must be UTF-8 text. Found {[_shown(n) for n in labels]!r}. Pass the label names "
+                        "as UTF-8.")
     names = tuple(name.strip() for name in labels)
     if not names or "" in names:
         raise DataError(f"`labels` must be non-empty names. Found {list(labels)!r}.")
@@ -134,7 +183,7 @@ def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tupl
 def _check_fields(fields: list[str], found: list[str], source: str, kind: str) -> None:
     for option, field in zip(("text_field", "label_field"), fields, strict=False):
         if field not in found:
-            listing = ", ".join(str(f) for f in found) or "(none)"
+            listing = ", ".join(_shown(str(f)) for f in found) or "(none)"
             extra = ", or no label field for unlabelled data" if option == "label_field" else ""
             flag = "--" + option.replace("_", "-")
             raise DataError(
@@ -147,20 +196,48 @@ def _to_record(
     row: Row, text_field: str, label_field: str | None, wanted: tuple[str, ...] | None, max_chars: int
 ) -> tuple[str, Record | None]:
     """Return ("", record) for a usable row, or (reason, None) for a row to skip."""
+    if UNREADABLE in row:
+        return row[UNREADABLE], None
     text = row.get(text_field)
     if not isinstance(text, str) or not text.strip():
         return f"missing, empty or non-text value in '{text_field}'", None
     if len(text) > max_chars:
         return f"text longer than {max_chars} characters", None
+    if not _is_utf8(text):
+        return _not_utf8_reason(text_field), None
     if label_field is None:
         return "", Record(text, None)
     value = row.get(label_field)
     label = str(value).strip() if isinstance(value, (str, int)) else ""  # bool is an int
     if not label:
         return f"missing, empty or non-text value in '{label_field}'", None
+    if not _is_utf8(label):
+        return _not_utf8_reason(label_field), None
+    if len(label) > MAX_LABEL_CHARS:
+        return f"label longer than {MAX_LABEL_CHARS:,} characters", None
     if wanted is not None and label not in wanted:
         return "label not in --labels", None
     return "", Record(text, label)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: False for a lone surrogate (an escape such as "\\ud83d", or a byte that was
+    not UTF-8 in the file)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(text: str) -> str:
+    """`text` printable whatever it holds (a lone surrogate as \\udcxx)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_utf8_reason(field: str) -> str:
+    return (f"value in '{field}' is not UTF-8 text (bytes that are not UTF-8, or an escaped lone surrogate such as "
+            "\\ud83d); save the file as UTF-8")
 
 
 def _open_rows(file: Path, source: str) -> tuple[list[str] | None, Iterator[Row]]:
@@ -186,23 +263,19 @@ def _open_rows(file: Path, source: str) -> tuple[list[str] | None, Iterator[Row]
     return None, (_json_list_rows if is_list else _json_lines_rows)(handle, source)
 
 
-def _not_utf8(source: str, where: str) -> DataError:
-    return DataError(f"{source} is not UTF-8 text ({where}). Save it as UTF-8 and retry.")
-
-
 def _json_lines_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
     with handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: drop a byte-order mark
-            except UnicodeDecodeError as e:
-                raise _not_utf8(source, f"line {number}") from e
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8", DECODE_ERRORS)  # -sig: drop a byte-order mark
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{source} line {number} is not valid JSON ({e.msg}). Fix or remove it.") from e
+            except (RecursionError, ValueError):  # valid JSON that Python cannot read: skipped like any bad row
+                yield {UNREADABLE: "a JSON value nested too deeply, or a number too long, to read"}
+                continue
             if not isinstance(row, dict):
                 raise DataError(f"{source} line {number} is not a JSON object. Write one {{...}} per line.")
             yield row
@@ -211,25 +284,24 @@ def _json_lines_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
 def _json_list_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
     with handle:
         try:
-            items = json.loads(handle.read().decode("utf-8-sig"))
-        except UnicodeDecodeError as e:
-            raise _not_utf8(source, f"byte {e.start}") from e
+            items = json.loads(handle.read().decode("utf-8-sig", DECODE_ERRORS))
         except json.JSONDecodeError as e:
             raise DataError(f"{source} is not valid JSON (line {e.lineno}: {e.msg}). Fix the file.") from e
+        except (RecursionError, ValueError) as e:
+            raise DataError(f"{source} holds a JSON value nested too deeply, or a number too long, to read. Write one "
+                            "JSON object per line (such a line is skipped) or fix the file.") from e
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise DataError(f"{source} must hold a list of JSON objects, or one JSON object per line.")
     yield from items
 
 
 def _csv_rows(handle: BinaryIO, source: str, dialect: str) -> tuple[list[str], Iterator[Row]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors=DECODE_ERRORS, newline="")
     reader = csv.DictReader(text, dialect=dialect)
     try:
         columns = list(reader.fieldnames or [])
-    except (csv.Error, UnicodeDecodeError) as e:
+    except csv.Error as e:
         text.close()
-        if isinstance(e, UnicodeDecodeError):
-            raise _not_utf8(source, "near the start") from e
         raise DataError(f"{source} header row cannot be parsed: {e}. Fix the file.") from e
     if not columns:
         text.close()
@@ -239,8 +311,6 @@ def _csv_rows(handle: BinaryIO, source: str, dialect: str) -> tuple[list[str], I
         with text:
             try:
                 yield from reader
-            except UnicodeDecodeError as e:
-                raise _not_utf8(source, f"near line {reader.line_num}") from e
             except csv.Error as e:
                 raise DataError(f"{source} line {reader.line_num} cannot be parsed: {e}. Fix the file.") from e
 

@@ -37,6 +37,17 @@ def data_lines(data: LoadedData, text_field: str, label_field: str | None, budge
     return lines
 
 
+def _skipped_rows_lines(neighboring: str) -> list[str]:
+    """What a skipped row is under the run's relation (never how many there were: that count is private)."""
+    words = ("Rows that could not be used (an empty or non-text value, a text over the size bound, text that is not "
+             "UTF-8, a label outside the label set, or a record the model's tokenizer cannot read) were skipped before "
+             "anything was spent and contribute nothing to any release")
+    if neighboring == "replace_one":
+        return [f"- {words}; they count in the public number of rows n, so replacing one row by any other, usable "
+                "or not, leaves n as it is."]
+    return [f"- {words}."]
+
+
 def post_processing_lines(ledger: Ledger) -> list[str]:
     """For a bundle sampled from an earlier run: says its events are that run's, not new spend."""
     source = ledger.parameters.get("post_processing_of")
@@ -79,6 +90,7 @@ def release_markdown(ledger: Ledger, count: int, model_name: Any, labels: tuple[
         f"- ({report.epsilon:.4g}, {ledger.delta:.3g})-differential privacy for the private data set as a whole, "
         f"computed by the {report.accountant.upper()} accountant of Google's `dp_accounting` from the events in `ledger.json`.",
         f"- Unit of privacy: one record. Neighbouring data sets: {NEIGHBORING_WORDS.get(ledger.neighboring, ledger.neighboring)}.",
+        *_skipped_rows_lines(ledger.neighboring),
         "- Everything in this folder is post-processing of the DP mechanisms' outputs; nothing else derived from "
         "the private records is included.",
         "",

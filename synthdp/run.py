@@ -1,7 +1,9 @@
 """One generation run (the configuration: synthdp/config.py): check -> load data -> plan -> budget check -> write-ahead -> pipeline -> bundle.
 
 Everything a user can get wrong is checked before the write-ahead point, so a refused run leaves no
-files in --out and charges nothing to the budget. From the write-ahead on, the run counts as spent.
+files in --out and charges nothing to the budget. From the write-ahead on, the run counts as spent. Every
+record has been checked by then (load_records, then the pipeline's `record_check`): a record that could make
+`run` fail is skipped and counted, so no record can change how a charged run ends.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from synthdp import __version__
 from synthdp import distributed
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
-from synthdp.data import BUNDLED_OPTIONS, LoadedData, load_records
+from synthdp.data import BUNDLED_OPTIONS, LoadedData, keep_checked, load_records
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
@@ -81,15 +83,17 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([], neighboring=cfg.neighboring, delta=cfg.delta)  # refuse before reading anything
     # Data (validation only: no mechanism sees it yet) and models.
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    resources = pipeline.load_resources(options, cfg.model_spec())
+    preflight = getattr(pipeline, "preflight", None)
+    if preflight is not None:  # checks that touch models, not records (e.g. an API that answers)
+        preflight(options, data.labels, resources)
+    # The record boundary: every per-record operation of `run` that could fail on a record has run by here.
+    data = checked_records(pipeline, options, data, resources)
     for reason, count in data.skipped.items():
         warn(f"skipped {count} row(s) of {data.source}: {reason}.")
     message = check_delta_against_n(cfg.delta, len(data.records))
     if message:
         warn(message)
-    resources = pipeline.load_resources(options, cfg.model_spec())
-    preflight = getattr(pipeline, "preflight", None)
-    if preflight is not None:  # checks that touch models, not records (e.g. an API that answers)
-        preflight(options, data.labels, resources)
     # Plan and budget check: refuse before any mechanism touches the data.
     plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
     planned = epsilon_report([e.event for e in plan.events], cfg.delta)
@@ -99,6 +103,16 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
     model_name = str(getattr(resources, "name", cfg.model or "default"))
     return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
+
+
+def checked_records(pipeline: Any, options: Any, data: LoadedData, resources: Any) -> LoadedData:
+    """`data` without the records the pipeline's `run` could fail on (its `record_check`: its tokenizer), skipped
+    and counted before anything is spent, like the rows `load_records` skips. Every rank runs it alike."""
+    make = getattr(pipeline, "record_check", None)
+    if make is None:
+        return data
+    return keep_checked(data, make(options, data.labels, resources),
+                        f"the {pipeline.name} pipeline cannot tokenize the record with the model's tokenizer")
 
 
 def _with_data_defaults(options_class: type, cfg: RunConfig) -> dict[str, Any]:
@@ -250,6 +264,7 @@ def _follow(world: distributed.World) -> GenerateResult:
     pipeline = get_pipeline(cfg.pipeline)
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
     resources = pipeline.load_resources(shared.options, cfg.model_spec())
+    data = checked_records(pipeline, shared.options, data, resources)  # the records rank 0 kept
     p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name)
     rng, noise_rng = run_streams(cfg.seed, shared.keys)
     ctx = _context(p, rng, noise_rng, world, shared.resume)

@@ -90,7 +90,8 @@ FAST_OPTIONS: dict[str, dict[str, object]] = _FastOptions({
     "private-prediction": {"max_tokens": 6, "batch_size": 8, "clip": 2, "svt_noise": 1},
     "private-evolution": {"iterations": 2, "variations": 1, "max_tokens": 8, "probe": 2},
     "dp-finetune": {"batch_size": 8, "micro_batch_size": 3, "max_tokens": 6, "max_record_tokens": 24,
-                    "sample_batch_size": 4, "epochs": 1, "noise": 2.0},  # a given noise: no calibration search
+                    "sample_batch_size": 4, "epochs": 1, "noise": 2.0,  # a given noise: no calibration search
+                    "label_sizes": "24"},  # public n (the true n is private under add/remove): the 24 rows of data_file
     "invisibleink": {"batch_size": 2, "max_tokens": 6, "max_record_tokens": 12},
     "dp-unigram": {"text_words": 4},  # examples/custom_pipeline, registered through its entry point
 })

@@ -173,7 +173,7 @@ def data_file(tmp_path: Path) -> Path:
 
 
 FAST = ["--set", "batch_size=8", "--set", "micro_batch_size=3", "--set", "max_tokens=6", "--set", "max_record_tokens=24",
-        "--set", "sample_batch_size=4", "--no-progress"]
+        "--set", "sample_batch_size=4", "--set", "label_sizes=24", "--no-progress"]
 
 
 def gen(data: Path, out: Path, model: Path, *extra: str, epsilon: str = "3") -> list[str]:
@@ -279,7 +279,7 @@ def test_dp_label_histogram_is_planned_under_either_spelling(spelling: str) -> N
     from synthdp.pipelines.base import Target, get_pipeline, parse_options
 
     pipe = get_pipeline("dp-finetune")
-    options = parse_options(pipe.options_class, {"label_counts": spelling, "epochs": "1"})
+    options = parse_options(pipe.options_class, {"label_counts": spelling, "epochs": "1", "label_sizes": "64"})
     records = [Record(f"text {i}", "ab"[i % 2]) for i in range(64)]
     plan = pipe.plan(options, Target(3.0, 1e-5), LoadedData(records, ("a", "b"), False, {}, "test"), None)
     assert [e.name for e in plan.events] == ["DP label histogram", "DP-SGD (LoRA)"]
@@ -295,7 +295,7 @@ def plan_for(label_counts: str, labels: tuple[str, ...] = ("a", "b")):
     from synthdp.data import LoadedData
     from synthdp.pipelines.base import Target, parse_options
 
-    options = parse_options(FinetuneOptions, {"label_counts": label_counts, "epochs": "1"})
+    options = parse_options(FinetuneOptions, {"label_counts": label_counts, "epochs": "1", "label_sizes": "64"})
     records = [Record(f"text {i}", labels[i % len(labels)]) for i in range(64)]
     return options, DPFinetune().plan(options, Target(3.0, 1e-5), LoadedData(records, labels, False, {}, "test"), None)
 

@@ -88,7 +88,8 @@ CLI_CASES: list[tuple[str, str, list[str], str, str]] = [
     ("pe blanks template without {words}", PE, ["--set", "blanks_prompt={text}"], "{words}", "guard"),
     # -- DP fine-tuning
     ("ft epochs huge", FT, ["--set", "epochs=1e9"], "epochs", "new"),
-    ("ft steps over the limit", FT, ["--data", "{big}", "--set", "epochs=5000", "--set", "batch_size=1"],
+    ("ft steps over the limit", FT, ["--data", "{big}", "--set", "epochs=5000", "--set", "batch_size=1",
+                                     "--set", "label_sizes=312"],
      "1,000,000", "new"),
     ("ft learning_rate huge", FT, ["--set", "learning_rate=1e6"], "learning_rate", "new"),
     ("ft max_record_tokens huge", FT, ["--set", "max_record_tokens=1e12"], "max_record_tokens", "new"),

@@ -219,7 +219,7 @@ def test_finetune_and_evolution_use_the_shared_rule() -> None:
     records = records_of({"a": 40, "b": 24})
     data = LoadedData(records, ("a", "b"), False, {}, "test")
     sigma = label_histogram.calibrate_noise(3.0, 1e-5)
-    for name, extra in (("dp-finetune", {"epochs": "1"}), ("private-evolution", {"iterations": "2"})):
+    for name, extra in (("dp-finetune", {"epochs": "1", "label_sizes": "64"}), ("private-evolution", {"iterations": "2"})):
         pipe = get_pipeline(name)
         plan = pipe.plan(parse_options(pipe.options_class, {"label_counts": "dp", **extra}), Target(3.0, 1e-5), data, None)
         assert plan.events[0].event == label_histogram.histogram_event(sigma), name

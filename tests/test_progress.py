@@ -106,7 +106,7 @@ def test_finetune_shows_its_training_steps_then_its_texts(tmp_path: Path, data_f
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     rec = run_cli(monkeypatch, tmp_path / "run", data_file, tiny_model_dir, "dp-finetune", "batch_size=8",
                   "micro_batch_size=3", "max_tokens=6", "max_record_tokens=24", "sample_batch_size=4", "epochs=1",
-                  "label_counts=dp")
+                  "label_counts=dp", "label_sizes=24")
     ledger = Ledger.read(tmp_path / "run")
     steps = ledger.parameters["steps"]
     assert rec.stages[1:] == [("DP-SGD training", steps, "step"), ("texts", 4, "text")]

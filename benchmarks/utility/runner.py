@@ -191,6 +191,8 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
 
     def work() -> tuple[list[str], list[str], dict[str, Any]]:
         options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data, overrides)
+        if arm.pipeline == "dp-finetune":  # its n must be public: the benchmark's own choice of rows is
+            options.setdefault("label_sizes", str(len(data.private)))
         out = work_dir / f"{data.name}-{arm.pipeline}-eps{epsilon:g}-r{repeat}-{random.getrandbits(32):08x}"
         shared.sharing = arm.share_model
         try:

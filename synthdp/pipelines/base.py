@@ -127,6 +127,9 @@ class Pipeline(Protocol):
 
     # Optional: `preflight(options, labels, resources) -> None`, called after `load_resources` and before
     # `plan`: checks that touch models but no record (e.g. that an API answers), raising a UserError.
+    # Optional: `record_check(options, labels, resources) -> Callable[[Record], object]`: a function doing, for one
+    # record, every operation of `run` that could fail on a record's content (its tokenization). It is called on
+    # every record before the plan; a record it raises on is skipped and counted, so `run` never meets one.
 
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`

@@ -32,8 +32,10 @@ NEIGHBORING_WORDS: dict[str, str] = {
     ),
     "replace_one": (
         "replace one record by another (the unit of privacy is one record): two data sets are neighbours when "
-        "they have the same number of records n and differ in one record (its text and its label may both "
-        "change), and every quantity the ledger lists as public is the same fixed input for both, so n and those "
+        "they have the same number of records n (the rows read: a row skipped as unusable counts in n and "
+        "contributes nothing) and differ in one record (its text and its label may both change, and it may be "
+        "usable in one and skipped in the other), and every quantity the ledger lists as public is the same fixed "
+        "input for both, so n and those "
         "are not protected while everything else about the records, their per-label counts included, is"
     ),
 }

@@ -2,7 +2,8 @@
 
 A row is the control prompt's tokens, then the record's tokens followed by the end-of-text token, that
 part cut to `max_record_tokens` (a cut record has no end token: the model does not learn to stop
-there). Only the record part carries loss; the prompt tokens and padding get label -100.
+there). Only the record part carries loss; the prompt tokens and padding get label -100. The record is
+tokenized as data: special-token strings in it never become special ids (synthdp/models/records.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from synthdp.data import Record
 from synthdp.distributed import World
 from synthdp.mechanisms.dpsgd import my_share, poisson_batch
 from synthdp.models.local import LocalLM
+from synthdp.models.records import record_ids
 from synthdp.pipelines.finetune.options import FinetuneOptions, control_prompt
 
 Example = tuple[list[int], list[int]]  # (input ids, labels)
@@ -31,7 +33,7 @@ def eos_id(lm: LocalLM) -> int:
 def encode_example(lm: LocalLM, options: FinetuneOptions, record: Record) -> Example:
     """(ids, labels): control prompt + (text + eos, cut to max_record_tokens); the prompt tokens get label -100."""
     prompt = prompt_ids(lm, options, record.label)
-    text = (list(lm.tokenizer(record.text, add_special_tokens=False)["input_ids"]) + [eos_id(lm)])
+    text = record_ids(lm.tokenizer, record.text) + [eos_id(lm)]
     text = text[: options.max_record_tokens]
     return prompt + text, [-100] * len(prompt) + text
 

@@ -5,7 +5,8 @@ pairs, loss on the text tokens only; then sample the synthetic corpus from the t
 adapter is itself DP (the ledger covers it) and is saved in the run folder, so `synthdp sample
 --from RUN` can draw more texts later at no privacy cost.
 
-    plan:  q = B / n, T = ceil(epochs n / B); sigma calibrated so that [histogram +] DP-SGD(sigma, q, T) <= epsilon
+    plan:  q = B / n, T = ceil(epochs n / B), n public (label_sizes); sigma calibrated so that
+           [histogram +] DP-SGD(sigma, q, T) <= epsilon
     run:   [weights <- DP label histogram]; for t in 1..T: one DP-SGD step (mechanisms/dpsgd.py);
            save the adapter; sample texts per label from it
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from dp_accounting import dp_event
@@ -29,10 +30,10 @@ from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
-from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_batches
+from synthdp.pipelines.finetune.encoding import encode_example, rank_examples, sampled_micro_batches
 from synthdp.pipelines.finetune.lora import ADAPTER_DIR, check_causal_lm, lora_config, save_adapter, set_adapter_weights
 from synthdp.pipelines.finetune.options import FinetuneOptions
-from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, schedule
+from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, public_size, schedule
 from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
@@ -57,6 +58,11 @@ class DPFinetune:
         lora_config(options, lm.model)  # a bad target module name fails here, before anything is spent
         return lm
 
+    def record_check(self, options: FinetuneOptions, labels: tuple[str, ...],
+                     resources: LocalLM) -> Callable[[Record], object]:
+        """A record's training row as `run` encodes it, done on every record before the plan."""
+        return lambda record: encode_example(resources, options, record)
+
     # ------------------------------------------------------------------ plan
 
     def plan(self, options: FinetuneOptions, target: Target, data: LoadedData, resources: Any) -> FinetunePlan:
@@ -67,7 +73,8 @@ class DPFinetune:
             raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
                               "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
                               "generate ...`, or drop --set sharding=fsdp2.")
-        n, labels = len(data.records), data.labels or ()
+        labels = data.labels or ()
+        n, n_words = public_size(options, data)
         q, steps = schedule(options, n)
         public = parse_label_weights(options.label_counts)
         if public is not None and (not labels or set(public) - set(labels)):
@@ -87,7 +94,7 @@ class DPFinetune:
                         f"public: the weights {options.label_counts!r}" if public is not None else
                         "public (split evenly across labels)")
         assumptions = (
-            f"the number of records n = {n} is public: it sets the sampling rate q = B/n and the number of steps T = {steps}",
+            f"{n_words}: it sets the sampling rate q = B/n and the number of steps T = {steps}",
             label_set_words(data),
             "the control prompts (" + options.prompt_template + "), the pretrained model and the LoRA configuration are public",
             f"the number of synthetic texts per label is {counts_words}",

@@ -4,6 +4,10 @@ DP-SGD with Poisson sampling rate q = B / n over T steps at noise multiplier sig
 `dpsgd_event(sigma, q, T)`), preceded, when `label_counts=dp` and there are two or more labels, by the
 DP label histogram (`synthdp.mechanisms.label_histogram`: its noise costs 5% of epsilon alone; one label
 needs none, since only proportions are used).
+
+n is a public size (`label_sizes`, or the size of the bundled public sample), never the number of records
+read: under add/remove that number is private, and q and T are published in the ledger. The DP-SGD event
+cannot wait for a DP count of n drawn in the run, because every event is charged before any record is read.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 
 from dp_accounting import dp_event
 
+from synthdp.data import BUNDLED_SOURCE, LoadedData
 from synthdp.errors import OptionError
 from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan
 from synthdp.pipelines.finetune.options import MAX_STEPS, FinetuneOptions
+from synthdp.pipelines.shared import check_label_sizes, parse_label_sizes
 from synthdp.privacy.accounting import dpsgd_event
 
 
@@ -52,11 +58,31 @@ class FinetunePlan(PrivacyPlan):
         return dp_event.ComposedDpEvent([*before, dpsgd_event(self.noise_multiplier, self.sampling_rate, step)])
 
 
+def public_size(options: FinetuneOptions, data: LoadedData) -> tuple[int, str]:
+    """(n, the ledger's words for it): the public size given with `label_sizes`, or the bundled public sample's
+    rows. Anything else is refused (OptionError, before anything is spent): the true n is private."""
+    text = options.label_sizes.strip()
+    if text:
+        sizes = parse_label_sizes(text)
+        assert sizes is not None  # "dp" is refused by the options
+        if set(sizes) != {None}:
+            check_label_sizes(text, data.labels)
+        n = sum(sizes.values())
+        return n, f"the number of records n = {n} given with label_sizes ({text}) is public (not checked against the data)"
+    if data.source == BUNDLED_SOURCE:
+        return data.rows_read, f"the number of records n = {data.rows_read} of the bundled public sample is public"
+    raise OptionError(
+        "`label_sizes` must be given for dp-finetune: DP-SGD sets its sampling rate q = batch_size / n and its steps "
+        "T = ceil(epochs n / batch_size) from the number of records n, and the ledger publishes both, while under "
+        "add/remove adjacency the true n is private. Found none. Pass a public n with --set label_sizes=N (an "
+        "estimate or a bound you are willing to publish; it is not checked against the data).")
+
+
 def schedule(options: FinetuneOptions, n: int) -> tuple[float, int]:
     """(q, T): Poisson rate B / n and steps ceil(epochs n / B), from the public n."""
     if options.batch_size > n:
-        raise OptionError(f"`batch_size` = {options.batch_size} is larger than the dataset ({n} records). "
-                          f"Set --set batch_size=N with N <= {n}.")
+        raise OptionError(f"`batch_size` = {options.batch_size} is larger than the public number of records n = {n} "
+                          f"(label_sizes). Set --set batch_size=N with N <= {n}.")
     steps = max(1, math.ceil(options.epochs * n / options.batch_size))
     if steps > MAX_STEPS:
         raise OptionError(f"`epochs` = {options.epochs:g} at batch_size {options.batch_size} on {n} records gives "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -76,6 +76,13 @@ class InvisibleInk:
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
+
+    def record_check(self, options: InvisibleInkOptions, labels: tuple[str, ...],
+                     resources: LocalLM) -> Callable[[Record], object]:
+        """A record's prompt as `run` builds it (its tokenization: the same for every set of examples of a label),
+        done on every record before the plan."""
+        prompts = self.prompts(resources, options)
+        return lambda record: prompts.private(record.label, 0, record.text)
 
     def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         return make_plan(options, target, data)
@@ -174,17 +181,10 @@ class InvisibleInk:
 
     @staticmethod
     def prompt(prompts: Prompts, text: str, unit: Unit, width: int) -> list[int]:
-        """A record's prompt, the record cut to `max_record_tokens` tokens (further in the rare case the prompt
-        still leaves no padding column in `width`): it depends on the record and the unit's public index alone."""
-        lm = prompts.lm
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        keep = min(len(ids), prompts.options.max_record_tokens)
-        while True:
-            cut = text if keep == len(ids) else lm.decode(ids[:keep])
-            row = prompts.private(unit.label, unit.index, cut)
-            if len(row) < width or keep == 0:
-                return row
-            keep = max(0, keep - (len(row) - width + 1))
+        """A record's prompt, the record spliced in as data and cut to `max_record_tokens` tokens (further in the rare
+        case the prompt would leave no padding column in `width`): it depends on the record and the unit's public
+        index alone."""
+        return prompts.private(unit.label, unit.index, text, room=width - 1)
 
     @torch.no_grad()
     def decode_group(self, prompts: Prompts, units: list[Unit], m: int, mech: Mechanism,

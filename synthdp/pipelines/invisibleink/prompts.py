@@ -20,13 +20,15 @@ shows depends on its public index only, and the same examples go to its private 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from synthdp.models.records import SLOT, Slot, chat_slot, text_slot
 
 if TYPE_CHECKING:
     from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
@@ -85,6 +87,7 @@ class Prompts:
     options: InvisibleInkOptions
     examples: dict[str | None, list[str]]
     line_break_ids: frozenset[int]
+    _slots: dict[tuple[str | None, tuple[str, ...]], Slot] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def build(cls, lm: Any, options: InvisibleInkOptions) -> Prompts:
@@ -112,16 +115,35 @@ class Prompts:
         o = self.options
         return {"domain": o.domain, "label_name": o.label_name, "label": label if label is not None else "any"}
 
-    def _list_ids(self, label: str | None, items: list[str]) -> list[int]:
+    def _list_text(self, label: str | None, items: list[str]) -> str:
         lines = [self.options.list_header.format(**self._fields(label))]
         lines += [f"{i}. {item}" for i, item in enumerate(items, 1)]
-        return list(self.lm.tokenizer("\n".join(lines) + f"\n{len(items) + 1}.", add_special_tokens=False)["input_ids"])
+        return "\n".join(lines) + f"\n{len(items) + 1}."
 
-    def private(self, label: str | None, index: int, text: str) -> list[int]:
-        o = self.options
-        if o.prompt_style == "list":
-            return self._list_ids(label, self.shown(label, index) + [one_line(text)])
-        return list(self.lm.chat_ids(o.prompt_template.format(**self._fields(label), text=text), o.assistant_prefix))
+    def _list_ids(self, label: str | None, items: list[str]) -> list[int]:
+        return list(self.lm.tokenizer(self._list_text(label, items), add_special_tokens=False)["input_ids"])
+
+    def slot(self, label: str | None, index: int) -> Slot:
+        """The private prompt of batch `index` of `label` with the record's place (public; built once per set of
+        examples): the record is spliced in as data (synthdp/models/records.py)."""
+        shown = self.shown(label, index)
+        key = (label, tuple(shown))
+        if key not in self._slots:
+            o = self.options
+            self._slots[key] = (text_slot(self.lm.tokenizer, self._list_text(label, shown + [SLOT]))
+                                if o.prompt_style == "list" else
+                                chat_slot(self.lm, o.prompt_template.format(**self._fields(label), text=SLOT),
+                                          o.assistant_prefix))
+        return self._slots[key]
+
+    def record(self, text: str) -> str:
+        """What of a record goes into its prompt: in `list`, the text on one line."""
+        return one_line(text) if self.options.prompt_style == "list" else text
+
+    def private(self, label: str | None, index: int, text: str, *, room: int | None = None) -> list[int]:
+        """The private prompt of a record, the record cut to `max_record_tokens` tokens (and to fit `room` tokens)."""
+        return self.slot(label, index).fill(self.lm.tokenizer, self.record(text),
+                                            cap=self.options.max_record_tokens, room=room)
 
     def public(self, label: str | None, index: int) -> list[int]:
         o = self.options

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -60,6 +60,15 @@ class PrivateEvolution:
         """The probe: public RANDOM_API requests; a model answering mostly empty text is refused here."""
         if options.probe:
             probe(options, list(labels), resources.generator)
+
+    def record_check(self, options: PrivateEvolutionOptions, labels: Sequence[str],
+                     resources: PrivateEvolutionResources) -> Callable[[Record], object]:
+        """What `run` does with a record that could fail on its content: the embedder's tokenization (its whole
+        embedding for an embedder without `tokens`), done on every record before the plan (the generator never sees
+        a record)."""
+        embedder = resources.embedder
+        read = getattr(embedder, "tokens", None) or embedder.embed
+        return lambda record: read([record.text])
 
     def plan(self, options: PrivateEvolutionOptions, target: Target, data: LoadedData,
              resources: PrivateEvolutionResources | None) -> PrivateEvolutionPlan:

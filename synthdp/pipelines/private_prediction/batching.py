@@ -49,8 +49,10 @@ def plan_hash_batches(label_sizes: str, target: Target, data: LoadedData, s: int
     if sizes is not None:
         words = f"the per-label sizes given with label_sizes ({label_sizes}) are public (they are not checked against the data)"
     elif not label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
-        sizes = {labels[0]: len(data.records)}  # replace-one with one label: n is the same in neighbouring data sets
-        words = f"the number of records n = {len(data.records)} is public under replace-one adjacency"
+        # replace-one with one label: neighbouring data sets have the same number of rows, skipped rows included
+        sizes = {labels[0]: data.rows_read}
+        words = (f"the number of rows read n = {data.rows_read} is public under replace-one adjacency (rows skipped "
+                 "as unusable count in n and contribute nothing, so one row replaced by any other leaves n as it is)")
     else:
         sigma_h, histogram = label_histogram_event(
             target.epsilon, target.delta, target.neighboring, len(data.labels),

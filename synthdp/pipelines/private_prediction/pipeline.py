@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 from dp_accounting import dp_event
@@ -21,6 +21,7 @@ from synthdp.pipelines.private_prediction.batching import (
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
+from synthdp.pipelines.private_prediction.prompts import private_slot
 
 
 @dataclass
@@ -48,6 +49,12 @@ class PrivatePrediction:
 
     def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
+
+    def record_check(self, options: PrivatePredictionOptions, labels: tuple[str, ...],
+                     resources: LocalLM) -> Callable[[Record], object]:
+        """A record's prompt as `run` builds it (its tokenization), done on every record before the plan."""
+        slots = {label: private_slot(resources, label, options) for label in labels or (None,)}
+        return lambda record: slots[record.label].fill(resources.tokenizer, record.text, cap=options.max_record_tokens)
 
     def plan(self, options: PrivatePredictionOptions, target: Target, data: LoadedData,
              resources: Any) -> PrivatePredictionPlan:

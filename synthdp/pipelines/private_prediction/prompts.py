@@ -1,12 +1,14 @@
 """The prompts of one hash batch: one private prompt per record, then the public prompt, as token ids.
 
 Every private prompt is cut to fit one fixed width set by public quantities only (template, label, cap,
-tokenizer), so a prompt depends on its own record alone (tests/test_row_independence.py).
+tokenizer), so a prompt depends on its own record alone (tests/test_row_independence.py). The record is
+tokenized on its own as data and spliced into the prompt (synthdp/models/records.py).
 """
 
 from __future__ import annotations
 
 from synthdp.models.local import LocalLM
+from synthdp.models.records import SLOT, Slot, chat_slot
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
@@ -33,23 +35,18 @@ def prompt_width(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) ->
     return len(lm.chat_ids(fill_prompt(o, label, ""), o.assistant_prefix)) + o.max_record_tokens + PROMPT_SLACK + 1
 
 
+def private_slot(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> Slot:
+    """The private prompt of `label` with the record's place (public)."""
+    return chat_slot(lm, fill_prompt(o, label, SLOT), o.assistant_prefix)
+
+
 def prompt_rows(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> list[list[int]]:
     """Private prompts (one per record) followed by the public prompt, as token ids.
 
-    A record is cut to `max_record_tokens` tokens, and further in the rare case its prompt still
-    does not fit `prompt_width` with a padding column: each prompt depends on its record alone.
+    A record is tokenized as data, cut to `max_record_tokens` tokens (further in the rare case its prompt
+    would not fit `prompt_width` with a padding column) and spliced in: each prompt depends on its record alone.
     """
-    width = prompt_width(lm, label, o)
-    rows = []
-    for text in texts:
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        keep = min(len(ids), o.max_record_tokens)
-        while True:
-            cut = text if keep == len(ids) else lm.decode(ids[:keep])  # cut only records that are too long
-            row = lm.chat_ids(fill_prompt(o, label, cut), o.assistant_prefix)
-            if len(row) < width or keep == 0:
-                break
-            keep = max(0, keep - (len(row) - width + 1))
-        rows.append(row)
+    width, slot = prompt_width(lm, label, o), private_slot(lm, label, o)
+    rows = [slot.fill(lm.tokenizer, text, cap=o.max_record_tokens, room=width - 1) for text in texts]
     rows.append(lm.chat_ids(fill_prompt(o, label, fill_placeholder(o, label)), o.assistant_prefix))
     return rows
