@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from synthdp.data import Record
 from synthdp.errors import UserError
-from synthdp.workdir import DamagedFile, make_private_dir, private_dir, read_sealed, write_sealed
+from synthdp.workdir import DamagedFile, check_private_dir, make_private_dir, private_dir, read_sealed, write_sealed
 
 STATE_NAME = "state.json"
 STATE_FORMAT = "synthdp-run-state/1"
@@ -53,6 +53,8 @@ def read_state(out: Path, run_id: str) -> RunState:
     lost = ("Without it the run cannot replay its batches from the same noise; it stays charged. Start a new run "
             "with a new --out.")
     try:
+        if path.parent.exists():
+            check_private_dir(path.parent)
         body = read_sealed(path)
         keys = body["keys"]
         state = RunState(str(body["run_id"]), None if keys is None else (int(keys[0], 16), int(keys[1], 16)),

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,18 @@ def make_private_dir(out: Path) -> Path:
         pass
     except OSError as err:
         raise OutputError(f"Cannot create the run's work folder {folder}: {os_error_words(err)}.") from err
+    check_private_dir(folder)
+    return folder
+
+
+def check_private_dir(folder: Path) -> None:
+    """An OutputError unless `folder` is a real folder that only its owner can open."""
     if folder.is_symlink() or not folder.is_dir():
         raise OutputError(f"{folder} is not a folder: synthdp keeps the run's private state there. Remove it.")
-    return folder
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if mode & 0o077:  # made or opened up by someone else: the keys must not sit where others can read them
+        raise OutputError(f"{folder} can be opened by other users (mode {mode:04o}); it holds the run's secret keys. "
+                          "Make it private (chmod 700) after checking who could read it, or abandon the run.")
 
 
 def remove_private_dir(out: Path) -> bool:
