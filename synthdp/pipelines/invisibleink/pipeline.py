@@ -11,6 +11,8 @@ G batches advance together (decoding.py); each batch draws from its own noise st
 in batch order, so the texts do not depend on G. Under torchrun the groups of G batches are spread over the
 ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them in order: with the same --seed the
 corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
+Rank 0 checkpoints each group as it comes back (pipelines/checkpoint.py); a resumed run rebuilds the same batches
+and streams from the run's stored keys and decodes only the groups not checkpointed: the same corpus, no new cost.
 """
 
 from __future__ import annotations
