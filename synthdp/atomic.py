@@ -79,9 +79,10 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
     """Replace `path` by `data` atomically (partial file, fsync, rename, fsync the folder). Keeps the
-    file's mode when it exists (0644 otherwise); refuses a read-only file."""
+    file's mode when it exists (0644 otherwise); refuses a read-only file. `private`: the file stays
+    0600 (mkstemp's mode from its creation, never widened), for secrets only the operator may read."""
     path = Path(path)
     read_only = read_only_mode(path)
     if read_only is not None:
@@ -98,7 +99,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        if not private:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
         tmp = None
         fsync_dir(path.parent)

@@ -162,6 +162,18 @@ def ledger_verify(
     )
 
 
+@ledger_app.command("abandon")
+@user_errors
+def ledger_abandon(path: Annotated[Path, typer.Argument(help="The folder of an interrupted run.")]) -> None:
+    """Give up an interrupted run: recorded as failed (it stays charged); its secret keys and checkpoint are deleted,
+    so it can no longer be resumed."""
+    from synthdp.run import abandon_run
+
+    ledger = abandon_run(path)
+    typer.echo(f"Run {ledger.run_id} is recorded as failed and stays charged ({ledger.epsilon:.4g}); its keys and "
+               "checkpoint are deleted.")
+
+
 @budget_app.command("init")
 @user_errors
 def budget_init(

@@ -28,10 +28,12 @@ from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
-from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
-from synthdp.privacy.owner import record_failure
+from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n, now
+from synthdp.privacy.owner import owner_words, record_end, record_failure
 from synthdp.progress import ProgressDisplay
 from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
+from synthdp.run_state import RunState, check_same, fingerprints, read_state, write_state
+from synthdp.workdir import private_dir, remove_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ def generate_run(
             synthdp_version=__version__,
             release_blockers=release_blockers(p.data),
         )
+        keys = None if cfg.seed is not None else fresh_keys()  # the run's two streams (seeded: from the seed)
+        state = RunState(ledger.run_id, keys, _fingerprints(p)) if _keeps_keys(p.pipeline) else None
         # Write-ahead: from here on the run counts as spent, whatever happens.
         out = cfg.out
         if p.budget is not None:
@@ -156,10 +160,12 @@ def generate_run(
             out.mkdir(parents=True, exist_ok=True)
             ledger.write(out / "ledger.json")
             write_config(out / "config.toml", cfg.to_toml_dict(p.options))
+            if state is not None:  # operator only, removed at the commit: what a resume replays from
+                write_state(out, state)
         except BaseException as err:
             record_failure(ledger, out, p.budget, err)
             raise
-    return _execute(p, ledger, world, show_progress=show_progress, resume=False)
+    return _execute(p, ledger, world, keys, show_progress=show_progress, resume=False)
 
 
 def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], None] | None = None) -> GenerateResult:
@@ -186,17 +192,54 @@ def resume_run(out: Path, *, show_progress: bool = True, warn: Callable[[str], N
         if [e.to_json() for e in p.plan.events] != [e.to_json() for e in ledger.events]:
             raise UserError(f"The configuration in {out / 'config.toml'} no longer gives the plan in its ledger; "
                             "it cannot be resumed. Start a new run.")
+        keys = None if cfg.seed is not None else fresh_keys()
+        if _keeps_keys(p.pipeline):  # the same streams, data, configuration, model and plan, or nothing runs
+            state = read_state(out, ledger.run_id)
+            check_same(state, _fingerprints(p), out)
+            keys = state.keys
         ledger.status = "running"
+        ledger.resumed.append(now())
         ledger.write(out / "ledger.json")
         if p.budget is not None:
             p.budget.mark(ledger.run_id, "running")
-    return _execute(p, ledger, world, show_progress=show_progress, resume=True)
+    return _execute(p, ledger, world, keys, show_progress=show_progress, resume=True)
 
 
-def _execute(p: Prepared, ledger: Ledger, world: distributed.World, *, show_progress: bool,
-             resume: bool) -> GenerateResult:
+def abandon_run(out: Path) -> Ledger:
+    """Give up an interrupted run for good: recorded as failed (it stays charged), its private work folder (the
+    stream keys, the checkpoint) deleted, so it can no longer be resumed."""
+    out = Path(out)
+    ledger = Ledger.read(out)
+    if ledger.status == "complete":
+        raise UserError(f"The run in {out} is complete; there is nothing to abandon.")
+    if ledger.status == "running":
+        where = f" ({owner_words(ledger.owner)})" if ledger.owner else ""
+        raise UserError(f"The run in {out} is still running{where}. Stop it first, then abandon it.")
+    budget = Budget.load(Path(ledger.budget_file)) if ledger.budget_file else None
+    problems = record_end(ledger, out, budget, "failed")
+    if problems:
+        raise UserError(f"The run in {out} could not be recorded as abandoned: {'; '.join(problems)}.")
+    if not remove_private_dir(out):
+        raise UserError(f"Could not delete {private_dir(out)}; delete it yourself (rm -r): it holds the run's keys.")
+    return ledger
+
+
+def _keeps_keys(pipeline: Any) -> bool:
+    """A pipeline that resumes by replaying its batches from the run's stream keys (kept until the commit)."""
+    return bool(getattr(pipeline, "supports_resume", False) and getattr(pipeline, "resumes_from_keys", False))
+
+
+def _fingerprints(p: Prepared) -> dict[str, str]:
+    config = p.cfg.to_toml_dict(p.options)
+    config["run"].pop("out", None)  # the folder may move; what runs may not
+    plan = {"events": [e.to_json() for e in p.plan.events], "parameters": p.plan.published(),
+            "public_assumptions": list(p.plan.public_assumptions)}
+    return fingerprints(p.data.records, p.data.labels, config, plan, p.resources)
+
+
+def _execute(p: Prepared, ledger: Ledger, world: distributed.World, keys: tuple[int, int] | None, *,
+             show_progress: bool, resume: bool) -> GenerateResult:
     cfg, out = p.cfg, p.cfg.out
-    keys = None if cfg.seed is not None or world.size == 1 else fresh_keys()
     world.broadcast(("go", _Shared(cfg, p.options, p.plan, p.model_name, keys, resume)))
     rng, noise_rng = run_streams(cfg.seed, keys)  # released choices; noise (ChaCha20)
     bar = ProgressDisplay(cfg.num_samples, cfg.delta, ledger.epsilon) if show_progress else None
@@ -210,6 +253,9 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, *, show_prog
     finally:
         if bar is not None:
             bar.close()
+    if not remove_private_dir(out):  # the keys and the checkpoint end with the run
+        log.warning("Could not delete %s: it holds the run's secret keys. Delete it before sharing %s.",
+                    private_dir(out), out)
     summary = {"records": count, "requested": cfg.num_samples, **ctx.summary}
     if p.budget is not None:
         try:

@@ -3,7 +3,8 @@
 A run records, when it commits, the sha256 of every file it released (`files` in ledger.json). A
 reviewer's check recomputes three things from what is on disk:
 1. epsilon, from the stored DpEvents, by dp_accounting (it must equal the epsilon the ledger states);
-2. the sha256 of every released file (each must match; a run file the ledger does not list is an error);
+2. the sha256 of every released file (each must match; a run file the ledger does not list is an error, and so
+   is the run's private work folder: its secret keys must never ship);
 3. with a budget file, that the run is charged there with exactly the same events, delta and relation.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from synthdp.errors import UserError
 from synthdp.privacy.accounting import event_to_json
 from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.workdir import private_dir
 
 # Files a run writes besides ledger.json; the ledger records the digest of each one it wrote.
 RELEASED_FILES = ("synthetic.jsonl", "synthetic.parquet", "config.toml", "RELEASE.md", "README.md")
@@ -64,6 +66,9 @@ def _check_files(ledger: Ledger, run_dir: Path) -> list[str]:
             problems.append(f"{name} does not match the sha256 the ledger recorded (the file was changed)")
     unlisted = [name for name in RELEASED_FILES if (run_dir / name).is_file() and name not in ledger.files]
     problems += [f"{name} is in the folder but not recorded by the ledger" for name in unlisted]
+    if private_dir(run_dir).exists():  # left by a run stopped between its commit and the folder's removal
+        problems.append(f"{private_dir(run_dir).name} is in the folder: the run's private work folder (its secret "
+                        f"stream keys, its checkpoint), never part of a release. Delete it: rm -r {private_dir(run_dir)}")
     return problems
 
 

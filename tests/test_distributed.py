@@ -6,7 +6,7 @@ the workers' PYTHONPATH (written below into a tmp folder) does two test-only thi
 - an audit hook logs every open of the private data file by a rank other than 0, with whether ledger.json was
   already written then (the write-ahead);
 - an entry point registers `test-rank-killed`: private prediction whose rank 1 kills itself (SIGKILL) when it
-  reaches its second chunk, after rank 0 has written texts.
+  reaches its second batch, after rank 0 has written texts.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if _DATA and os.environ.get("RANK", "0") != "0":
 '''
 
 KILLED_PIPELINE = '''
-"""Test-only: private prediction whose rank 1 dies (SIGKILL) when it reaches its second chunk."""
+"""Test-only: private prediction whose rank 1 dies (SIGKILL) when it reaches its second batch."""
 import os
 import signal
 
@@ -53,12 +53,12 @@ class RankKilled(PrivatePrediction):
     seen = 0
 
     @staticmethod
-    def chunk_texts(lm, chunk, options, plan, run_ctx, progress):
+    def batch_texts(lm, batch, quota, options, plan, run_ctx, live):
         if run_ctx.world.rank == 1:
             RankKilled.seen += 1
             if RankKilled.seen == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-        yield from PrivatePrediction.chunk_texts(lm, chunk, options, plan, run_ctx, progress)
+        return PrivatePrediction.batch_texts(lm, batch, quota, options, plan, run_ctx, live)
 '''
 
 
@@ -212,4 +212,5 @@ def test_a_rank_killed_mid_run_leaves_the_run_charged_and_no_corpus(
     charged = json.loads(budget.read_text())["runs"]
     assert [run["run_id"] for run in charged] == [ledger(out)["run_id"]]
     assert charged[0]["events"] == ledger(out)["events"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "ledger.json"]  # no corpus, not even partial
+    # no corpus, not even partial; the run's private work folder (keys, checkpoint) stays for a resume
+    assert sorted(p.name for p in out.iterdir()) == [".synthdp-run", "config.toml", "ledger.json"]

@@ -47,7 +47,8 @@ def run_streams(seed: int | None = None, keys: tuple[int, int] | None = None) ->
 
 def fresh_keys() -> tuple[int, int]:
     """256 secret bits from the OS for each of the two streams: rank 0 draws them and sends them to the run's
-    other processes (never written anywhere)."""
+    other processes. A run that resumes by replay keeps them until it commits in an operator-only key file
+    (synthdp/run_state.py): they are as secret as the data; nothing else writes them."""
     return secrets.randbits(256), secrets.randbits(256)
 
 

@@ -121,6 +121,8 @@ class Pipeline(Protocol):
     supports_resume: ClassVar[bool]  # True only if `run` with ctx.resume continues without re-spending
     # Optional `supports_distributed: ClassVar[bool]`: True if `run` splits its work over ctx.world's ranks (every
     # rank runs `run`; rank 0's records are the corpus). Without it, a run under torchrun is refused.
+    # Optional `resumes_from_keys: ClassVar[bool]`: a resume replays the unfinished batches from the run's stream keys
+    # (kept by synthdp/run.py in an operator-only file until the commit; progress in pipelines/checkpoint.py).
 
     def load_resources(self, options: Any, spec: ModelSpec) -> Any:
         """Load models (raising ModelError for a bad path or endpoint) before anything is spent."""

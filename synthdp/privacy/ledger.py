@@ -79,6 +79,7 @@ class Ledger:
     recovered: str | None = None  # set when read: the run's process ended without recording how
     release_blockers: list[str] = field(default_factory=list)  # reasons not to release, set by the run
     files: dict[str, str] = field(default_factory=dict)  # released file -> sha256, recorded at commit
+    resumed: list[str] = field(default_factory=list)  # when the run was resumed (nothing new charged)
 
     @property
     def report(self) -> EpsilonReport:
@@ -130,7 +131,7 @@ class Ledger:
             "not_release_ready_reasons": self.not_release_ready_reasons,
             "budget_file": self.budget_file,
             "release_blockers": self.release_blockers,
-            "files": self.files,
+            "files": self.files, "resumed": self.resumed,
         } | ({"owner": self.owner} if self.status == "running" and self.owner else {})
 
     @classmethod
@@ -152,7 +153,7 @@ class Ledger:
             budget_file=data.get("budget_file"),
             synthdp_version=data.get("synthdp_version", ""),
             owner=data.get("owner"),
-            release_blockers=list(data.get("release_blockers", [])),
+            release_blockers=list(data.get("release_blockers", [])), resumed=list(data.get("resumed", [])),
             files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
         )
 
@@ -194,6 +195,7 @@ class Ledger:
         lines += [f"  - {e.name}: {e.description}\n      {e.event}" for e in self.events]
         lines.append("Treated as public (not protected by the guarantee):")
         lines += [f"  - {a}" for a in self.public_assumptions]
+        lines += [f"Resumed on {', '.join(self.resumed)}: the same plan, nothing new charged."] if self.resumed else []
         if self.release_ready:
             lines.append("Release: ready.")
         else:

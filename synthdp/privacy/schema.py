@@ -265,9 +265,9 @@ def _ledger_spec(format_name: str) -> Rule:
             "neighboring": NEIGHBORING, "events": list_of(LEDGER_EVENT), "public_assumptions": list_of(string),
             "parameters": obj, "seed": optional(whole), "budget_file": optional(string),
             "synthdp_version": string, "owner": optional(OWNER), "release_blockers": list_of(string),
-            "files": _digests}
+            "files": _digests, "resumed": list_of(string)}
     optional_keys = {"finished", "parameters", "seed", "budget_file", "synthdp_version", "owner", "release_blockers",
-                     "files"}
+                     "files", "resumed"}
     return fields(keys, optional_keys=frozenset(optional_keys), strict=False)
 
 

@@ -11,6 +11,8 @@ G batches advance together (decoding.py); each batch draws from its own noise st
 in batch order, so the texts do not depend on G. Under torchrun the groups of G batches are spread over the
 ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them in order: with the same --seed the
 corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
+Rank 0 checkpoints each group as it comes back (pipelines/checkpoint.py); a resumed run rebuilds the same batches
+and streams from the run's stored keys and decodes only the groups not checkpointed: the same corpus, no new cost.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
@@ -71,7 +74,8 @@ class InvisibleInk:
         "the public logits plus clipped private differences, on a public top-k+ set (Vinod, Pillutla & Thakurta 2025)"
     )
     options_class: ClassVar[type] = InvisibleInkOptions
-    supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
+    supports_resume: ClassVar[bool] = True  # finished groups are checkpointed; the others replay their own streams
+    resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
@@ -108,20 +112,33 @@ class InvisibleInk:
         prompts = self.prompts(lm, options)
         widths = self.widths(prompts, labels, options)
         shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
+        # A resumed run groups the batches as its first start did (its step shape), and must rebuild the same ones.
+        ckpt = BatchCheckpoint.open(ctx, kept={"step_shape": dataclasses.asdict(shape)},
+                                    matched={"batches": batches_digest((u.label, u.texts, u.want) for u in units)})
+        shape = dataclasses.replace(shape, **ckpt.kept["step_shape"])
         spent = batch_event(plan.rho_batch)
         groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
+        todo = [k for k in range(len(groups)) if k not in ckpt.done]
 
-        def decode(k: int) -> tuple[list[list[str]], dict[str, Any]]:
-            """Group k (on rank k mod N under torchrun): its units' texts and its summary counts."""
+        def decode(i: int) -> tuple[list[list[str]], dict[str, Any]]:
+            """Group todo[i] (on rank i mod N under torchrun): its units' texts and its summary counts."""
             part = dataclasses.replace(ctx, summary={})
-            self.decode_group(prompts, groups[k], m, mech, widths, shape, part)
-            return [unit.made for unit in groups[k]], part.summary
+            self.decode_group(prompts, groups[todo[i]], m, mech, widths, shape, part)
+            return [unit.made for unit in groups[todo[i]]], part.summary
 
         # Each group depends only on its units (their records, quotas and noise streams), so the corpus is the
-        # same whichever rank decodes a group; rank 0 gets every group back in order and yields the texts.
-        for k, (made, counts) in distributed.map_in_rounds(ctx.world, len(groups), decode):
+        # same whichever rank decodes a group, and whether an earlier start did; rank 0 yields the texts in order,
+        # each group checkpointed before its texts go to the corpus.
+        decoded = distributed.map_in_rounds(ctx.world, len(todo), decode)
+        for k, group in enumerate(groups):
+            if k in ckpt.done:
+                made, counts = ckpt.done[k]["texts"], ckpt.done[k]["counts"]
+            else:
+                made, counts = next(decoded)[1]
+                first = k * shape.batches  # the group's batches: units[first:first + len(group)]
+                ckpt.append(k, {"units": [first, first + len(group)], "texts": made, "counts": counts})
             add_counts(ctx.summary, counts)
-            for unit, texts in zip(groups[k], made):
+            for unit, texts in zip(group, made):
                 for text in texts:
                     ctx.progress(1, spent)
                     yield SyntheticRecord(text, unit.label)

@@ -1,20 +1,20 @@
 """The private-prediction pipeline (Amin et al. 2024): plan, then Algorithm 1 over disjoint hash batches, in chunks
-of each label's batches that torchrun's ranks can share."""
+of each label's batches that torchrun's ranks can share; each finished batch checkpointed, so a run resumes."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
-from dp_accounting import dp_event
 
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.private_prediction.batching import (
     add_counts, batch_counts, hash_batches, split_evenly, texts_by_label,
 )
@@ -22,18 +22,19 @@ from synthdp.pipelines.private_prediction.decoding import batch_decoder, generat
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
 from synthdp.pipelines.private_prediction.prompts import private_slot
+from synthdp.privacy.accounting import private_prediction_event
 
 
 @dataclass
-class Chunk:
-    """Contiguous hash batches of one label, with how many texts each should write and the chunk's own streams."""
+class Batch:
+    """One hash batch: its label, its records, how many texts it should write, and its own noise and public
+    streams (forked from the run's in batch order)."""
 
     label: str | None
-    batches: list[list[str]]
-    wants: list[int]
-    noise_rng: np.random.Generator  # forked from the run's noise stream
-    rng: np.random.Generator  # forked from the run's public stream
-    summary: dict[str, Any] = field(default_factory=dict)
+    texts: list[str]
+    want: int
+    noise_rng: np.random.Generator
+    rng: np.random.Generator
 
 
 @register_pipeline
@@ -44,7 +45,8 @@ class PrivatePrediction:
         "aggregated logits, with SVT for free public tokens (Amin et al. 2024)"
     )
     options_class: ClassVar[type] = PrivatePredictionOptions
-    supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
+    supports_resume: ClassVar[bool] = True  # finished batches are checkpointed; the others replay their own streams
+    resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # chunks of hash batches spread over torchrun's ranks
 
     def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
@@ -63,70 +65,116 @@ class PrivatePrediction:
 
     def run(self, records: list[Record], options: PrivatePredictionOptions, plan: PrivatePredictionPlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
-        """For each label, split its records into B hash batches and the batches into contiguous chunks: one
-        chunk per label in one process, N per label under torchrun with N ranks (chunk k on rank k mod N). Each
-        batch writes its share of the texts by Algorithm 1 with at most r private tokens; texts a batch could not
-        make move on to the next batch of its chunk. Each chunk draws from its own noise and public streams,
-        forked from the run's in chunk order.
+        """For each label, split its records into B hash batches, each with its own noise and public streams (forked
+        from the run's in batch order) and its share of the texts, and the batches into contiguous chunks: one per
+        label in one process, N per label under torchrun with N ranks. Each batch writes its texts by Algorithm 1
+        with at most r private tokens; texts a batch could not make move on to the next batch of its chunk.
 
-        What N changes: where the chunks end. A carry never crosses a chunk boundary, so texts still owed at the
-        end of a chunk are not written; they are counted in the summary (`short_texts`, the shortfall that one
-        process has at the end of a label), and seeded texts differ between different N. What N does not
-        change: the salt, the batch counts and so every batch's records, the plan, the ledger and the guarantee:
-        the batches are disjoint and each is charged r private tokens as in one process."""
-        lm: LocalLM = ctx.resources
+        What N changes: where the chunks end (kept from the run's first start when it resumes, on any number of
+        ranks). A carry never crosses a chunk boundary, so texts still owed at the end of a chunk are not written;
+        they are counted in the summary (`short_texts`), and seeded texts differ between runs started with different
+        N. What N does not change: the salt, the batch counts and so every batch's records, its streams, the plan,
+        the ledger and the guarantee: the batches are disjoint and each is charged r private tokens."""
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         per_label = split_evenly(ctx.num_samples, len(labels))  # public: texts per label
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, labels, plan, ctx)  # public sizes, or the DP label histogram
         records_by_label = texts_by_label(records)
-        chunks: list[Chunk] = []
+        batches: list[Batch] = []
         for label, quota in zip(labels, per_label):
-            batches = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
-            wants = split_evenly(quota, len(batches))
-            for part in distributed.shard_ranges(len(batches), ctx.world.size):
-                if len(part) > 0:
-                    tag = f"chunk {len(chunks)}"
-                    chunks.append(Chunk(label, [batches[j] for j in part], [wants[j] for j in part],
-                                        fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag)))
-        if ctx.world.size == 1:  # one process: texts as they are made (the progress bar moves with them)
-            for chunk in chunks:
-                for text, _ in self.chunk_texts(lm, chunk, options, plan, ctx, ctx.progress):
-                    yield SyntheticRecord(text, chunk.label)
-                add_counts(ctx.summary, chunk.summary)
-            return
+            rows = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
+            for texts, want in zip(rows, split_evenly(quota, len(rows))):
+                tag = f"batch {len(batches)}"
+                batches.append(Batch(label, texts, want, fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag)))
+        ckpt = BatchCheckpoint.open(ctx, kept={"parts": ctx.world.size},
+                                    matched={"batches": batches_digest((b.label, b.texts, b.want) for b in batches)})
+        chunks = [[first + j for j in part] for label, first, count in label_spans(batches)
+                  for part in distributed.shard_ranges(count, ckpt.kept["parts"]) if len(part) > 0]
+        yield from self.run_chunks(batches, chunks, options, plan, ctx, ckpt)
 
-        def write(k: int) -> tuple[list[tuple[str, dp_event.DpEvent | None]], dict[str, Any]]:
-            return list(self.chunk_texts(lm, chunks[k], options, plan, ctx, None)), chunks[k].summary
+    def run_chunks(self, batches: list[Batch], chunks: list[list[int]], options: PrivatePredictionOptions,
+                   plan: PrivatePredictionPlan, ctx: RunContext, ckpt: BatchCheckpoint) -> Iterator[SyntheticRecord]:
+        """Chunk c on rank c mod N; the ranks advance one batch each per round and rank 0 checkpoints each batch as
+        it comes back. A resumed run starts each chunk after its finished batches, with their carry; the corpus is
+        written in batch order."""
+        n, live = ctx.world.size, ctx.world.size == 1  # one process: the bar moves with each text
+        carry: dict[int, int] = {}  # chunk -> texts its finished batches still owe (on the rank that runs it)
+        queues: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+        results: dict[int, tuple[list[str], dict[str, Any]]] = {}
+        for c, chunk in enumerate(chunks):
+            carry[c] = 0
+            for j, b in enumerate(chunk):
+                if b not in ckpt.done:  # a chunk's batches finish in order: replay from its first unfinished one
+                    queues[c % n] += [(c, b2) for b2 in chunk[j:]]
+                    break
+                results[b] = (list(ckpt.done[b]["texts"]), dict(ckpt.done[b]["counts"]))
+                carry[c] += batches[b].want - len(results[b][0])
+        restored = set(results)
+        rounds = max(len(queue) for queue in queues)
 
-        for k, (texts, counts) in distributed.map_in_rounds(ctx.world, len(chunks), write):
-            add_counts(ctx.summary, counts)
-            for text, spent in texts:
-                ctx.progress(1, spent)
-                yield SyntheticRecord(text, chunks[k].label)
+        def work(i: int) -> tuple[int, list[str], dict[str, Any]] | None:
+            """Item i: the (i // N)-th batch of rank (i mod N)'s queue, which that rank alone runs."""
+            if i // n >= len(queues[i % n]):
+                return None
+            c, b = queues[i % n][i // n]
+            quota = batches[b].want + carry[c]
+            texts, counts = self.batch_texts(ctx.resources, batches[b], quota, options, plan, ctx, live)
+            carry[c] = quota - len(texts)
+            return b, texts, counts
+
+        emitted = self.emit(batches, chunks, results, restored, live, plan, ctx)
+        for _, got in distributed.map_in_rounds(ctx.world, rounds * n, work):
+            if got is not None:
+                b, texts, counts = got
+                ckpt.append(b, {"texts": texts, "counts": counts})
+                results[b] = (texts, counts)
+            yield from next(emitted, [])
+        for records in emitted:  # every batch was finished before this start
+            yield from records
 
     @staticmethod
-    def chunk_texts(lm: LocalLM, chunk: Chunk, options: PrivatePredictionOptions, plan: PrivatePredictionPlan,
-                    run_ctx: RunContext, progress: Any) -> Iterator[tuple[str, dp_event.DpEvent | None]]:
-        """The texts of one chunk with the privacy spent by its batch at each (for the progress bar); counts into
-        `chunk.summary`. `progress`, when given, is told of each text as it is made."""
-        spent: list[dp_event.DpEvent | None] = [None]
+    def emit(batches: list[Batch], chunks: list[list[int]], results: dict[int, tuple[list[str], dict[str, Any]]],
+             restored: set[int], live: bool, plan: PrivatePredictionPlan,
+             ctx: RunContext) -> Iterator[list[SyntheticRecord]]:
+        """At each step, the records of the batches whose turn has come and whose texts are in `results` (taken out),
+        in batch order; the summary counts, the bar and the texts a chunk still owes at its end (`short_texts`)."""
+        last = {chunk[-1] for chunk in chunks}
+        b, owed = 0, 0
+        while b < len(batches):
+            ready: list[SyntheticRecord] = []
+            while b in results:
+                texts, counts = results.pop(b)
+                add_counts(ctx.summary, counts)
+                if not live or b in restored:
+                    spent = counts.get("private_tokens", 0)
+                    ctx.progress(len(texts), private_prediction_event(plan.rho_token, spent) if spent else None)
+                ready += [SyntheticRecord(text, batches[b].label) for text in texts]
+                owed = batches[b].want + owed - len(texts)
+                if b in last:
+                    if owed:
+                        ctx.summary["short_texts"] = ctx.summary.get("short_texts", 0) + owed
+                    owed = 0
+                b += 1
+            yield ready
 
-        def made_one(n: int, event: dp_event.DpEvent | None) -> None:
-            spent[0] = event
-            if progress is not None:
-                progress(n, event)
+    @staticmethod
+    def batch_texts(lm: LocalLM, batch: Batch, quota: int, options: PrivatePredictionOptions,
+                    plan: PrivatePredictionPlan, run_ctx: RunContext, live: bool) -> tuple[list[str], dict[str, Any]]:
+        """Up to `quota` texts of one batch from its own streams, and its summary counts. `live`: the bar is told of
+        each text as it is made."""
+        summary: dict[str, Any] = {}
+        if quota <= 0:
+            return [], summary
+        ctx = dataclasses.replace(run_ctx, rng=batch.rng, noise_rng=batch.noise_rng, summary=summary,
+                                  progress=run_ctx.progress if live else (lambda n, spent: None))
+        decoder = batch_decoder(lm, batch.texts, batch.label, options)
+        return list(generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx)), summary
 
-        ctx = dataclasses.replace(run_ctx, rng=chunk.rng, noise_rng=chunk.noise_rng, progress=made_one,
-                                  summary=chunk.summary)
-        carry = 0  # texts a batch could not make (its r ran out) move on to the next batch of the chunk
-        for texts, want in zip(chunk.batches, chunk.wants):
-            made = 0
-            if want + carry > 0:
-                decoder = batch_decoder(lm, texts, chunk.label, options)
-                for text in generate_batch(lm, decoder, want + carry, plan.r, plan.rho_token, options, ctx):
-                    made += 1
-                    yield text, spent[0]
-            carry = want + carry - made
-        if carry:
-            chunk.summary["short_texts"] = chunk.summary.get("short_texts", 0) + carry
+
+def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:
+    """(label, index of its first batch, its number of batches) for each label, in order."""
+    first = 0
+    for j in range(1, len(batches) + 1):
+        if j == len(batches) or batches[j].label != batches[first].label:
+            yield batches[first].label, first, j - first
+            first = j
