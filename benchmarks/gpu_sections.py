@@ -35,7 +35,7 @@ SMOKE = Sizes("cpu", dict(hidden_size=32, intermediate_size=64, num_hidden_layer
                           num_key_value_heads=2), dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                         intermediate_size=64), 1024, 4, (1, 2), 64,
               dict(batch=2, length=16, repeats=2, sample_tokens=4),
-              {"models": 60, "pipelines": 120, "independence": 60, "throughput": 120, "dplora": 60},
+              {"models": 300, "pipelines": 300, "independence": 300, "throughput": 300, "dplora": 300},
               {"dp-finetune": {"noise": 2.0}})  # a given noise: no calibration search on a CPU test
 PIPELINE_OPTIONS: dict[str, dict[str, Any]] = {  # num_samples, options (max_tokens set from Sizes.tokens)
     "invisibleink": {"batch_size": 8},

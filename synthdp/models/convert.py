@@ -34,8 +34,11 @@ def convert_in_child(gguf: Path, target: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from transformers.utils import logging as hf_logging
+
     from synthdp.models.local import _convert_gguf
 
+    hf_logging.disable_progress_bar()  # as in the parent (LocalLM.load)
     try:
         _convert_gguf(Path(argv[0]), Path(argv[1]))
     except Exception as err:  # any failure to read the file: one line for the parent's error message
