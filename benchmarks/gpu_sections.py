@@ -165,19 +165,22 @@ def pp_logits(lm: Any, texts: list[str], steps: int = 5) -> list[Any]:
 
 
 def ink_logits(lm: Any, records: list[str], steps: int = 4) -> list[Any]:
-    """Batch 0's logits (its private rows, then its public row) from InvisibleInk's decoder at each step."""
+    """Batch 0's logits (its private rows, then its public row) from InvisibleInk's decoder at each step, with the
+    pipeline's step shape for one batch of s = len(RECORDS) (public: the same whatever the records)."""
     import inspect
 
     import torch
 
-    from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape
+    from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, step_shape
 
     private = [lm.chat_ids(f"Write a text like: {t}", "Text:") for t in records]
     public = lm.chat_ids("Write a text with label spam.", "Text:")
     width = len(lm.chat_ids(f"Write a text like: {LONGEST}", "Text:")) + 1  # public: the same in both runs
-    kwargs: dict[str, Any] = dict(full_width=width, public_width=len(public) + 1, shape=StepShape(1, 8, 8))
-    if "divisor" in inspect.signature(MultiBatchDecoder).parameters:
-        kwargs["divisor"] = len(RECORDS) + 1
+    s = len(RECORDS)
+    kwargs: dict[str, Any] = dict(full_width=width, public_width=len(public) + 1,
+                                  shape=step_shape(lm, s, width, steps + 1, 1))
+    if "divisor" in inspect.signature(MultiBatchDecoder).parameters:  # the decoder that sizes passes by the work
+        kwargs["divisor"] = s
     dec = MultiBatchDecoder(lm, [private], [public], steps + 1, **kwargs)
     out = [dec.prefill()[0]] + [dec.step(torch.tensor([21 + 7 * i]))[0] for i in range(steps)]
     return out + [dec.rewind()[0]]
