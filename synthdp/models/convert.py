@@ -1,8 +1,8 @@
 """The GGUF conversion of `models/local.py` in a process of its own.
 
-Converting keeps about 0.4 GB in the converting process after it is done (the de-quantised model, the
-tokenizer's conversion: memory the allocator does not give back), on top of everything the run needs later. A
-child process gives it all back when it ends, and its error (a file that is no GGUF model) becomes one line.
+Converting leaves the converting process about 0.4 GB larger once it is done (the de-quantised model, the
+tokenizer's conversion: memory the allocator keeps). A child process gives it all back to the OS when it ends, and
+its error (a file that is no GGUF model) becomes one line of a ModelError instead of a traceback.
 
     python -m synthdp.models.convert GGUF TARGET
 """

@@ -125,7 +125,7 @@ def resolve_model_dir(path: str | Path | None) -> tuple[Path, str]:
     if not (target / "config.json").is_file():
         from synthdp.models.convert import convert_in_child
 
-        convert_in_child(gguf, target)  # its memory goes back to the OS before the run's model loads
+        convert_in_child(gguf, target)  # its memory goes back to the OS; a bad file is one ModelError
     return target, name
 
 
