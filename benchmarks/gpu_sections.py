@@ -36,7 +36,9 @@ SMOKE = Sizes("cpu", dict(hidden_size=32, intermediate_size=64, num_hidden_layer
                                                         intermediate_size=64), 1024, 4, (1, 2), 64,
               dict(batch=2, length=16, repeats=2, sample_tokens=4),
               {"models": 300, "pipelines": 300, "independence": 300, "throughput": 300, "dplora": 300},
-              {"dp-finetune": {"noise": 2.0}})  # a given noise: no calibration search on a CPU test
+              # a given noise (no calibration search), short records: a CPU test in seconds
+              {"dp-finetune": {"noise": 2.0}, "private-prediction": {"max_record_tokens": 16},
+               "invisibleink": {"max_record_tokens": 12}})
 PIPELINE_OPTIONS: dict[str, dict[str, Any]] = {  # num_samples, options (max_tokens set from Sizes.tokens)
     "invisibleink": {"batch_size": 8},
     "private-prediction": {"batch_size": 32, "max_record_tokens": 64},
