@@ -43,6 +43,8 @@ def user_errors(func: F) -> F:
 
 EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", "-e", help="Target epsilon (> 0).")]
 DeltaOpt = Annotated[Optional[float], typer.Option("--delta", "-d", help="Target delta, in (0, 1); typically <= 1/(10 n).")]
+BudgetDeltaOpt = Annotated[Optional[float], typer.Option("--delta", "-d", help="Target delta, in (0, 1); typically <= 1/(10 n). Default with --budget: the budget's delta.")]
+GENERATE_EXAMPLE = "synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/"
 
 
 @app.command()
@@ -53,14 +55,15 @@ def generate(
     label_field: Annotated[Optional[str], typer.Option(help="Field holding the label; '' for unlabelled data. Default: label.")] = None,
     pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: invisibleink.")] = None,
     epsilon: EpsilonOpt = None,
-    delta: DeltaOpt = None,
+    delta: BudgetDeltaOpt = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Number of synthetic texts.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder for the release bundle (must not hold a run).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Local model folder or .gguf file. Default: embedded SmolLM2-135M-Instruct.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="The public label set, comma-separated. Default: read from the data (the ledger says so).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="A config.toml ([run] and [options]); flags override it.")] = None,
+    # No [brackets] in help texts: typer reads them as rich markup and drops them.
+    config: Annotated[Optional[Path], typer.Option(help="A config.toml: a run table and an options table, as in examples/configs/; flags override it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Pipeline option KEY=VALUE (repeatable).")] = None,
-    budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`).")] = None,
+    budget: Annotated[Optional[Path], typer.Option(help="Budget file to charge (see `synthdp budget init`); its delta is the run's default.")] = None,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Fixed seed for debugging: the run is then NOT fit for release.")] = None,
     neighboring: Annotated[Optional[str], typer.Option(help="add_remove (default) or replace_one.")] = None,
     api_base: Annotated[Optional[list[str]], typer.Option(help="OpenAI-compatible endpoint for --model openai:NAME. Repeat it (or separate with commas) to spread requests over several servers of the same model.")] = None,
@@ -71,7 +74,7 @@ def generate(
 ) -> None:
     """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
     from synthdp.pipelines.base import parse_set_pairs
-    from synthdp.config import RunConfig, load_config_file
+    from synthdp.config import load_config_file, resolve_config
     from synthdp.run import generate_run, resume_run
 
     if resume is not None:
@@ -79,21 +82,16 @@ def generate(
         return
     values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
     flags = {
-        "data": data, "text_field": text_field, "pipeline": pipeline, "epsilon": epsilon, "delta": delta,
-        "num_samples": num_samples, "out": out, "model": model, "budget": None if budget is None else str(budget),
-        "seed": seed, "neighboring": neighboring, "api_base": api_base or None, "api_key_env": api_key_env, "device": device,
+        "data": data, "text_field": text_field, "label_field": label_field, "pipeline": pipeline, "epsilon": epsilon,
+        "delta": delta, "num_samples": num_samples, "out": out, "model": model,
+        "budget": None if budget is None else str(budget), "seed": seed, "neighboring": neighboring,
+        "api_base": api_base or None, "api_key_env": api_key_env, "device": device,
+        "labels": None if labels is None else [x.strip() for x in labels.split(",")],
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if label_field is not None:
-        values["label_field"] = label_field or None
-    if labels is not None:
-        values["labels"] = [x.strip() for x in labels.split(",")]
     values["options"].update(parse_set_pairs(set_ or []))
-    missing = [name for name in ("epsilon", "delta", "num_samples", "out") if values.get(name) is None]
-    if missing:
-        flags_text = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise UserError(f"Missing {flags_text}. Example: synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/")
-    _report(generate_run(RunConfig(**values), show_progress=progress))
+    cfg = resolve_config(values, lambda name: "--" + name.replace("_", "-"), GENERATE_EXAMPLE)
+    _report(generate_run(cfg, show_progress=progress))
 
 
 def _report(result: Any) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
 from synthdp.pipelines.base import MAX_COUNT, ModelSpec
@@ -44,7 +44,33 @@ class RunConfig:
     def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
         run = {k: v for k, v in dataclasses.asdict(self).items() if k != "options"}
         run["out"] = str(self.out)
+        if self.label_field is None:  # TOML has no null: '' says unlabelled (a missing key would mean "label")
+            run["label_field"] = ""
         return {"run": run, "options": dataclasses.asdict(resolved_options)}
+
+
+REQUIRED = ("epsilon", "delta", "num_samples", "out")
+
+
+def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example: str) -> RunConfig:
+    """A RunConfig from the values given (a config file's, overridden by flags or arguments; None = unset).
+    With a budget file, `delta` defaults to the budget's (the only one it accepts); the neighbouring relation is
+    never implied (a replace-one budget needs the run to say replace_one).
+    `spell` writes a setting's name as the caller knows it (`--num-samples`, `num_samples`); `example` is a
+    complete call."""
+    values = {k: v for k, v in values.items() if v is not None}
+    budget = values.get("budget")
+    if budget is not None and "delta" not in values:
+        from synthdp.privacy.ledger import Budget
+
+        if not isinstance(budget, (str, os.PathLike)):
+            raise OptionError(f"`budget` must be the path of a budget file or unset. Found {budget!r}.")
+        values["delta"] = Budget.load(Path(budget)).delta
+    missing = [name for name in REQUIRED if name not in values]
+    if missing:
+        raise UserError(f"Missing {', '.join(map(spell, missing))}. Example: {example} ({spell('delta')} may be "
+                        f"left out with a {spell('budget')} file: its delta).")
+    return RunConfig(**values)
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -83,6 +109,8 @@ def check_config(cfg: RunConfig) -> None:
     for name in ("label_field", "device"):
         if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), str):
             raise OptionError(f"`{name}` must be text or unset. Found {getattr(cfg, name)!r}.")
+    if cfg.label_field == "":  # unlabelled data, as --label-field '' and config.toml say it
+        cfg.label_field = None
     cfg.labels = _check_labels(cfg.labels)
     if not isinstance(cfg.options, dict) or not all(isinstance(k, str) for k in cfg.options):
         raise OptionError(f"`options` must be a dict of option names to values, e.g. {{'clip': 10}}. "

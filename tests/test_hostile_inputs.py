@@ -129,9 +129,10 @@ API_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("api options a string", {"options": "clip=3"}, "options", "new"),
     ("api option text given a number", {"options": {"label_name": 3}}, "label_name", "new"),
     ("api option bool for an int", {"options": {"max_tokens": True}}, "max_tokens", "guard"),
-    ("api pipeline None", {"pipeline": None}, "pipeline", "guard"),
-    ("api text_field None", {"text_field": None}, "text_field", "guard"),
-    ("api neighboring None", {"neighboring": None}, "neighboring", "guard"),
+    # None leaves a setting unset (its default), as a missing flag does; a wrong type or an empty text is refused
+    ("api pipeline not text", {"pipeline": 3}, "pipeline", "guard"),
+    ("api text_field empty", {"text_field": " "}, "text_field", "guard"),
+    ("api neighboring not text", {"neighboring": 3}, "neighboring", "guard"),
 ]
 
 

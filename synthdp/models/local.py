@@ -123,7 +123,9 @@ def resolve_model_dir(path: str | Path | None) -> tuple[Path, str]:
         gguf, name = p, str(p)
     target = _gguf_cache_path(gguf)
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+        from synthdp.models.convert import convert_in_child
+
+        convert_in_child(gguf, target)  # its memory goes back to the OS; a bad file is one ModelError
     return target, name
 
 

@@ -33,26 +33,37 @@ def check_causal_lm(lm: LocalLM) -> None:
         raise ModelError(f"{lm.name} has no causal-LM head; dp-finetune needs a causal language model.")
 
 
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear (and GPT-2 Conv1D) layer but the output head
+
+
+def target_modules(options: FinetuneOptions, model: Any) -> list[str] | str:
+    """The LoRA targets: the user's module names or `all-linear`; for `auto`, peft's default for the model type
+    where peft has one (llama, qwen, mistral, gemma: q_proj and v_proj), else every linear layer (phi3, olmo2:
+    peft lists none for them), so every causal LM trains without a flag."""
+    modules = options.modules()
+    if modules is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+        return list(defaults.get(getattr(model.config, "model_type", ""), [])) or ALL_LINEAR
+    if [m.lower() for m in modules] == [ALL_LINEAR]:
+        return ALL_LINEAR
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in modules if m not in names]
+    if missing:
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules()
+                         if isinstance(mod, (torch.nn.Linear, Conv1D))})
+        raise OptionError(f"`target_modules` names {', '.join(map(repr, missing))}, which the model does not have. "
+                          f"Its linear modules: {', '.join(linear)}; or all-linear.")
+    return modules
+
+
 def lora_config(options: FinetuneOptions, model: Any) -> Any:
     """peft LoraConfig; a target module the model does not have is an OptionError."""
     from peft import LoraConfig
 
-    modules = options.modules()
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    if modules is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
-
-        modules = list(defaults.get(getattr(model.config, "model_type", ""), []))
-        if not modules:
-            raise OptionError(
-                f"peft has no default LoRA target modules for model type {model.config.model_type!r}. "
-                "Set them, e.g. --set target_modules=q_proj,v_proj.")
-    missing = [m for m in modules if m not in names]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
-        raise OptionError(f"`target_modules` names {', '.join(map(repr, missing))}, which the model does not have. "
-                          f"Its linear modules: {', '.join(linear)}.")
-    return LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, target_modules=modules,
+    return LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, target_modules=target_modules(options, model),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 

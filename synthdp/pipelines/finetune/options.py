@@ -32,7 +32,9 @@ class FinetuneOptions:
 
     lora_rank: int = option(4, "LoRA rank r (Yue et al.: 4)", maximum=4096)
     lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r; Yue et al.: 32)", maximum=100_000)
-    target_modules: str = option("auto", "comma-separated module names for LoRA; auto: peft's default for the architecture")
+    target_modules: str = option(
+        "auto", "LoRA targets: module names, comma-separated, or all-linear; auto: peft's default for the "
+        "architecture (q_proj,v_proj for llama, qwen, mistral, gemma), all-linear where peft has none (phi3, olmo2)")
     learning_rate: float = option(4e-4, "Adam learning rate, constant (Yue et al. LoRA: 3e-4 to 4e-4)", maximum=1.0)
     epochs: float = option(3.0, "passes over the data in expectation: steps T = ceil(epochs n / batch_size)",
                            maximum=MAX_EPOCHS)
