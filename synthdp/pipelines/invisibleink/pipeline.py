@@ -100,7 +100,9 @@ class InvisibleInk:
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
         prompts = self.prompts(lm, options)
         widths = self.widths(prompts, labels, options)
-        shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
+        # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
+        shape = ctx.world.broadcast(step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens,
+                                               options.batches_per_step) if ctx.world.main else None)
         spent = batch_event(plan.rho_batch)
         groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
 
@@ -194,7 +196,7 @@ class InvisibleInk:
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
             [prompts.public(u.label, u.index) for u in units],
-            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape)
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.divisor)
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
             active = [len(u.made) < u.want for u in units]
