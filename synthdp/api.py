@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from synthdp.dryrun import DryRun
     from synthdp.run import GenerateResult
 
 
@@ -26,17 +27,19 @@ def generate(
     seed: int | None = None,
     neighboring: str = "add_remove",
     show_progress: bool = False,
-) -> GenerateResult:
+    dry_run: bool = False,
+) -> GenerateResult | DryRun:
     """Generate a DP synthetic corpus into `out` (synthetic.jsonl, ledger.json, config.toml, RELEASE.md).
 
     `data=None` uses the bundled SMS Spam sample and `model=None` the embedded default model.
     `options` are the pipeline's options by name (see `synthdp pipelines`). Raises a
     `synthdp.UserError` subclass for anything the caller can fix; nothing is spent then.
     A `seed` makes the noise reproducible and the run not fit for release. `labels` is a list of
-    names (a bare string is refused: write labels=["ham"]).
+    names (a bare string is refused: write labels=["ham"]). `dry_run=True` returns the run's plans (`DryRun`: the
+    privacy plan and the memory plan) without reading a record, writing or charging anything.
     """
     from synthdp.config import RunConfig
-    from synthdp.run import generate_run
+    from synthdp.run import generate_run, plan_run
 
     # Values go to the run unconverted: `check_config` checks their types (a bare string for `labels` is an
     # error, not a list of letters) and refuses anything wrong with a UserError before anything is spent.
@@ -46,4 +49,4 @@ def generate(
         labels=labels, model=model, options={} if options is None else options,  # type: ignore[arg-type]
         budget=budget, seed=seed, neighboring=neighboring,  # type: ignore[arg-type]
     )
-    return generate_run(cfg, show_progress=show_progress)
+    return plan_run(cfg) if dry_run else generate_run(cfg, show_progress=show_progress)

@@ -68,13 +68,16 @@ def generate(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: CUDA when present.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in this folder (pipelines that support it); spends nothing again.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the privacy plan and the memory plan, then stop: no record is read, nothing is written or charged (labelled data needs --labels).")] = False,
 ) -> None:
     """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
     from synthdp.pipelines.base import parse_set_pairs
     from synthdp.config import RunConfig, load_config_file
-    from synthdp.run import generate_run, resume_run
+    from synthdp.run import generate_run, plan_run, resume_run
 
     if resume is not None:
+        if dry_run:
+            raise UserError("--dry-run plans a new run; it cannot be combined with --resume. Drop one of them.")
         _report(resume_run(resume, show_progress=progress))
         return
     values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
@@ -93,6 +96,10 @@ def generate(
     if missing:
         flags_text = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise UserError(f"Missing {flags_text}. Example: synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --out release/")
+    if dry_run:
+        for line in plan_run(RunConfig(**values)).lines():
+            typer.echo(line)
+        return
     _report(generate_run(RunConfig(**values), show_progress=progress))
 
 

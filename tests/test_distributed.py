@@ -45,10 +45,10 @@ _G = os.environ.get("SYNTHDP_TEST_RANK1_BATCHES")
 if _G and os.environ.get("RANK") == "1":
     import dataclasses
 
-    import synthdp.models.steps as _steps
+    import synthdp.pipelines.invisibleink.pipeline as _pipeline
 
-    _own = _steps.step_shape
-    _steps.step_shape = lambda *args: dataclasses.replace(_own(*args), batches=int(_G))
+    _own = _pipeline.step_shape
+    _pipeline.step_shape = lambda *args: dataclasses.replace(_own(*args), batches=int(_G))
 '''
 
 KILLED_PIPELINE = '''

@@ -157,6 +157,23 @@ class LocalLM:
         model.to(dev).eval()
         return cls(model, tokenizer, dev, name, stop_token_ids(tokenizer, model.generation_config))
 
+    @classmethod
+    def load_meta(cls, path: str | Path | None = None, device: str | None = None) -> LocalLM:
+        """The tokenizer and the model's architecture on the meta device: no weight read or allocated (a dry run's
+        plans; it cannot decode)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        model_dir, name = resolve_model_dir(path)
+        dev, dtype = pick_device(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            config = AutoConfig.from_pretrained(model_dir)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"Cannot read a causal language model's config from {model_dir}: {err}") from None
+        return cls(model, tokenizer, dev, name, stop_token_ids(tokenizer, model.generation_config))
+
     @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])

@@ -4,7 +4,6 @@ step do not fit is refused before anything is spent (`check`), with the numbers 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,11 @@ import torch
 from synthdp.errors import ModelError
 
 GB = 1024**3
+
+
+def size(n: float) -> str:
+    """Bytes in words: GB from 1 GB up, else MB."""
+    return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1024**2:.2f} MB"
 LOGIT_COPIES = 4  # float32 logits of each row, with room for the float64 copies of the token choice
 ACTIVATION_SHARE = 0.1  # of the step's caches, for a pass's activations and the prefill's temporary caches
 
@@ -45,7 +49,10 @@ def parameter_count(config: Any) -> int:
 def free_bytes(device: torch.device) -> int | None:
     """Memory free on the device now: CUDA's free memory, or the host's available memory (Linux)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):  # no such device here (a dry run for another machine)
+            return None
     try:
         with open("/proc/meminfo") as f:
             fields = dict(line.split(":", 1) for line in f)
@@ -77,29 +84,14 @@ class MemoryPlan:
         return self.free is None or self.needed <= self.free
 
     def lines(self) -> list[str]:
-        free = "unknown" if self.free is None else f"{self.free / GB:.2f} GB"
-        model = (f"model {self.model_bytes / GB:.2f} GB in {self.dtype} + " if self.model_bytes
+        free = "unknown" if self.free is None else size(self.free)
+        model = (f"model {size(self.model_bytes)} in {self.dtype} + " if self.model_bytes
                  else f"(model loaded, in {self.dtype}) ")
-        return [f"device {self.device}: needs {self.needed / GB:.2f} GB = {model}one step's KV caches "
-                f"{self.cache_bytes / GB:.2f} GB ({self.rows:,} rows x {self.positions:,} positions) + activations "
-                f"{ACTIVATION_SHARE * self.cache_bytes / GB:.2f} GB + logits {self.logits_bytes / GB:.2f} GB; "
-                f"free: {free}"]
+        return [f"device {self.device}: needs {size(self.needed)} = {model}one step's KV caches "
+                f"{size(self.cache_bytes)} ({self.rows:,} rows x {self.positions:,} positions, at most) + activations "
+                f"{size(ACTIVATION_SHARE * self.cache_bytes)} + logits {size(self.logits_bytes)}; free: {free}"]
 
     def check(self) -> None:
         """Refuse (before the write-ahead) a run whose step does not fit."""
         if not self.fits:
             raise ModelError(f"The run does not fit the device's memory: {self.lines()[0]}. {self.knob}")
-
-
-def decoding_plan(config: Any, dtype: torch.dtype, device: torch.device, *, rows: int, positions: int, vocab: int,
-                  loaded: bool, knob: str) -> MemoryPlan:
-    """The plan of a decoding step of `rows` rows of `positions` positions. `loaded`: the weights are on the
-    device already (the free memory is what they leave), else they are counted from the config."""
-    model = 0 if loaded else parameter_count(config) * itemsize(dtype)
-    return MemoryPlan(device=str(device), dtype=str(dtype).removeprefix("torch."), model_bytes=model, rows=rows,
-                      positions=positions, cache_bytes=rows * positions * kv_bytes_per_position(config, dtype),
-                      logits_bytes=rows * vocab * 4 * LOGIT_COPIES, free=free_bytes(device), knob=knob)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from synthdp.models import memory
 from synthdp.models.decoding import DecodeShape, width_ladder
 
 CPU_ROWS_PER_STEP = 80  # CPU decoding is compute-bound: larger steps gain little, and cost memory
@@ -26,7 +25,7 @@ class StepShape:
     """Public sizes of a run's decoding steps: G batches per step and the device's row budget of one step."""
 
     batches: int  # G: hash batches per step
-    rows: int  # rows the device holds in one step (their KV caches)
+    rows: int  # the rows (cache slots) the device's memory was planned for
     device: str  # "cpu" or "cuda": how passes are sized
 
     def step_rows(self, batches: int, divisor: int) -> int:
@@ -50,24 +49,68 @@ class StepShape:
         return DecodeShape(ladder, steps, step_rows, step_rows, tokens)
 
 
+    def passes(self, batches: int, divisor: int, full_width: int, public_width: int) -> list[tuple[int, int]]:
+        """(rows, width) of the step passes a step of `batches` batches is planned for (its memory): its expected
+        rows, 1.25 g (s + 1), at the widest step width, and one more pass at each narrower step width (a width
+        that holds a few rows still takes a whole pass)."""
+        shape = self.decode_shape(batches, divisor, full_width, public_width)
+        full = math.ceil(HEADROOM * batches * (divisor + 1) / shape.step_rows)
+        return [(full * shape.step_rows, shape.step_widths[-1])] + [(shape.step_rows, w) for w in shape.step_widths[:-1]]
+
+
 def step_shape(lm: Any, divisor: int, width: int, max_tokens: int, batches: int | None) -> StepShape:
     """G and the row budget from the device, s, the prompt width and T only (never from the data).
 
-    CPU: 80 rows per step. CUDA: the rows whose KV caches (prompt width + T positions, every layer) fit in half
-    the memory free at load time, at most 4096. G = rows // (1.25 (s + 1)) unless given."""
-    rows = CPU_ROWS_PER_STEP
-    if lm.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(lm.device)
-        rows = max(divisor + 1, min(GPU_ROWS_CAP, int(GPU_MEMORY_SHARE * free // row_bytes(lm, width, max_tokens))))
-    auto = max(1, int(rows // (HEADROOM * (divisor + 1))))
-    return StepShape(batches or auto, rows, lm.device.type)
+    CPU: 80 rows per step, G = 80 // (1.25 (s + 1)). CUDA: the largest G whose planned step passes
+    (`StepShape.passes`: their KV caches, width + T + 1 positions at every layer, and logits) fit in half the
+    memory free at load time, at most 4096 rows (4096 when the free memory cannot be read: a dry run for another
+    machine). `batches` (the user's batches_per_step) overrides G."""
+    if lm.device.type != "cuda":
+        auto = max(1, int(CPU_ROWS_PER_STEP // (HEADROOM * (divisor + 1))))
+        return StepShape(batches or auto, CPU_ROWS_PER_STEP, lm.device.type)
+    free = memory.free_bytes(lm.device)
+    per_row = row_bytes(lm, width, max_tokens)
+
+    def fits(g: int) -> bool:
+        rows = sum(r for r, _ in StepShape(g, 0, "cuda").passes(g, divisor, width, width))
+        return rows <= GPU_ROWS_CAP and (free is None or rows * per_row <= GPU_MEMORY_SHARE * free)
+
+    low, high = 1, GPU_ROWS_CAP // (divisor + 1) + 1  # fits(low) is assumed; fits(high) is False
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    auto = low
+    planned = sum(r for r, _ in StepShape(auto, 0, "cuda").passes(auto, divisor, width, width))
+    return StepShape(batches or auto, planned, lm.device.type)
 
 
 def row_bytes(lm: Any, width: int, max_tokens: int) -> int:
     """Device memory of one row in a step: its keys and values at every layer, and its logits."""
-    config = lm.model.config.get_text_config(decoder=True)
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    item = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
-    return (2 * config.num_hidden_layers * heads * head_dim * (width + max_tokens + 1) * item
-            + 4 * lm.vocab_size * 4)  # logits in float32, with room for the float64 copies
+    dtype = next(lm.model.parameters()).dtype
+    return (memory.kv_bytes_per_position(lm.model.config, dtype) * (width + max_tokens + 1)
+            + memory.LOGIT_COPIES * 4 * lm.vocab_size)
+
+
+def step_bytes(lm: Any, shape: StepShape, divisor: int, widths: tuple[int, int], max_tokens: int
+               ) -> tuple[int, int, int, int]:
+    """(rows, longest positions, KV-cache bytes, logits bytes) of one step of `shape.batches` batches (its passes from
+    `StepShape.passes`)."""
+    passes = shape.passes(shape.batches, divisor, *widths)
+    rows = sum(r for r, _ in passes)
+    per_position = memory.kv_bytes_per_position(lm.model.config, next(lm.model.parameters()).dtype)
+    cache = sum(r * (w + max_tokens + 1) for r, w in passes) * per_position
+    return rows, max(w for _, w in passes) + max_tokens + 1, cache, rows * lm.vocab_size * 4 * memory.LOGIT_COPIES
+
+
+def step_memory(lm: Any, shape: StepShape, divisor: int, widths: tuple[int, int], max_tokens: int,
+                knob: str) -> memory.MemoryPlan:
+    """The memory plan of one step of `shape.batches` batches and of the model (counted from its config when its
+    weights are not loaded: a dry run)."""
+    rows, positions, cache, logits = step_bytes(lm, shape, divisor, widths, max_tokens)
+    dtype = next(lm.model.parameters()).dtype
+    loaded = next(lm.model.parameters()).device.type != "meta"
+    return memory.MemoryPlan(
+        device=str(lm.device), dtype=str(dtype).removeprefix("torch."),
+        model_bytes=0 if loaded else memory.parameter_count(lm.model.config) * memory.itemsize(dtype),
+        rows=rows, positions=positions, cache_bytes=cache, logits_bytes=logits, free=memory.free_bytes(lm.device),
+        knob=knob)

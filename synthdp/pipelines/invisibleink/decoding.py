@@ -12,11 +12,31 @@ other ranks, so every rank groups the batches alike.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from synthdp.models import decoding
 from synthdp.models.local import LocalLM
-from synthdp.models.steps import StepShape, row_bytes, step_shape
+from synthdp.models.memory import MemoryPlan
+from synthdp.models.steps import StepShape, row_bytes, step_bytes, step_memory, step_shape
 
-__all__ = ["MultiBatchDecoder", "StepShape", "row_bytes", "step_shape"]
+__all__ = ["MultiBatchDecoder", "StepShape", "row_bytes", "step_memory_plan", "step_shape"]
+
+
+def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int]) -> MemoryPlan:
+    """The memory of one step of G batches, and what to change when it does not fit (the largest G that does)."""
+    shape = step_shape(lm, o.batch_size, widths[0], o.max_tokens, o.batches_per_step)
+    plan = step_memory(lm, shape, o.batch_size, widths, o.max_tokens, "")
+
+    def fits(g: int) -> bool:
+        _, _, cache, logits = step_bytes(lm, dataclasses.replace(shape, batches=g), o.batch_size, widths, o.max_tokens)
+        return plan.free is None or dataclasses.replace(plan, cache_bytes=cache, logits_bytes=logits).fits
+
+    fitting = next((g for g in range(shape.batches, 0, -1) if fits(g)), None)
+    lower = (f"Lower batches_per_step (now {shape.batches}; {fitting} fits) with --set batches_per_step={fitting}"
+             if fitting else f"Lower batches_per_step (now {shape.batches}; even 1 does not fit)")
+    return dataclasses.replace(plan, knob=f"{lower}, or lower max_tokens / max_record_tokens (they set every row's "
+                                          f"width), or use a smaller model or a device with more free memory.")
 
 
 class MultiBatchDecoder(decoding.MultiBatchDecoder):

@@ -29,8 +29,11 @@ from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
+from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
+from synthdp.pipelines.invisibleink.decoding import (
+    MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
+)
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts
@@ -79,6 +82,10 @@ class InvisibleInk:
 
     def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         return make_plan(options, target, data)
+
+    def memory_plan(self, options: InvisibleInkOptions, labels: tuple[str, ...], lm: LocalLM) -> MemoryPlan:
+        """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run)."""
+        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options), labels or (None,), options))
 
     # ------------------------------------------------------------------ run
 

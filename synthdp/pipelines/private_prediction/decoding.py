@@ -13,7 +13,8 @@ from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.models.decoding import MultiBatchDecoder, RowDecoder
 from synthdp.models.local import LocalLM
-from synthdp.models.steps import StepShape
+from synthdp.models.memory import MemoryPlan
+from synthdp.models.steps import StepShape, step_memory
 from synthdp.pipelines.base import RunContext
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.prompts import prompt_rows, prompt_width
@@ -88,6 +89,15 @@ def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePr
 
 
 TokenDecoder = RowDecoder  # what generate_batch needs of a decoder (models/decoding.py)
+
+
+def batch_memory_plan(lm: LocalLM, o: PrivatePredictionOptions, labels: tuple[str | None, ...]) -> MemoryPlan:
+    """The memory of one batch's decoder (one batch at a time)."""
+    width = max(prompt_width(lm, label, o) for label in labels)
+    public = max(len(prompt_rows(lm, [], label, o)[-1]) + 1 for label in labels)
+    return step_memory(lm, StepShape(1, 0, lm.device.type), o.batch_size, (width, public), o.max_tokens,
+                       "Lower batch_size, max_tokens or max_record_tokens (they set every row's width), or use a "
+                       "smaller model or a device with more free memory.")
 
 
 @torch.no_grad()
