@@ -36,12 +36,12 @@ def test_kv_cache_bytes_follow_rows_positions_layers_heads_and_dims(tiny_model_d
     c = lm.model.config  # 2 layers, 2 key-value heads of 32 / 4 = 8 dims, float32
     assert memory.kv_bytes_per_position(c, lm.model.dtype) == 2 * 2 * 2 * 8 * 4
     assert memory.parameter_count(c) == sum(p.numel() for p in lm.model.parameters())
-    shape = StepShape(3, 80, "cpu")  # 3 batches of s = 4: passes of 8 ceil(1.25 * 15 / 8) = 24 rows
+    shape = StepShape(3, 80, "cpu")  # 3 batches of s = 4: passes of 4 ceil(1.25 * 15 / 4) = 20 rows
     passes = shape.passes(3, 4, 100, 40)  # widths 32, 64, 100; CPU steps at 64 and 100
-    assert passes == [(24, 100), (24, 64)]
+    assert passes == [(20, 100), (20, 64)]
     rows, positions, cache, logits = step_bytes(lm, shape, 4, (100, 40), 16)
-    assert (rows, positions) == (48, 117)
-    assert cache == (24 * 117 + 24 * 81) * 256 and logits == 48 * lm.vocab_size * 4 * memory.LOGIT_COPIES
+    assert (rows, positions) == (40, 117)
+    assert cache == (20 * 117 + 20 * 81) * 256 and logits == 40 * lm.vocab_size * 4 * memory.LOGIT_COPIES
     plan = step_memory(lm, shape, 4, (100, 40), 16, "knob")
     assert plan.model_bytes == 0 and plan.needed == int(1.1 * cache) + logits  # weights loaded: free excludes them
     meta = LocalLM.load_meta(tiny_model_dir, device="cpu")

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Cache
 
+from synthdp.models.attention import fixed_kernels
 from synthdp.models.cache import PreallocatedLayer, preallocated
 
 
@@ -64,7 +64,7 @@ class DecodeShape:
     prefill_rows: int  # rows per prefill pass at most
     step_rows: int  # rows per step pass
     prefill_tokens: int = 1 << 30  # query tokens per prefill pass: rows = prefill_tokens // width, at least 1
-    fixed: bool = True  # dummy rows fill every pass; on CPU the math attention kernel (the same bits in every slot)
+    fixed: bool = True  # dummy rows fill every pass; on CPU attention that computes every slot alike
 
     @classmethod
     def plain(cls, rows: list[list[int]], chunk_rows: int = 32) -> DecodeShape:
@@ -111,13 +111,13 @@ class FixedShapeDecoder:
             self.groups += [_Group(width, mine[k:k + shape.step_rows]) for k in range(0, len(mine), shape.step_rows)]
         self.slot = {i: (g, k) for g, group in enumerate(self.groups) for k, i in enumerate(group.rows)}
         sources = {j for j in self.prefix if j is not None}
-        self.prefix_width = rung(shape.prefill_widths, max(len(rows[j]) for j in sources)) if sources else 0
+        self.prefix_width = max((len(rows[j]) + 1 for j in sources), default=0)  # public: the prefix rows' lengths
         self.generated = 0
         self.prompt_logits: torch.Tensor | None = None
         self.math_attention = shape.fixed and device.type == "cpu"
 
     def _forward(self, **inputs: Any) -> torch.Tensor:
-        with sdpa_kernel(SDPBackend.MATH) if self.math_attention else nullcontext():
+        with fixed_kernels(self.model) if self.math_attention else nullcontext():
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()
 
@@ -128,8 +128,8 @@ class FixedShapeDecoder:
 
     def _prefill_plan(self, i: int) -> tuple[int, int, int]:
         """(cache width, query width, reused tokens a) of row i: its first a tokens come from its prefix row's
-        keys and values, left-padded in `cache width` columns (one width for every such row: the ladder's width for
-        the longest prefix row); its other tokens are computed at `query width`, from the ladder too."""
+        keys and values, left-padded in `cache width` columns (one width for every such row: the longest prefix row
+        and a padding column); its other tokens are computed at `query width`, from the ladder."""
         row, widths = self.rows[i], self.shape.prefill_widths
         j = self.prefix[i]
         shared = 0 if j is None else min(common_prefix(row, self.rows[j]), len(self.rows[j]))
