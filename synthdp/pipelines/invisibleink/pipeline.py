@@ -8,7 +8,8 @@ Per hash batch S of label l (algorithms.md, section 1, InvisibleInk):
             x += choose_token(Z, z_pub)              # DClip, top-k+, softmax(z_bar / tau)
         emit x
 G batches advance together (decoding.py); each batch draws from its own noise stream, forked from the run's
-in batch order, so the texts do not depend on G. Under torchrun the groups of G batches are spread over the
+in batch order, so a batch's texts depend on G only through the size of the passes its rows go through (public; on
+CPU the same bits whatever G: tests/test_invisibleink.py). Under torchrun the groups of G batches are spread over the
 ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them in order: with the same --seed the
 corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
 """
