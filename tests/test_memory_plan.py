@@ -91,7 +91,8 @@ def test_dry_run_says_what_to_give_when_the_plan_needs_the_data(tmp_path: Path, 
     assert no_labels.exit_code == 2 and "--labels" in no_labels.output
     needs_n = runner.invoke(app, [*common, "--labels", "ham", "--neighboring", "replace_one"])
     assert needs_n.exit_code == 2 and "label_sizes" in needs_n.output, needs_n.output
-    given = runner.invoke(app, [*common, "--labels", "ham", "--neighboring", "replace_one", "--set", "label_sizes=ham:16"])
+    given = runner.invoke(app, [*common, "--labels", "ham", "--neighboring", "replace_one",
+                                "--set", "label_sizes=ham:16"])
     assert given.exit_code == 0 and "Memory plan" in given.output, given.output
     assert not (tmp_path / "out").exists()
 

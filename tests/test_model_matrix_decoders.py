@@ -122,3 +122,15 @@ def test_decoders_pass_the_cache_by_its_current_name_only(lm: LocalLM) -> None:
     finally:
         hook.remove()
     assert "cache" in names and "past_key_values" not in names
+
+
+def test_a_transformers_whose_models_do_not_take_cache_is_refused_with_the_fix() -> None:
+    """An older transformers would take `cache=` into **kwargs and ignore it: every step would lose the prompt."""
+    from synthdp.errors import ModelError
+    from synthdp.models.cache import check_cache_argument
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, past_key_values: object = None, **kwargs: object) -> None: ...
+
+    with pytest.raises(ModelError, match="transformers >= 5.25"):
+        check_cache_argument(Old())

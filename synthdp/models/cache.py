@@ -17,10 +17,14 @@ last (no copy, the same kernel shapes at every step), positions not yet written 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+import transformers
 from transformers import Cache, CacheLayerMixin
+
+from synthdp.errors import ModelError
 
 
 class PreallocatedLayer(CacheLayerMixin):
@@ -78,6 +82,17 @@ class PreallocatedLayer(CacheLayerMixin):
         if tokens_to_remove > 0 or self.length + tokens_to_remove < 0:
             raise ValueError("crop takes a negative number of tokens, at most the length filled.")
         self.length += tokens_to_remove
+
+
+def check_cache_argument(model: Any) -> None:
+    """Refuse a transformers whose models do not take `cache=` (older than 5.25): they would ignore it and decode
+    every step without the prompt."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: the model it wraps
+    parameters = inspect.signature(base.forward).parameters
+    if "cache" not in parameters and "past_key_values" in parameters:
+        raise ModelError(f"synthdp's decoders pass the KV cache as `cache=`, which this transformers "
+                         f"({transformers.__version__}) does not take for {type(model).__name__}. "
+                         "Install transformers >= 5.25.")
 
 
 def preallocated(model: Any, capacity: int) -> Cache:

@@ -26,7 +26,7 @@ import torch
 from transformers import Cache
 
 from synthdp.models.attention import fixed_kernels
-from synthdp.models.cache import PreallocatedLayer, preallocated
+from synthdp.models.cache import PreallocatedLayer, check_cache_argument, preallocated
 
 
 class RowDecoder(Protocol):
@@ -100,6 +100,7 @@ class FixedShapeDecoder:
                  shape: DecodeShape, prefix: list[int | None] | None = None) -> None:
         if not rows or any(len(r) == 0 for r in rows):
             raise ValueError("A decoder needs at least one non-empty row.")
+        check_cache_argument(model)
         self.model, self.rows, self.pad_id, self.device, self.shape = model, rows, pad_id, device, shape
         self.max_new_tokens = max_new_tokens
         self.prefix = prefix or [None] * len(rows)
@@ -194,10 +195,12 @@ class FixedShapeDecoder:
         """The first `reused` keys and values of each row, from its prefix row's step cache, left-padded."""
         sources = []
         for i in part:
-            g, s = self.slot[self.prefix[i]]  # type: ignore[index]
+            j = self.prefix[i]
+            assert j is not None
+            g, s = self.slot[j]
             group = self.groups[g]
             assert group.cache is not None
-            sources.append((group.cache, s, group.width - len(self.rows[self.prefix[i]]), plans[i][2]))  # type: ignore[index]
+            sources.append((group.cache, s, group.width - len(self.rows[j]), plans[i][2]))
         for j, layer in enumerate(cache.layers):
             like = sources[0][0].layers[j]
             keys = like.keys.new_zeros((slots, like.keys.shape[1], layer.capacity, like.keys.shape[3]))

@@ -56,7 +56,8 @@ class StepShape:
         that holds a few rows still takes a whole pass)."""
         shape = self.decode_shape(batches, divisor, full_width, public_width)
         full = math.ceil(HEADROOM * batches * (divisor + 1) / shape.step_rows)
-        return [(full * shape.step_rows, shape.step_widths[-1])] + [(shape.step_rows, w) for w in shape.step_widths[:-1]]
+        return [(full * shape.step_rows, shape.step_widths[-1])] + [(shape.step_rows, w)
+                                                                     for w in shape.step_widths[:-1]]
 
 
 def step_shape(lm: Any, divisor: int, width: int, max_tokens: int, batches: int | None) -> StepShape:
