@@ -105,3 +105,21 @@ def test_the_library_dry_run_returns_the_plans(tmp_path: Path, tiny_model_dir: P
                              model=tiny_model_dir, options={"batch_size": 2, "max_tokens": 6}, dry_run=True)
     assert isinstance(plans, DryRun) and 0 < plans.epsilon <= 2.0 and plans.memory is not None and plans.memory.fits
     assert not (tmp_path / "out").exists()
+
+
+def test_cuda_sizing_takes_the_largest_g_whose_planned_step_fits_half_the_free_memory(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthdp.models.steps import row_bytes, step_shape
+
+    lm = LocalLM.load_meta(tiny_model_dir, device="cuda")  # bf16 weights on the meta device: a dry run
+    free = 40 * 2**20
+    monkeypatch.setattr(memory, "free_bytes", lambda device: free)
+    shape = step_shape(lm, 4, 100, 16, None)
+    left = free - memory.parameter_count(lm.model.config) * 2  # the weights first
+
+    def planned(g: int) -> int:
+        return sum(r for r, _ in StepShape(g, 0, "cuda").passes(g, 4, 100, 100)) * row_bytes(lm, 100, 16)
+
+    assert shape.device == "cuda" and planned(shape.batches) <= left / 2 < planned(shape.batches + 1)
+    assert step_memory(lm, shape, 4, (100, 100), 16, "").fits
+    assert step_shape(lm, 4, 100, 16, 7).batches == 7  # batches_per_step, given, wins

@@ -71,6 +71,9 @@ def step_shape(lm: Any, divisor: int, width: int, max_tokens: int, batches: int 
         auto = max(1, int(CPU_ROWS_PER_STEP // (HEADROOM * (divisor + 1))))
         return StepShape(batches or auto, CPU_ROWS_PER_STEP, lm.device.type)
     free = memory.free_bytes(lm.device)
+    weights = next(lm.model.parameters())
+    if free is not None and weights.device.type == "meta":  # a dry run: the weights will take their share first
+        free -= sum(p.numel() for p in lm.model.parameters()) * memory.itemsize(weights.dtype)
     per_row = row_bytes(lm, width, max_tokens)
 
     def fits(g: int) -> bool:
