@@ -3,9 +3,9 @@
 1. Time per generated token of the private-prediction step (SVT distance, clipping, aggregation,
    float64 sampling, then the decode step) against a plain batched decode step of the same s+1 rows
    with the KV cache (one batch padded to its longest row, greedy token from the public row), same
-   model and device. The private-prediction step decodes as the pipeline does: private rows left-
-   padded to the fixed width that `max_record_tokens` implies and run in fixed groups of rows, the
-   public row in its own decoder (private_prediction.rows_decoder).
+   model and device. The private-prediction step decodes as the pipeline does
+   (private_prediction.rows_decoder): every row of the batch, the public one too, in passes of public
+   shapes (rows from s, widths from a public ladder by each row's own length).
 2. Optionally (--long N >= 205), time per step around position 200 against position 20.
 3. Peak memory.
 

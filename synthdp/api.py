@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from synthdp.dryrun import DryRun
     from synthdp.run import GenerateResult
 
 EXAMPLE = "synthdp.generate(epsilon=3, delta=1e-5, num_samples=8, out='release/')"
@@ -33,7 +34,8 @@ def generate(
     config: str | Path | None = None,
     resume: str | Path | None = None,
     show_progress: bool = False,
-) -> GenerateResult:
+    dry_run: bool = False,
+) -> GenerateResult | DryRun:
     """Generate a DP synthetic corpus into `out` (synthetic.jsonl, ledger.json, config.toml, RELEASE.md).
 
     Each argument is an option of `synthdp generate`; None leaves it unset: the `config` file's value, else
@@ -44,12 +46,14 @@ def generate(
     config file's. With a `budget` file, `delta` defaults to the budget's. `api_base` (one
     URL or a list) and `api_key_env` are for `model="openai:NAME"`; `device` is cuda or cpu. `resume`
     continues an interrupted run in that folder under the plan it recorded (every other argument unset).
+    `dry_run=True` returns the run's plans (`synthdp.dryrun.DryRun`: the privacy plan and the memory plan) without
+    reading a record, writing or charging anything.
     A `seed` makes the noise reproducible and the run not fit for release. Raises a `synthdp.UserError`
     subclass for anything the caller can fix; nothing is spent then.
     """
     from synthdp.config import load_config_file, resolve_config
     from synthdp.errors import OptionError
-    from synthdp.run import generate_run, resume_run
+    from synthdp.run import generate_run, plan_run, resume_run
 
     # Values go to the run unconverted: `check_config` checks their types (a bare string for `labels` is an
     # error, not a list of letters) and refuses anything wrong with a UserError before anything is spent.
@@ -59,6 +63,8 @@ def generate(
         "seed": seed, "neighboring": neighboring, "api_base": api_base, "api_key_env": api_key_env, "device": device,
     }
     if resume is not None:
+        if dry_run:
+            raise OptionError("`dry_run` plans a new run; it cannot be combined with `resume`. Drop one of them.")
         extra = sorted(name for name, value in given.items() if value is not None) + (["options"] if options else [])
         if extra or config is not None:
             raise OptionError(f"`resume` continues a run under the configuration it recorded; pass no other setting. "
@@ -70,4 +76,5 @@ def generate(
     if options is not None and not isinstance(options, dict):
         raise OptionError(f"`options` must be a dict of option names to values, e.g. {{'clip': 10}}. Found {options!r}.")
     values["options"] = {**values.get("options", {}), **(options or {})}
-    return generate_run(resolve_config(values, lambda name: name, EXAMPLE), show_progress=show_progress)
+    cfg = resolve_config(values, lambda name: name, EXAMPLE)
+    return plan_run(cfg) if dry_run else generate_run(cfg, show_progress=show_progress)

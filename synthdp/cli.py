@@ -71,13 +71,16 @@ def generate(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu. Default: CUDA when present.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run in this folder (pipelines that support it); spends nothing again.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the privacy plan and the memory plan, then stop: no record is read, nothing is written or charged (labelled data needs --labels).")] = False,
 ) -> None:
     """Turn a private text dataset into a DP synthetic corpus with a privacy ledger."""
     from synthdp.pipelines.base import parse_set_pairs
     from synthdp.config import load_config_file, resolve_config
-    from synthdp.run import generate_run, resume_run
+    from synthdp.run import generate_run, plan_run, resume_run
 
     if resume is not None:
+        if dry_run:
+            raise UserError("--dry-run plans a new run; it cannot be combined with --resume. Drop one of them.")
         _report(resume_run(resume, show_progress=progress))
         return
     values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
@@ -91,6 +94,10 @@ def generate(
     values.update({k: v for k, v in flags.items() if v is not None})
     values["options"].update(parse_set_pairs(set_ or []))
     cfg = resolve_config(values, lambda name: "--" + name.replace("_", "-"), GENERATE_EXAMPLE)
+    if dry_run:
+        for line in plan_run(cfg).lines():
+            typer.echo(line)
+        return
     _report(generate_run(cfg, show_progress=progress))
 
 

@@ -23,6 +23,7 @@ from synthdp import distributed
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import BUNDLED_OPTIONS, LoadedData, keep_checked, load_records
+from synthdp.dryrun import DryRun, dry_run
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
@@ -103,6 +104,9 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         raise AssertionError(f"pipeline {cfg.pipeline} planned epsilon {planned.epsilon} > target {cfg.epsilon}")
     if budget is not None and not resuming:
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
+    memory_plan = getattr(pipeline, "memory_plan", None)
+    if memory_plan is not None:  # the model and one step's caches must fit the device: refused before any spending
+        memory_plan(options, data.labels, resources).check()
     model_name = str(getattr(resources, "name", cfg.model or "default"))
     return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
 
@@ -115,6 +119,11 @@ def checked_records(pipeline: Any, options: Any, data: LoadedData, resources: An
         return data
     return keep_checked(data, make(options, data.labels, resources),
                         f"the {pipeline.name} pipeline cannot tokenize the record with the model's tokenizer")
+
+
+def plan_run(cfg: RunConfig) -> DryRun:
+    """`generate --dry-run`: the privacy plan and the memory plan; no record read, nothing written or charged."""
+    return dry_run(cfg, _with_data_defaults(get_pipeline(cfg.pipeline).options_class, cfg))
 
 
 def _with_data_defaults(options_class: type, cfg: RunConfig) -> dict[str, Any]:

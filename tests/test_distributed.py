@@ -6,7 +6,9 @@ the workers' PYTHONPATH (written below into a tmp folder) does two test-only thi
 - an audit hook logs every open of the private data file by a rank other than 0, with whether ledger.json was
   already written then (the write-ahead);
 - an entry point registers `test-rank-killed`: private prediction whose rank 1 kills itself (SIGKILL) when it
-  reaches its second batch, after rank 0 has written texts.
+  reaches its second batch, after rank 0 has written texts;
+- with SYNTHDP_TEST_RANK1_BATCHES=G, rank 1's device sizing says G batches per step (as a rank whose GPU has
+  another amount of free memory would), whatever rank 0's says.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ if _DATA and os.environ.get("RANK", "0") != "0":
             with open(os.environ["SYNTHDP_TEST_LOG"], "a") as log:
                 log.write(f"rank {os.environ['RANK']} read the data; ledger written before: {written}\\n")
     sys.addaudithook(_watch)
+
+_G = os.environ.get("SYNTHDP_TEST_RANK1_BATCHES")
+if _G and os.environ.get("RANK") == "1":
+    import dataclasses
+
+    import synthdp.pipelines.invisibleink.pipeline as _pipeline
+
+    _own = _pipeline.step_shape
+    _pipeline.step_shape = lambda *args: dataclasses.replace(_own(*args), batches=int(_G))
 '''
 
 KILLED_PIPELINE = '''
@@ -86,14 +97,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def generate(site: Path, data: Path, out: Path, args: list[str], ranks: int) -> subprocess.CompletedProcess[str]:
+def generate(site: Path, data: Path, out: Path, args: list[str], ranks: int,
+             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`synthdp generate` in `ranks` processes (torchrun for 2), one thread each; the audit log is out.log."""
     launch = [sys.executable, "-m", "synthdp"] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "synthdp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "SYNTHDP_DEVICE": "cpu",
            "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "SYNTHDP_TEST_DATA": os.path.realpath(data),
-           "SYNTHDP_TEST_LEDGER": str(out / "ledger.json"), "SYNTHDP_TEST_LOG": str(out.with_suffix(".log"))}
+           "SYNTHDP_TEST_LEDGER": str(out / "ledger.json"), "SYNTHDP_TEST_LOG": str(out.with_suffix(".log")),
+           **(extra_env or {})}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [*launch, "generate", "--data", str(data), "--out", str(out), "--labels", "ham,spam", "--no-progress", *args]
@@ -123,7 +136,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 PP = flags("private-prediction", batch_size=4, label_sizes=LABEL_SIZES) + ["-e", "8", "-d", "1e-5", "-n", "8"]
-II = flags("invisibleink", max_tokens=4, label_sizes=LABEL_SIZES, batches_per_step=2) + [
+II = flags("invisibleink", max_tokens=4, label_sizes=LABEL_SIZES, batches_per_step=4) + [  # 12 batches, 3 steps
     "-e", "4", "-d", "1e-5", "-n", "12", "--seed", "5"]
 
 
@@ -154,6 +167,16 @@ def test_invisibleink_on_two_ranks_writes_the_corpus_of_one_with_the_same_seed(r
     assert (two["events"], two["parameters"], two["epsilon"]) == (one["events"], one["parameters"], one["epsilon"])
     assert len(corpus(runs["ii2"])) == 12
     assert corpus(runs["ii2"]) == corpus(runs["ii1"])
+
+
+def test_ranks_whose_devices_size_steps_differently_group_the_batches_as_rank_0(
+        site: Path, data: Path, tiny_model_dir: Path, runs: dict[str, Path], tmp_path: Path) -> None:
+    """Rank 1's own sizing says 5 batches per step, rank 0's 4: both make 3 steps of the 12 batches, but other ones.
+    Rank 0's shape is the one used, so the corpus is the one-process corpus (each rank's own shape credits batches'
+    texts to others)."""
+    out = tmp_path / "ii2"
+    ok(generate(site, data, out, [*II, "--model", str(tiny_model_dir)], 2, {"SYNTHDP_TEST_RANK1_BATCHES": "5"}))
+    assert corpus(out) == corpus(runs["ii1"])
 
 
 def test_no_rank_but_0_reads_a_record_before_the_write_ahead(runs: dict[str, Path]) -> None:

@@ -268,7 +268,7 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
     monkeypatch.setattr(pipe.InvisibleInk, "prompt", staticmethod(lambda prompts, text, unit, width: [1, 2]))
     monkeypatch.setattr(pipe.InvisibleInk, "prompts", staticmethod(
         lambda lm, o: pipe.Prompts(lm, o, {}, frozenset())))
-    monkeypatch.setattr(pipe, "step_shape", lambda *a: pipe.StepShape(4, 8, 8))
+    monkeypatch.setattr(pipe, "step_shape", lambda *a: pipe.StepShape(4, 80, "cpu"))
     lm = ScriptedLM(script)
     lm.chat_ids = lambda text, prefix="": [1]  # type: ignore[attr-defined]
     lm.tokenizer = lambda text, add_special_tokens=False: {"input_ids": [1]}  # type: ignore[attr-defined]
@@ -340,7 +340,7 @@ def test_the_public_row_shares_the_private_rows_passes_and_keeps_its_logits(tiny
 
     def public_logits(private: list[list[int]]) -> list[torch.Tensor]:
         dec = MultiBatchDecoder(lm, [private], [public], len(tokens) + 1, full_width=width,
-                                public_width=len(public) + 1, shape=StepShape(1, 8, 8))
+                                public_width=len(public) + 1, shape=StepShape(1, 80, "cpu"), divisor=4)
         rows = [dec.prefill()] + [dec.step(torch.tensor([t])) for t in tokens] + [dec.rewind()]
         assert all(r[0].shape[0] == len(private) + 1 for r in rows)
         return [r[0][-1] for r in rows]

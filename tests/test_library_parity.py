@@ -71,7 +71,11 @@ def capture(monkeypatch: pytest.MonkeyPatch) -> None:
     def resume_run(out: Path, *, show_progress: bool = True, **_: Any) -> Any:
         raise Captured(Path(out), show_progress)
 
+    def plan_run(cfg: Any) -> Any:
+        raise Captured(cfg, "dry run")
+
     monkeypatch.setattr(run, "generate_run", generate_run)
+    monkeypatch.setattr(run, "plan_run", plan_run)
     monkeypatch.setattr(run, "resume_run", resume_run)
 
 
@@ -102,6 +106,7 @@ def examples(tmp_path: Path) -> dict[str, tuple[list[str], dict[str, Any]]]:
         "device": (["--device", "cpu"], {"device": "cpu"}),
         "resume": (["--resume", str(tmp_path / "old")], {"resume": tmp_path / "old"}),
         "progress": (["--no-progress"], {"show_progress": False}),
+        "dry_run": (["--dry-run"], {"dry_run": True}),
     }
 
 
@@ -139,6 +144,7 @@ def test_each_option_and_its_library_twin_give_the_same_run(tmp_path: Path, capt
                                                               int(v) if k == "num_samples" else v
                                                               for k, v in base.items()} | kwargs)))
         assert from_cli[0] == from_library[0], name
+        assert (from_cli[1] == "dry run") is (from_library[1] == "dry run") is (name == "dry_run"), name
         if name == "progress":  # the library is quiet by default, the command shows a bar
             assert from_cli[1] is from_library[1] is False
     budget_run = captured(lambda: synthdp.generate(num_samples=4, epsilon=3.0, out="x", budget=table["budget"][1]["budget"]))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import synthdp
-from arch_models import ARCHITECTURES, ARCHS, SLIDING_WINDOW, tiny_model
+from arch_models import ARCHS, SLIDING_WINDOW, save_tiny_model, tiny_model
 from conftest import FAST_OPTIONS, PRIVATE_ROWS, write_jsonl
 from synthdp.verify import verify_run
 
@@ -34,7 +34,7 @@ class _LazyDirs(dict[str, Path]):
         self.factory = factory
 
     def __missing__(self, arch: str) -> Path:
-        self[arch] = tiny_model(arch, self.factory.mktemp(f"arch-{arch}"))
+        self[arch] = save_tiny_model(arch, self.factory.mktemp(f"arch-{arch}"))
         return self[arch]
 
 
@@ -45,9 +45,7 @@ def private_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def widest_input(monkeypatch: pytest.MonkeyPatch, arch: str) -> list[int]:
     """Record the widest attention mask (prompt + cache) each forward of the architecture's model class sees."""
-    import transformers
-
-    cls = getattr(transformers, ARCHITECTURES[arch][1])
+    cls = type(tiny_model(arch))
     forward, seen = cls.forward, [0]
 
     def spy(self: Any, *args: Any, **kwargs: Any) -> Any:

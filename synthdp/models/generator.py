@@ -2,7 +2,7 @@
 
 A `Generator` answers a list of `Request`s (a user-turn prompt, sampling parameters and a request
 id) with one text each ("" for an empty answer). Backends: `LocalGenerator` (a local HF causal LM,
-batched, with the KV-cached `Decoder` of `models/local.py`) and `ApiGenerator` (`models/api.py`, any
+batched, with the KV-cached `Decoder` of `models/decoding.py`) and `ApiGenerator` (`models/api.py`, any
 OpenAI-compatible endpoint). `CachedGenerator` puts a `ResponseCache` in front of either, so an
 interrupted run that asks the same requests again pays for none of them.
 """

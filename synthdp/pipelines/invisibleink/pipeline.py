@@ -8,7 +8,8 @@ Per hash batch S of label l (docs/pipelines/invisibleink.md):
             x += choose_token(Z, z_pub)              # DClip, top-k+, softmax(z_bar / tau)
         emit x
 G batches advance together (decoding.py); each batch draws from its own noise stream, forked from the run's
-in batch order, so the texts do not depend on G. Under torchrun the groups of G batches are spread over the
+in batch order, so a batch's texts depend on G only through the size of the passes its rows go through (public; on
+CPU the same bits whatever G: tests/test_invisibleink.py). Under torchrun the groups of G batches are spread over the
 ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them in order: with the same --seed the
 corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
 Rank 0 checkpoints each group as it comes back (pipelines/checkpoint.py); a resumed run rebuilds the same batches
@@ -31,9 +32,12 @@ from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
+from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
-from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
+from synthdp.pipelines.invisibleink.decoding import (
+    MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
+)
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts
@@ -91,6 +95,10 @@ class InvisibleInk:
     def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         return make_plan(options, target, data)
 
+    def memory_plan(self, options: InvisibleInkOptions, labels: tuple[str, ...], lm: LocalLM) -> MemoryPlan:
+        """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run)."""
+        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options), labels or (None,), options))
+
     # ------------------------------------------------------------------ run
 
     def run(self, records: list[Record], options: InvisibleInkOptions, plan: PrivacyPlan,
@@ -111,7 +119,9 @@ class InvisibleInk:
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
         prompts = self.prompts(lm, options)
         widths = self.widths(prompts, labels, options)
-        shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
+        # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
+        shape = ctx.world.broadcast(step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens,
+                                               options.batches_per_step) if ctx.world.main else None)
         # A resumed run groups the batches as its first start did (its step shape), and must rebuild the same ones.
         ckpt = BatchCheckpoint.open(ctx, kept={"step_shape": dataclasses.asdict(shape)},
                                     matched={"batches": batches_digest((u.label, u.texts, u.want) for u in units)})
@@ -211,7 +221,7 @@ class InvisibleInk:
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
             [prompts.public(u.label, u.index) for u in units],
-            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape)
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.divisor)
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
             active = [len(u.made) < u.want for u in units]

@@ -4,15 +4,17 @@ r private tokens are spent. See docs/pipelines/private-prediction.md."""
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from synthdp.mechanisms.exponential import aggregate_clipped, sample_softmax
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
-from synthdp.models.local import LocalLM, decode_group_rows
-from synthdp.models.stacked import BucketedDecoder, StackedDecoder
+from synthdp.models.decoding import MultiBatchDecoder, RowDecoder
+from synthdp.models.local import LocalLM
+from synthdp.models.memory import MemoryPlan
+from synthdp.models.steps import StepShape, step_memory
 from synthdp.pipelines.base import RunContext
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.prompts import prompt_rows, prompt_width
@@ -54,30 +56,48 @@ def choose_token(
     return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
 
 
-def rows_decoder(lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> StackedDecoder:
-    """The decoder of prompt rows (the public row last): logits (len(rows), V).
+class BatchDecoder:
+    """One hash batch's rows (its private prompts, then its public prompt) -> (rows, V) logits, the public row last.
 
-    Private rows get a width from a public ladder chosen by their own length (powers of two up to
-    `width`) and a fixed number of rows per forward pass; the public row has its own decoder.
-    So no row's arithmetic depends on another record (tests/test_row_independence.py).
-    """
-    private = [BucketedDecoder(lm, rows[:-1], o.max_tokens, full_width=width,
-                               group_rows=decode_group_rows(o.batch_size, lm.device))] if len(rows) > 1 else []
-    return StackedDecoder(private + [lm.decoder(rows[-1:], o.max_tokens)])
+    All rows run in the same passes (models/decoding.py): a row is prefilled at a width of a public ladder chosen by
+    its own length (the private rows on top of the public prompt's keys and values, which begin every private
+    prompt), stepped at a public width, in passes of a public number of rows (about 1.25 (s + 1)). So no row's
+    arithmetic depends on another record (tests/test_row_independence.py)."""
+
+    def __init__(self, lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> None:
+        shape = StepShape(1, 0, lm.device.type).decode_shape(1, o.batch_size, width, len(rows[-1]) + 1)
+        self.inner = MultiBatchDecoder(lm.model, [rows[:-1]], [rows[-1]], lm.pad_id, lm.device, o.max_tokens, shape)
+
+    def prefill(self) -> torch.Tensor:
+        return self.inner.prefill()[0]
+
+    def step(self, token: int) -> torch.Tensor:
+        return self.inner.step(torch.tensor([token]))[0]
+
+    def rewind(self) -> torch.Tensor:
+        return self.inner.rewind()[0]
 
 
-def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> StackedDecoder:
+def rows_decoder(lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> BatchDecoder:
+    """The decoder of prompt rows (the public row last): logits (len(rows), V)."""
+    return BatchDecoder(lm, rows, width, o)
+
+
+def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> BatchDecoder:
     """The decoder of one batch: one private prompt per record, then the public prompt."""
     return rows_decoder(lm, prompt_rows(lm, texts, label, o), prompt_width(lm, label, o), o)
 
 
-class TokenDecoder(Protocol):
-    """What generate_batch needs of a decoder: logits (rows, V) after the prompt and after each token, and a
-    rewind to the prompt (its KV cache trimmed back) for the next text."""
+TokenDecoder = RowDecoder  # what generate_batch needs of a decoder (models/decoding.py)
 
-    def prefill(self) -> torch.Tensor: ...
-    def step(self, token: int) -> torch.Tensor: ...
-    def rewind(self) -> torch.Tensor: ...
+
+def batch_memory_plan(lm: LocalLM, o: PrivatePredictionOptions, labels: tuple[str | None, ...]) -> MemoryPlan:
+    """The memory of one batch's decoder (one batch at a time)."""
+    width = max(prompt_width(lm, label, o) for label in labels)
+    public = max(len(prompt_rows(lm, [], label, o)[-1]) + 1 for label in labels)
+    return step_memory(lm, StepShape(1, 0, lm.device.type), o.batch_size, (width, public), o.max_tokens,
+                       "Lower batch_size, max_tokens or max_record_tokens (they set every row's width), or use a "
+                       "smaller model or a device with more free memory.")
 
 
 @torch.no_grad()

@@ -13,12 +13,13 @@ from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
+from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.private_prediction.batching import (
     add_counts, batch_counts, hash_batches, split_evenly, texts_by_label,
 )
-from synthdp.pipelines.private_prediction.decoding import batch_decoder, generate_batch
+from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
 from synthdp.pipelines.private_prediction.prompts import private_slot
@@ -62,6 +63,10 @@ class PrivatePrediction:
              resources: Any) -> PrivatePredictionPlan:
         """r private tokens per batch from the target epsilon; reads no record (see plan.make_plan)."""
         return make_plan(options, target, data)
+
+    def memory_plan(self, options: PrivatePredictionOptions, labels: tuple[str, ...], lm: LocalLM) -> MemoryPlan:
+        """One batch's decoding memory on the device (checked before the write-ahead; shown by --dry-run)."""
+        return batch_memory_plan(lm, options, labels or (None,))
 
     def run(self, records: list[Record], options: PrivatePredictionOptions, plan: PrivatePredictionPlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
