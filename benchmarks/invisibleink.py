@@ -81,7 +81,7 @@ def main() -> None:
     s, steps = args.batch_size, args.steps
     o = InvisibleInkOptions(batch_size=s, max_tokens=steps + 1, top_k=args.top_k)
     pool, label = texts(args.data)
-    prompts = InvisibleInk.prompts(lm, o)
+    prompts = InvisibleInk.prompts(lm, o, {})
     widths = InvisibleInk.widths(prompts, (label,), o)
     shape = step_shape(lm, s, widths[0], o.max_tokens, args.batches)
     g = shape.batches

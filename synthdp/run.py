@@ -7,6 +7,7 @@ files in --out and charges nothing to the budget. From the write-ahead on, the r
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import sys
 import uuid
@@ -21,7 +22,7 @@ from synthdp import distributed
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import BUNDLED_OPTIONS, LoadedData, load_records
-from synthdp.errors import UserError
+from synthdp.errors import OptionError, UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
@@ -29,6 +30,9 @@ from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n
 from synthdp.privacy.owner import record_failure
 from synthdp.progress import ProgressDisplay
+from synthdp.public_data import (
+    BUNDLED_PUBLIC_DATA, PublicData, check_not_both, legacy_public_data, load_public_data, missing_labels,
+)
 from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ class Prepared:
     plan: PrivacyPlan
     budget: Budget | None
     model_name: str
+    public: PublicData | None = None
 
 
 def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool = False) -> Prepared:
@@ -86,10 +91,13 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     message = check_delta_against_n(cfg.delta, len(data.records))
     if message:
         warn(message)
+    public = _public_data(cfg, pipeline, options, data, warn)
     resources = pipeline.load_resources(options, cfg.model_spec())
+    options = _with_public_defaults(pipeline, options, public, resources, cfg)
     preflight = getattr(pipeline, "preflight", None)
     if preflight is not None:  # checks that touch models, not records (e.g. an API that answers)
-        preflight(options, data.labels, resources)
+        takes_public = "public" in inspect.signature(preflight).parameters
+        preflight(options, data.labels, resources, *((public,) if takes_public else ()))
     # Plan and budget check: refuse before any mechanism touches the data.
     plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
     planned = epsilon_report([e.event for e in plan.events], cfg.delta)
@@ -98,7 +106,52 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     if budget is not None and not resuming:
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
     model_name = str(getattr(resources, "name", cfg.model or "default"))
-    return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
+    return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name, public)
+
+
+def _public_data(cfg: RunConfig, pipeline: Any, options: Any, data: LoadedData,
+                 warn: Callable[[str], None]) -> PublicData | None:
+    """The run's public data: --public-data, an old example option (deprecated), or the bundled sample's public
+    examples when the data is the bundled sample. Refused for a pipeline that has no use for it."""
+    use = getattr(pipeline, "public_data_use", "")
+    legacy = legacy_public_data(options)
+    if legacy is not None:
+        check_not_both(legacy[0], cfg.public_data)
+        warn(f"option `{legacy[0]}` is deprecated (removed in the next release); pass the public texts as "
+             "--public-data FILE.")
+        public = legacy[1]
+    else:
+        if cfg.public_data is None and cfg.data is None and use:
+            cfg.public_data = BUNDLED_PUBLIC_DATA  # config.toml names it
+        if cfg.public_data is None:
+            return None
+        if not use:
+            raise OptionError(f"The {pipeline.name} pipeline does not use public data. Found --public-data "
+                              f"{cfg.public_data}. Drop --public-data.")
+        public = load_public_data(cfg.public_data, text_field=cfg.text_field, label_field=cfg.label_field,
+                                  labels=data.labels)
+    for reason, count in public.skipped.items():
+        warn(f"skipped {count} row(s) of the public data {public.source}: {reason}.")
+    missing = missing_labels(public, data.labels)
+    if missing:
+        warn(f"the public data has no row of label(s) {', '.join(missing)}: their prompts show no public example.")
+    return public
+
+
+def _with_public_defaults(pipeline: Any, options: Any, public: PublicData | None, resources: Any,
+                          cfg: RunConfig) -> Any:
+    """The options with the values the pipeline derives from the public data (e.g. `max_tokens` from its token
+    lengths) where the user left them unset."""
+    hook = getattr(pipeline, "public_defaults", None)
+    if public is None or hook is None:
+        return options
+    renamed = getattr(pipeline.options_class, "DEPRECATED", {})
+    given = set(cfg.options) | {renamed[k] for k in cfg.options if k in renamed}
+    defaults = {k: v for k, v in hook(options, public, resources).items() if k not in given}
+    try:
+        return dataclasses.replace(options, **defaults) if defaults else options
+    except (ValueError, TypeError) as err:
+        raise OptionError(f"{err} (a value derived from the public data: {defaults}; set it explicitly)") from None
 
 
 def _with_data_defaults(options_class: type, cfg: RunConfig) -> dict[str, Any]:
@@ -126,7 +179,7 @@ def generate_run(
             delta=cfg.delta,
             neighboring=cfg.neighboring,
             events=list(p.plan.events),
-            public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}"],
+            public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}", *_public_words(p)],
             parameters=p.plan.published() | {"options": dataclasses.asdict(p.options)},
             seed=cfg.seed,
             budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
@@ -190,7 +243,8 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, *, show_prog
     if bar is not None:
         ctx.progress, ctx.stage = bar.progress, bar.stage
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
-                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget))
+                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget)
+                      + _public_lines(p))
     try:
         corpus, count = write_bundle(out, ledger, _records(p, ctx), info, p.budget)
     finally:
@@ -249,8 +303,9 @@ def _follow(world: distributed.World) -> GenerateResult:
     cfg = shared.cfg
     pipeline = get_pipeline(cfg.pipeline)
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    public = _public_data(cfg, pipeline, shared.options, data, lambda message: None)
     resources = pipeline.load_resources(shared.options, cfg.model_spec())
-    p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name)
+    p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name, public)
     rng, noise_rng = run_streams(cfg.seed, shared.keys)
     ctx = _context(p, rng, noise_rng, world, shared.resume)
     for _ in _records(p, ctx):  # rank 0 writes the corpus
@@ -260,7 +315,24 @@ def _follow(world: distributed.World) -> GenerateResult:
 
 def _context(p: Prepared, rng: Any, noise_rng: Any, world: distributed.World, resume: bool) -> RunContext:
     return RunContext(rng=rng, noise_rng=noise_rng, seeded=p.cfg.seed is not None, num_samples=p.cfg.num_samples,
-                      labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world)
+                      labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world,
+                      public=p.public)
+
+
+def _public_lines(p: Prepared) -> list[str]:
+    """The public data in RELEASE.md's "Data" section."""
+    if p.public is None:
+        return []
+    return [f"- Public data (declared public by the user, outside the guarantee): {p.public.describe()}; used for "
+            f"{getattr(p.pipeline, 'public_data_use', 'nothing')}."]
+
+
+def _public_words(p: Prepared) -> list[str]:
+    """The public data in the ledger's public assumptions and RELEASE.md."""
+    if p.public is None:
+        return []
+    return [f"the public data {p.public.describe()}: declared public by the user, never checked against the "
+            f"private data, not protected by the guarantee; used for {getattr(p.pipeline, 'public_data_use', 'nothing')}"]
 
 
 def _records(p: Prepared, ctx: RunContext) -> Iterator[SyntheticRecord]:

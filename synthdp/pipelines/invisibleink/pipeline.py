@@ -27,17 +27,19 @@ from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
-from synthdp.mechanisms.randomness import fork_noise
+from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, StepShape, step_shape
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
-from synthdp.pipelines.invisibleink.prompts import Prompts
+from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.public_data import PublicData, length_default, tokenizer_counter
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
+MAX_EXAMPLE_SETS = 256  # distinct sets of public examples per label at most (the fixed width is a max over them)
 
 
 @dataclass
@@ -73,9 +75,16 @@ class InvisibleInk:
     options_class: ClassVar[type] = InvisibleInkOptions
     supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
+    public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
+                                      "the rows of that label by the public stream) and the default T (max_tokens)")
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
+
+    def public_defaults(self, options: InvisibleInkOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+        """T from the public texts' token lengths (public_data.length_default), at least min_tokens."""
+        return {"max_tokens": max(options.min_tokens, length_default([r.text for r in public.records],
+                                                                      tokenizer_counter(lm.tokenizer)))}
 
     def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         return make_plan(options, target, data)
@@ -98,7 +107,8 @@ class InvisibleInk:
                          plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
         ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
-        prompts = self.prompts(lm, options)
+        wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
+        prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, fork_public(ctx.rng, "examples")))
         widths = self.widths(prompts, labels, options)
         shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
         spent = batch_event(plan.rho_batch)
@@ -160,8 +170,8 @@ class InvisibleInk:
     # ------------------------------------------------------------------ decoding
 
     @staticmethod
-    def prompts(lm: LocalLM, o: InvisibleInkOptions) -> Prompts:
-        return Prompts.build(lm, o)
+    def prompts(lm: LocalLM, o: InvisibleInkOptions, examples: dict[str | None, list[str]]) -> Prompts:
+        return Prompts.build(lm, o, examples)
 
     @staticmethod
     def widths(prompts: Prompts, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:

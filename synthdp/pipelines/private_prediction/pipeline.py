@@ -13,6 +13,7 @@ from dp_accounting import dp_event
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms.randomness import fork_noise, fork_public
+from synthdp.public_data import PublicData, choose, length_default, tokenizer_counter
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.private_prediction.batching import (
@@ -21,6 +22,7 @@ from synthdp.pipelines.private_prediction.batching import (
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
+from synthdp.pipelines.private_prediction.prompts import with_examples
 
 
 @dataclass
@@ -45,9 +47,14 @@ class PrivatePrediction:
     options_class: ClassVar[type] = PrivatePredictionOptions
     supports_resume: ClassVar[bool] = False  # a rerun would draw fresh noise: spending twice
     supports_distributed: ClassVar[bool] = True  # chunks of hash batches spread over torchrun's ranks
+    public_data_use: ClassVar[str] = ("the examples listed in every prompt (max_examples per label, drawn from the rows "
+                                      "of that label by the public stream) and the default max_tokens")
 
     def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
+
+    def public_defaults(self, options: PrivatePredictionOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+        return {"max_tokens": length_default([r.text for r in public.records], tokenizer_counter(lm.tokenizer))}
 
     def plan(self, options: PrivatePredictionOptions, target: Target, data: LoadedData,
              resources: Any) -> PrivatePredictionPlan:
@@ -73,6 +80,9 @@ class PrivatePrediction:
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, labels, plan, ctx)  # public sizes, or the DP label histogram
         records_by_label = texts_by_label(records)
+        pick = fork_public(ctx.rng, "examples")
+        prompted = {label: with_examples(options, label, choose(ctx.public.pool(label), options.max_examples, pick)
+                                         if ctx.public is not None else []) for label in labels}
         chunks: list[Chunk] = []
         for label, quota in zip(labels, per_label):
             batches = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
@@ -84,13 +94,13 @@ class PrivatePrediction:
                                         fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag)))
         if ctx.world.size == 1:  # one process: texts as they are made (the progress bar moves with them)
             for chunk in chunks:
-                for text, _ in self.chunk_texts(lm, chunk, options, plan, ctx, ctx.progress):
+                for text, _ in self.chunk_texts(lm, chunk, prompted[chunk.label], plan, ctx, ctx.progress):
                     yield SyntheticRecord(text, chunk.label)
                 add_counts(ctx.summary, chunk.summary)
             return
 
         def write(k: int) -> tuple[list[tuple[str, dp_event.DpEvent | None]], dict[str, Any]]:
-            return list(self.chunk_texts(lm, chunks[k], options, plan, ctx, None)), chunks[k].summary
+            return list(self.chunk_texts(lm, chunks[k], prompted[chunks[k].label], plan, ctx, None)), chunks[k].summary
 
         for k, (texts, counts) in distributed.map_in_rounds(ctx.world, len(chunks), write):
             add_counts(ctx.summary, counts)
