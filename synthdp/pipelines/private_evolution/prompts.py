@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def examples_for(o: PrivateEvolutionOptions, pool: list[str], prng: np.random.Generator) -> list[str]:
+def examples_for(o: PrivateEvolutionOptions, pool: Sequence[str], prng: np.random.Generator) -> list[str]:
     """`max_examples` public texts of `pool` for one request, drawn from its public generator."""
     order = prng.permutation(len(pool))[:o.max_examples]
     return [one_line(pool[int(i)]) for i in order]
@@ -57,7 +58,7 @@ def list_prompt(o: PrivateEvolutionOptions, label: str | None, items: list[str],
     return "\n".join(lines) + f"\n{len(items) + 1}." + (f" {start}" if start else "")
 
 
-def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: int, pool: list[str],
+def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: int, pool: Sequence[str] = (),
                   style: str = "chat") -> str:
     """RANDOM_API's prompt for the j-th sample of `label`: in `list` style a list of public examples of `pool` to
     continue; in `chat` style a request with a public keyword, after public examples if `pool` has any."""
@@ -75,7 +76,7 @@ def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: i
 
 
 def list_variation(o: PrivateEvolutionOptions, label: str | None, parent: str, salt: str, purpose: str,
-                   pool: list[str]) -> tuple[str, str]:
+                   pool: Sequence[str]) -> tuple[str, str]:
     """VARIATION_API in `list` style: (prompt, kept start). The item starts with the parent's first K words, K
     drawn Binomial(n, 1 - variation_degree) and kept below n (the model always writes something), and the model
     finishes it: the variation is the kept start plus what the model writes."""
