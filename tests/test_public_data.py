@@ -143,14 +143,24 @@ def test_bad_public_data_exits_2_and_leaves_nothing(case: str, tmp_path: Path, d
     assert budget.read_bytes() == before and Budget.load(budget).runs == []
 
 
-def test_the_library_takes_public_data_as_the_cli_does(tmp_path: Path, data_file: Path, tiny_model_dir: Path) -> None:
+def test_the_library_takes_public_data_as_the_cli_does(tmp_path: Path, data_file: Path, tiny_model_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import synthdp
+    import synthdp.pipelines.private_prediction.pipeline as pp
     from conftest import FAST_OPTIONS
 
+    templates: list[tuple[str | None, str]] = []
+    real = pp.batch_decoder
+    monkeypatch.setattr(pp, "batch_decoder", lambda lm, texts, label, o: templates.append((label, o.prompt_template))
+                        or real(lm, texts, label, o))
     result = synthdp.generate(out=tmp_path / "a", data=data_file, public_data=public_file(tmp_path), labels=["ham", "spam"],
                               epsilon=3, delta=1e-5, num_samples=2, model=tiny_model_dir, pipeline="private-prediction",
                               options=dict(FAST_OPTIONS["private-prediction"]))
     assert any("public data" in a for a in result.ledger.public_assumptions)
+    assert templates and all(t.startswith(f"Examples of short texts (label: {label}):\n1. public note") and
+                             t.count(f"about the final") == 3 for label, t in templates)  # max_examples of its label
+    own = {lbl: [r["text"] for r in PUBLIC_ROWS if r["label"] == lbl] for lbl in ("ham", "spam")}
+    assert all(line[3:] in own[label] for label, t in templates for line in t.split("\n")[1:4])
 
 
 def test_private_prediction_lists_the_label_s_public_examples_in_every_prompt_private_and_public(

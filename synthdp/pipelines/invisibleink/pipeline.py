@@ -108,7 +108,8 @@ class InvisibleInk:
         ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
         wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
-        prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, fork_public(ctx.rng, "examples")))
+        pick = fork_public(ctx.rng, "examples") if ctx.public is not None else None
+        prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, pick) if pick is not None else {})
         widths = self.widths(prompts, labels, options)
         shape = step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens, options.batches_per_step)
         spent = batch_event(plan.rho_batch)

@@ -80,9 +80,11 @@ class PrivatePrediction:
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, labels, plan, ctx)  # public sizes, or the DP label histogram
         records_by_label = texts_by_label(records)
-        pick = fork_public(ctx.rng, "examples")
-        prompted = {label: with_examples(options, label, choose(ctx.public.pool(label), options.max_examples, pick)
-                                         if ctx.public is not None else []) for label in labels}
+        prompted = {label: options for label in labels}
+        if ctx.public is not None:  # a public draw per label (its own stream: the chunks' streams stay as they were)
+            pick = fork_public(ctx.rng, "examples")
+            prompted = {label: with_examples(options, label, choose(ctx.public.pool(label), options.max_examples, pick))
+                        for label in labels}
         chunks: list[Chunk] = []
         for label, quota in zip(labels, per_label):
             batches = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
