@@ -44,6 +44,8 @@ from synthdp.models.local import LocalLM
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions
 from synthdp.pipelines.invisibleink.decoding import MultiBatchDecoder, step_shape
 from synthdp.pipelines.invisibleink.pipeline import Unit
+from synthdp.pipelines.invisibleink.prompts import example_pools
+from synthdp.public_data import BUNDLED_PUBLIC_DATA, load_public_data
 
 PEER_MINIBATCH = 16  # the reference's default --minibatch
 
@@ -87,9 +89,10 @@ def setup(lm: LocalLM, *, batches: int, tokens: int, batch_size: int = 8, top_k:
     """G = `batches` batches of `batch_size` records each, read in order from the data from record `first` on,
     with the bundled sample's prompts (public examples included)."""
     pool, label = texts(data)
-    options = InvisibleInkOptions(batch_size=batch_size, max_tokens=tokens, top_k=top_k,
-                                  public_examples="synthdp:sms_public_examples.jsonl", domain="SMS text message")
-    prompts = InvisibleInk.prompts(lm, options)
+    options = InvisibleInkOptions(batch_size=batch_size, max_tokens=tokens, top_k=top_k, domain="SMS text message")
+    public_data = load_public_data(BUNDLED_PUBLIC_DATA, text_field="text", label_field="label", labels=(label,))
+    wanted = {label: batches * options.max_examples}
+    prompts = InvisibleInk.prompts(lm, options, example_pools(public_data, wanted, np.random.default_rng(0)))
     widths = InvisibleInk.widths(prompts, (label,), options)
     s = batch_size
     units = [Unit(label, pool[first + j * s:first + (j + 1) * s], 1, noise_generator(), j) for j in range(batches)]

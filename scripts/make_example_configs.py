@@ -22,7 +22,10 @@ RUN = {  # the [run] table: the embedded defaults at small settings
     "text_field": ("text", "field holding the text"),
     "label_field": ("label", "field holding the label"),
     "neighboring": ("add_remove", "add_remove or replace_one"),
+    "public_data": (None, "text you declare public, read like data (prompt examples, Private Evolution's first "
+                          "population, the default max_tokens); unset with the bundled sample: its own public examples"),
 }
+FROM_PUBLIC_DATA = {"max_tokens"}  # left commented: a value in the file would override the one from the public data
 
 
 def value_line(name: str, value: Any, comment: str) -> str:
@@ -40,7 +43,9 @@ def config_text(pipeline: str) -> str:
              "[run]", f'pipeline = "{pipeline}"']
     lines += [value_line(k, v, c) for k, (v, c) in RUN.items()]
     lines += ["", "[options]"]
-    lines += [value_line(name, default, help_text) for name, _, default, help_text in options_table(cls.options_class)]
+    lines += [value_line(name, default, help_text) if name not in FROM_PUBLIC_DATA else
+              "# " + value_line(name, default, f"{help_text} (unset here so that it comes from the public data)")
+              for name, _, default, help_text in options_table(cls.options_class)]
     return "\n".join(lines) + "\n"
 
 

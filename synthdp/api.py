@@ -20,6 +20,7 @@ def generate(
     num_samples: int | None = None,
     pipeline: str | None = None,
     data: str | Path | None = None,
+    public_data: str | Path | None = None,
     text_field: str | None = None,
     label_field: str | None = None,
     labels: Sequence[str] | None = None,
@@ -40,7 +41,9 @@ def generate(
 
     Each argument is an option of `synthdp generate`; None leaves it unset: the `config` file's value, else
     the default (pipeline invisibleink, text_field "text", label_field "label", neighboring add_remove).
-    `data=None` uses the bundled SMS Spam sample and `model=None` the embedded default model.
+    `data=None` uses the bundled SMS Spam sample and `model=None` the embedded default model. `public_data`: text
+    you declare public (same formats and fields as `data`), used for prompt examples, Private Evolution's first
+    population and the default length; never checked against `data` (the ledger names it as public).
     `label_field=""` reads unlabelled data. `labels` is a list of names (a bare string is refused: write
     labels=["ham"]). `options` are the pipeline's options by name (see `synthdp pipelines`); they update the
     config file's. With a `budget` file, `delta` defaults to the budget's. `api_base` (one
@@ -59,6 +62,7 @@ def generate(
     # error, not a list of letters) and refuses anything wrong with a UserError before anything is spent.
     given = {
         "out": out, "epsilon": epsilon, "delta": delta, "num_samples": num_samples, "pipeline": pipeline, "data": data,
+        "public_data": public_data,
         "text_field": text_field, "label_field": label_field, "labels": labels, "model": model, "budget": budget,
         "seed": seed, "neighboring": neighboring, "api_base": api_base, "api_key_env": api_key_env, "device": device,
     }

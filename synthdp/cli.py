@@ -51,6 +51,7 @@ GENERATE_EXAMPLE = "synthdp generate --epsilon 3 --delta 1e-5 --num-samples 8 --
 @user_errors
 def generate(
     data: Annotated[Optional[str], typer.Option(help="Private data: .jsonl, .json, .csv, .tsv, .parquet or a saved `datasets` folder. Default: the bundled SMS Spam sample.")] = None,
+    public_data: Annotated[Optional[str], typer.Option(help="Text you declare public, same formats and fields as --data (e.g. public reviews of the same kind): prompt examples, Private Evolution's first population, the default length. Never checked against --data; the ledger names it as public. Default: none (the bundled sample: its own public examples).")] = None,
     text_field: Annotated[Optional[str], typer.Option(help="Field holding the text. Default: text.")] = None,
     label_field: Annotated[Optional[str], typer.Option(help="Field holding the label; '' for unlabelled data. Default: label.")] = None,
     pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: invisibleink.")] = None,
@@ -85,7 +86,8 @@ def generate(
         return
     values: dict[str, Any] = load_config_file(config) if config else {"options": {}}
     flags = {
-        "data": data, "text_field": text_field, "label_field": label_field, "pipeline": pipeline, "epsilon": epsilon,
+        "data": data, "public_data": public_data, "text_field": text_field, "label_field": label_field,
+        "pipeline": pipeline, "epsilon": epsilon,
         "delta": delta, "num_samples": num_samples, "out": out, "model": model,
         "budget": None if budget is None else str(budget), "seed": seed, "neighboring": neighboring,
         "api_base": api_base or None, "api_key_env": api_key_env, "device": device,

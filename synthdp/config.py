@@ -25,6 +25,7 @@ class RunConfig:
     num_samples: int
     pipeline: str = "invisibleink"
     data: str | None = None
+    public_data: str | None = None  # text the user declares public, read like `data` (synthdp/public_data.py)
     text_field: str = "text"
     label_field: str | None = "label"
     labels: list[str] | None = None
@@ -99,7 +100,7 @@ def check_config(cfg: RunConfig) -> None:
     for name in ("pipeline", "text_field", "api_key_env"):
         if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name).strip():
             raise OptionError(f"`{name}` must be a non-empty text. Found {getattr(cfg, name)!r}.")
-    for name in ("data", "model", "budget"):  # paths: text or path-like
+    for name in ("data", "public_data", "model", "budget"):  # paths: text or path-like
         value = getattr(cfg, name)
         if isinstance(value, os.PathLike):
             setattr(cfg, name, os.fspath(value))

@@ -28,9 +28,9 @@ from synthdp.errors import DataError
 
 BUNDLED_SOURCE = "bundled SMS Spam sample"
 # Public facts about the bundled sample that its runs use as option defaults where a pipeline has the option and
-# the user did not set it: what kind of text it is (the default prompts name it).
-BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message",
-                                   "public_examples": "synthdp:sms_public_examples.jsonl"}
+# the user did not set it: what kind of text it is (the default prompts name it). Its public examples are the
+# default public data of its runs (synthdp/public_data.py).
+BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message"}
 SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
 
 Row = dict[str, Any]
@@ -364,3 +364,18 @@ def _dataset_rows(folder: Path, source: str) -> tuple[list[str], Iterator[Row]]:
             yield row
 
     return list(data.column_names), rows()
+
+
+def field_names(path: str | Path, source: str | None = None) -> list[str]:
+    """The columns of a data file or saved dataset (for JSON rows: every key of any row), in first-seen order."""
+    columns, rows = _open_rows(Path(path), source or str(path))
+    if columns is not None:
+        for _ in rows:  # opens and closes the file (CSV): nothing else is read
+            break
+        if hasattr(rows, "close"):
+            rows.close()
+        return columns
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)

@@ -21,6 +21,7 @@ from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import PrivacyPlan, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget
+from synthdp.public_data import run_public_data, with_public_defaults
 
 
 class Unread(list):  # type: ignore[type-arg]
@@ -79,11 +80,14 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     data = public_facts(cfg)
     memory_plan = getattr(pipeline, "memory_plan", None)
     resources = LocalLM.load_meta(cfg.model, cfg.device) if memory_plan is not None else None
+    public = run_public_data(cfg, pipeline, options, data, lambda message: None)  # public text: read in a dry run too
+    if resources is not None:  # the options the real run derives from the public data (max_tokens)
+        options = with_public_defaults(pipeline, options, public, resources, cfg)
     plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
     events = [e.event for e in plan.events]
     if budget is not None:
         budget.check(events, neighboring=cfg.neighboring, delta=cfg.delta)
     report = epsilon_report(events, cfg.delta)
-    memory = memory_plan(options, data.labels, resources) if memory_plan is not None else None
+    memory = memory_plan(options, data.labels, resources, public) if memory_plan is not None else None
     return DryRun(pipeline.name, cfg.neighboring, plan, report.epsilon, cfg.delta, report.accountant, memory)
 

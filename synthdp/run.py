@@ -9,6 +9,7 @@ record has been checked by then (load_records, then the pipeline's `record_check
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import sys
 import uuid
@@ -32,6 +33,7 @@ from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n, now
 from synthdp.privacy.owner import owner_words, record_end, record_failure
 from synthdp.progress import ProgressDisplay
+from synthdp.public_data import PublicData, run_public_data, with_public_defaults
 from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
 from synthdp.run_state import RunState, check_same, fingerprints, read_state, write_state
 from synthdp.workdir import private_dir, remove_private_dir
@@ -72,6 +74,7 @@ class Prepared:
     plan: PrivacyPlan
     budget: Budget | None
     model_name: str
+    public: PublicData | None = None
 
 
 def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool = False) -> Prepared:
@@ -86,10 +89,13 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([], neighboring=cfg.neighboring, delta=cfg.delta)  # refuse before reading anything
     # Data (validation only: no mechanism sees it yet) and models.
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    public = run_public_data(cfg, pipeline, options, data, warn)
     resources = pipeline.load_resources(options, cfg.model_spec())
+    options = with_public_defaults(pipeline, options, public, resources, cfg)
     preflight = getattr(pipeline, "preflight", None)
     if preflight is not None:  # checks that touch models, not records (e.g. an API that answers)
-        preflight(options, data.labels, resources)
+        takes_public = "public" in inspect.signature(preflight).parameters
+        preflight(options, data.labels, resources, *((public,) if takes_public else ()))
     # The record boundary: every per-record operation of `run` that could fail on a record has run by here.
     data = checked_records(pipeline, options, data, resources)
     for reason, count in data.skipped.items():
@@ -106,9 +112,9 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
     memory_plan = getattr(pipeline, "memory_plan", None)
     if memory_plan is not None:  # the model and one step's caches must fit the device: refused before any spending
-        memory_plan(options, data.labels, resources).check()
+        memory_plan(options, data.labels, resources, public).check()
     model_name = str(getattr(resources, "name", cfg.model or "default"))
-    return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name)
+    return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name, public)
 
 
 def checked_records(pipeline: Any, options: Any, data: LoadedData, resources: Any) -> LoadedData:
@@ -151,7 +157,7 @@ def generate_run(
             delta=cfg.delta,
             neighboring=cfg.neighboring,
             events=list(p.plan.events),
-            public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}"],
+            public_assumptions=[*p.plan.public_assumptions, f"the model: {p.model_name}", *_public_words(p)],
             parameters=p.plan.published() | {"options": dataclasses.asdict(p.options)},
             seed=cfg.seed,
             budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
@@ -256,7 +262,8 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, keys: tuple[
     if bar is not None:
         ctx.progress, ctx.stage = bar.progress, bar.stage
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
-                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget))
+                      data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget)
+                      + _public_lines(p))
     try:
         corpus, count = write_bundle(out, ledger, _records(p, ctx), info, p.budget)
     finally:
@@ -318,9 +325,10 @@ def _follow(world: distributed.World) -> GenerateResult:
     cfg = shared.cfg
     pipeline = get_pipeline(cfg.pipeline)
     data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    public = run_public_data(cfg, pipeline, shared.options, data, lambda message: None)
     resources = pipeline.load_resources(shared.options, cfg.model_spec())
     data = checked_records(pipeline, shared.options, data, resources)  # the records rank 0 kept
-    p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name)
+    p = Prepared(cfg, pipeline, shared.options, data, resources, shared.plan, None, shared.model_name, public)
     rng, noise_rng = run_streams(cfg.seed, shared.keys)
     ctx = _context(p, rng, noise_rng, world, shared.resume)
     for _ in _records(p, ctx):  # rank 0 writes the corpus
@@ -330,7 +338,24 @@ def _follow(world: distributed.World) -> GenerateResult:
 
 def _context(p: Prepared, rng: Any, noise_rng: Any, world: distributed.World, resume: bool) -> RunContext:
     return RunContext(rng=rng, noise_rng=noise_rng, seeded=p.cfg.seed is not None, num_samples=p.cfg.num_samples,
-                      labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world)
+                      labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world,
+                      public=p.public)
+
+
+def _public_lines(p: Prepared) -> list[str]:
+    """The public data in RELEASE.md's "Data" section."""
+    if p.public is None:
+        return []
+    return [f"- Public data (declared public by the user, outside the guarantee): {p.public.describe()}; used for "
+            f"{getattr(p.pipeline, 'public_data_use', 'nothing')}."]
+
+
+def _public_words(p: Prepared) -> list[str]:
+    """The public data in the ledger's public assumptions and RELEASE.md."""
+    if p.public is None:
+        return []
+    return [f"the public data {p.public.describe()}: declared public by the user, never checked against the "
+            f"private data, not protected by the guarantee; used for {getattr(p.pipeline, 'public_data_use', 'nothing')}"]
 
 
 def _records(p: Prepared, ctx: RunContext) -> Iterator[SyntheticRecord]:

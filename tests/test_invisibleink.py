@@ -267,7 +267,7 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
     monkeypatch.setattr(pipe.InvisibleInk, "widths", staticmethod(lambda prompts, labels, o: (64, 16)))
     monkeypatch.setattr(pipe.InvisibleInk, "prompt", staticmethod(lambda prompts, text, unit, width: [1, 2]))
     monkeypatch.setattr(pipe.InvisibleInk, "prompts", staticmethod(
-        lambda lm, o: pipe.Prompts(lm, o, {}, frozenset())))
+        lambda lm, o, examples: pipe.Prompts(lm, o, {}, frozenset())))
     monkeypatch.setattr(pipe, "step_shape", lambda *a: pipe.StepShape(4, 80, "cpu"))
     lm = ScriptedLM(script)
     lm.chat_ids = lambda text, prefix="": [1]  # type: ignore[attr-defined]

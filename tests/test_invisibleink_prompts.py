@@ -11,7 +11,9 @@ from synthdp.errors import OptionError
 from synthdp.pipelines.base import parse_options
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions
 from synthdp.pipelines.invisibleink.pipeline import Unit
-from synthdp.pipelines.invisibleink.prompts import Prompts, read_public_examples
+from synthdp.data import Record
+from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools, read_public_examples
+from synthdp.public_data import PublicData
 
 
 def examples_file(tmp_path: Path, rows: list[object]) -> Path:
@@ -49,10 +51,9 @@ def test_a_bad_examples_file_is_refused_by_the_options_with_what_to_fix(tmp_path
 def build(tiny_model_dir: Path, tmp_path: Path, **opts: object) -> Prompts:
     from synthdp.models.local import LocalLM
 
-    rows = [{"text": f"spam example {i}", "label": "spam"} for i in range(5)] + [{"text": "any example"}]
-    options = parse_options(InvisibleInkOptions, {"public_examples": str(examples_file(tmp_path, rows)),
-                                                  "max_examples": 2, "domain": "note", **opts})
-    return Prompts.build(LocalLM.load(tiny_model_dir, device="cpu"), options)
+    examples = {"spam": [f"spam example {i}" for i in range(5)], "ham": ["any example"]}
+    options = parse_options(InvisibleInkOptions, {"max_examples": 2, "domain": "note", **opts})
+    return Prompts.build(LocalLM.load(tiny_model_dir, device="cpu"), options, examples)
 
 
 def test_the_list_prompt_shows_the_examples_of_the_batch_then_the_record_and_the_public_one_leaves_it_out(
@@ -68,7 +69,8 @@ def test_the_list_prompt_shows_the_examples_of_the_batch_then_the_record_and_the
     assert [prompts.shown("spam", j) for j in range(3)] == [
         ["spam example 0", "spam example 1"], ["spam example 2", "spam example 3"],
         ["spam example 4", "spam example 0"]]
-    assert prompts.shown("ham", 0) == ["any example"]  # no example of its own: the unlabelled ones
+    assert prompts.shown("ham", 0) == ["any example"]  # fewer examples than max_examples: all of them
+    assert prompts.shown("other", 0) == []  # no example at all: the header and the record
     widths = InvisibleInk.widths(prompts, ("spam", "ham"), prompts.options)
     for j in range(7):  # the fixed widths hold every set of examples a batch can show
         unit = Unit("spam", [], 1, None, j)  # type: ignore[arg-type]
@@ -107,16 +109,16 @@ def test_each_batch_s_public_row_shows_the_examples_of_its_private_rows_and_text
         return real(lm, private, public, *args, **kw)
 
     monkeypatch.setattr(pipe, "MultiBatchDecoder", spy)
-    rows = [{"text": f"spam example {i}", "label": "spam"} for i in range(5)]
-    options = parse_options(InvisibleInkOptions, {"public_examples": str(examples_file(tmp_path, rows)),
-                                                  "max_examples": 2, "batch_size": 2, "max_tokens": 6,
+    public = PublicData("test", tuple(Record(f"spam example {i}", "spam") for i in range(5))
+                        + (Record("a ham example", "ham"),), True, {})
+    options = parse_options(InvisibleInkOptions, {"max_examples": 2, "batch_size": 2, "max_tokens": 6,
                                                   "label_sizes": "spam:8", "label_counts": "uniform"})
     records = [Record(f"win cash now {i}", "spam") for i in range(8)]
     data = LoadedData(records=records, labels=("spam",), labels_from_data=False, skipped={}, source="test")
     plan = InvisibleInk().plan(options, Target(50.0, 1e-5), data, None)
     lm = LocalLM.load(tiny_model_dir, device="cpu")
     ctx = RunContext(rng=secure_generator(3), noise_rng=noise_generator(3), seeded=True, num_samples=4,
-                     labels=("spam",), resources=lm)
+                     labels=("spam",), resources=lm, public=public)
     texts = [r.text for r in InvisibleInk().run(records, options, plan, ctx)]
     assert texts and all("\n" not in t for t in texts)
     assert len(seen) == 4  # four batches of two records, one text each
@@ -124,6 +126,7 @@ def test_each_batch_s_public_row_shows_the_examples_of_its_private_rows_and_text
     for private, public in seen:
         head = lm.tokenizer.decode(public).rsplit("\n", 1)[0]  # header and examples, without the open item
         shown.add(head)
+        assert "spam example" in head and "ham" not in head  # the label's own public rows only
         for row in private:
             assert lm.tokenizer.decode(row).startswith(head + "\n3. win cash now")
     assert len(shown) > 1  # the batches show different examples in turn
@@ -142,7 +145,7 @@ def test_no_text_ends_before_min_tokens_and_the_option_is_checked(tiny_model_dir
     from synthdp.pipelines.base import RunContext, Target
 
     lm = LocalLM.load(tiny_model_dir, device="cpu")
-    ends = Prompts.build(lm, parse_options(InvisibleInkOptions, {})).end_ids()
+    ends = Prompts.build(lm, parse_options(InvisibleInkOptions, {}), {}).end_ids()
     flags: list[bool] = []
     real = pipe.choose_token
 
@@ -166,3 +169,27 @@ def test_no_text_ends_before_min_tokens_and_the_option_is_checked(tiny_model_dir
     for bad in ({"min_tokens": -1}, {"min_tokens": 9, "max_tokens": 8}):
         with pytest.raises(OptionError, match="min_tokens"):
             parse_options(InvisibleInkOptions, bad)
+
+
+def test_example_pools_draw_each_label_s_public_rows_from_the_public_stream_and_prompts_cut_them(
+        tiny_model_dir: Path) -> None:
+    import numpy as np
+
+    from synthdp.models.local import LocalLM
+
+    rows = tuple(Record(f"spam {i}", "spam") for i in range(30)) + tuple(Record(f"ham {i}", "ham") for i in range(4))
+    public = PublicData("test", rows, True, {})
+    pools = example_pools(public, {"spam": 6, "ham": 6}, np.random.default_rng(0))
+    assert len(pools["spam"]) == 6 and set(pools["spam"]) <= {f"spam {i}" for i in range(30)}
+    assert sorted(pools["ham"]) == [f"ham {i}" for i in range(4)]  # fewer rows than wanted: all of them
+    assert pools["spam"] == example_pools(public, {"spam": 6}, np.random.default_rng(0))["spam"]  # the stream decides
+    assert pools["spam"] != example_pools(public, {"spam": 6}, np.random.default_rng(1))["spam"]
+    unlabelled = PublicData("test", (Record("any one", None), Record("any two", None)), False, {})
+    assert {k: sorted(v) for k, v in example_pools(unlabelled, {"spam": 4, "ham": 4}, np.random.default_rng(0)).items()} \
+        == {"spam": ["any one", "any two"], "ham": ["any one", "any two"]}  # unlabelled rows serve every label
+    assert example_pools(None, {"spam": 4}, np.random.default_rng(0)) == {}
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    options = parse_options(InvisibleInkOptions, {"max_record_tokens": 3})
+    prompts = Prompts.build(lm, options, {"spam": ["win a big cash prize now\ntoday"]})
+    cut = prompts.shown("spam", 0)[0]
+    assert "\n" not in cut and len(lm.tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 3

@@ -364,8 +364,8 @@ def test_default_prompts_name_the_domain_and_use_only_public_examples() -> None:
         assert "one SMS message whose label is \"ham\"" in random_prompt(o, "ham", "s", 0)
         prompt = variation_prompt(o, "ham", "see you at the station at six", "s", "variation|1|ham|0|0")
         assert "SMS message" in prompt and prompt.count("Examples") == 0
-    shown = parse_options(pipe.options_class, {"examples": "Running late, 10 min || Call me back"})
-    prompt = random_prompt(shown, "ham", "s", 0)
-    assert "- Running late, 10 min\n- Call me back" in prompt and "Examples" not in random_prompt(default, "a", "s", 0)
+    prompt = random_prompt(default, "ham", "s", 0, ["Running late, 10 min", "Call me back"])  # public examples
+    assert "- Running late, 10 min" in prompt and "- Call me back" in prompt
+    assert "Examples" not in random_prompt(default, "a", "s", 0)
     with pytest.raises(OptionError, match="domain"):
         parse_options(pipe.options_class, {"domain": " "})

@@ -121,7 +121,7 @@ def invisibleink_trace(lm: LocalLM, first: list[str], monkeypatch: pytest.Monkey
     from synthdp.models.steps import StepShape
 
     options = pipe.InvisibleInkOptions(batch_size=2, max_tokens=STEPS + 1, max_record_tokens=48)
-    prompts = pipe.InvisibleInk.prompts(lm, options)
+    prompts = pipe.InvisibleInk.prompts(lm, options, {})
     tokens = usable_tokens(lm, prompts, 8)
     units = [pipe.Unit("spam", texts, 2, secure_generator(), j)
              for j, texts in enumerate([first, RECORDS[:2], RECORDS[2:5]])]

@@ -125,7 +125,7 @@ def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
         max_tokens: int = 0
         epochs: float = 1.0
 
-    news = types.SimpleNamespace(domain="news article", label_name="topic", public_examples="")
+    news = types.SimpleNamespace(domain="news article", label_name="topic")
     options, dropped = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {})
     cpu = PRESETS["cpu"]
     assert options == {"max_tokens": cpu.max_tokens, "epochs": cpu.options["dp-finetune"]["epochs"]}
@@ -133,6 +133,10 @@ def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
                                "sample_batch_size"]
     options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {"typo": "1"})
     assert options["typo"] == "1"  # asked for by the user: passed on for the pipeline to refuse by name
+    options, _ = arm_options("dp-finetune", Older, PRESETS["cpu"], news, {}, public=True)
+    assert "max_tokens" not in options  # with the public split the pipeline sets it from the public data
+    options, _ = arm_options("dp-finetune", Older, PRESETS["smoke"], news, {}, public=True)
+    assert options["max_tokens"] == PRESETS["smoke"].max_tokens  # smoke keeps its cap
 
 
 def test_the_baseline_is_invisibleink_s_public_prompt_and_sampler_with_no_record(tiny_model_dir: Path) -> None:
@@ -142,12 +146,42 @@ def test_the_baseline_is_invisibleink_s_public_prompt_and_sampler_with_no_record
     from synthdp.models.local import LocalLM
     from synthdp.pipelines.invisibleink import InvisibleInkOptions
 
+    from synthdp.public_data import PublicData, load_public_data
+
     lm = LocalLM.load(tiny_model_dir, device="cpu")
-    options = InvisibleInkOptions(max_tokens=8, public_examples="synthdp:sms_public_examples.jsonl")
+    options = InvisibleInkOptions(max_tokens=8)
+    public = load_public_data("synthdp:sms_public_examples.jsonl", text_field="text", label_field="label",
+                              labels=("ham", "spam"))
     labels = ["spam", "ham", "spam", "ham"]
-    texts = public_texts(lm, options, labels, np.random.default_rng(5), chunk=3)
+    texts = public_texts(lm, options, labels, np.random.default_rng(5), chunk=3, public=public)
     assert len(texts) == 4 and all("\n" not in t for t in texts)
     # top_k = 1: the public prompt's own top token at every step, whatever the stream and the rows beside it
+    # (one public example per label: the stream cannot change which one a prompt shows)
+    one_each = PublicData("test", tuple(r for r in public.records if r.text in {public.pool("ham")[0],
+                                                                                public.pool("spam")[0]}), True, {})
     greedy = dataclasses.replace(options, top_k=1)
-    one = public_texts(lm, greedy, labels, np.random.default_rng(0), chunk=1)
-    assert one == public_texts(lm, greedy, labels, np.random.default_rng(1), chunk=4)
+    one = public_texts(lm, greedy, labels, np.random.default_rng(0), chunk=1, public=one_each)
+    assert one == public_texts(lm, greedy, labels, np.random.default_rng(1), chunk=4, public=one_each)
+
+
+def test_the_public_split_shares_no_text_with_the_rest() -> None:
+    import random
+
+    from benchmarks.utility.data import split_off
+
+    rows = [{"text": f"t{i % 30}", "label": "a"} for i in range(60)]  # every text twice
+    rest, public = split_off(rows, 10, random.Random(0))
+    shown = {r["text"] for r in public}
+    assert len(public) == 10 and not {r["text"] for r in rest} & shown
+    assert len(rest) == sum(r["text"] not in shown for r in rows)  # only the public texts' copies are dropped
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/trec/train_5500.label").is_file(), reason="TREC is read from a path")
+def test_trec_has_six_classes_in_words_and_disjoint_splits() -> None:
+    from benchmarks.utility.data import PUBLIC_ROWS, trec
+
+    data = trec(None, None)
+    assert data.labels == ("abbreviation", "description", "entity", "human", "location", "number")
+    assert len(data.heldout) == 500 and len(data.public) == PUBLIC_ROWS
+    texts = [{r["text"] for r in rows} for rows in (data.private, data.heldout, data.public)]
+    assert not texts[0] & texts[1] and not texts[0] & texts[2] and not texts[1] & texts[2]

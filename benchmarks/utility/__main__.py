@@ -2,6 +2,7 @@
 
     python -m benchmarks.utility --preset smoke     # a few SMS texts per arm: checks the plumbing
     python -m benchmarks.utility --preset cpu       # main table: AG News, epsilon 3, 200 texts, 2 repeats
+    python -m benchmarks.utility --preset cpu --datasets trec --public   # TREC, with its public split
     python -m benchmarks.utility --preset paper --device cuda   # the whole grid
 
 Each figure is the accuracy of TF-IDF + logistic regression trained on the synthetic texts and tested
@@ -32,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.utility", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--datasets", default=None, help="comma-separated: ag_news, sms (default: the preset's)")
+    ap.add_argument("--datasets", default=None, help="comma-separated: ag_news, trec, sms (default: the preset's)")
+    ap.add_argument("--public", action="store_true", help="give every arm and the baseline the data set's public "
+                                                          "split as --public-data (benchmarks/utility/data.py)")
     ap.add_argument("--pipelines", default=None,
                     help=f"comma-separated, of {', '.join(a.pipeline for a in ARMS)} (default: the preset's); "
                          "none: baseline and ceilings only")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="synthdp-utility-"))
     out = args.out or work / "results.json"
     settings = {"preset": args.preset, "datasets": datasets, "epsilons": [str(e) for e in epsilons],
-                "num_samples": num_samples, "repeats": repeats, "arms": [a.pipeline for a in arms],
+                "num_samples": num_samples, "repeats": repeats, "arms": [a.pipeline for a in arms], "public": args.public,
                 "work_dir": str(work), "cpus": os.cpu_count(), "threads": args.threads,
                 "load_average_at_start": os.getloadavg()}
     print(f"work dir {work}; results {out}", file=sys.stderr)
@@ -111,14 +114,17 @@ def main(argv: list[str] | None = None) -> None:
                                     args.max_test if args.max_test else preset.max_test)
                 print(f"{name}: {len(data.private)} private rows, {len(data.heldout)} held-out", file=sys.stderr)
                 results += runner.ceilings(data, num_samples, repeats)
+                if args.public:
+                    results += runner.public_rows(data, num_samples, repeats)
                 for repeat in range(repeats):
                     grid = [(None, None)] + [(arm, eps) for arm in arms for eps in epsilons]
                     for arm, eps in grid:
                         row = (runner.baseline(data, preset, num_samples, repeat, shared, args.model, args.device,
-                                               overrides.get("invisibleink", {}))
+                                               overrides.get("invisibleink", {}), work if args.public else None)
                                if arm is None else
                                runner.pipeline_arm(arm, data, eps, preset, num_samples, repeat, shared, work,
-                                                   overrides.get(arm.pipeline, {}), args.model, args.device))
+                                                   overrides.get(arm.pipeline, {}), args.model, args.device,
+                                                   args.public))
                         results.append(row)
                         print(json.dumps({k: row.get(k) for k in ("dataset", "arm", "epsilon", "repeat", "texts",
                                                                   "accuracy", "wall_s", "cpu_s", "error")}),

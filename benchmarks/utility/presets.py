@@ -55,6 +55,7 @@ class Preset:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipelines: tuple[str, ...] | None = None  # the arms run by default (None: every arm of ARMS)
     leaves: str = ""  # what this preset leaves to a larger one
+    public_length: bool = True  # with --public the pipelines set max_tokens from the public data (else: max_tokens)
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,11 +69,11 @@ PRESETS: dict[str, Preset] = {
             "private-evolution": {"iterations": 1, "variations": 1, "probe": 1},
             "dp-finetune": {"epochs": 0.05, "batch_size": 16, "max_record_tokens": 24, "sample_batch_size": 8},  # 1 step
         },
-        leaves="everything: its figures are too small for any claim (n < 200)",
+        leaves="everything: its figures are too small for any claim (n < 200)", public_length=False,
     ),
     "cpu": Preset(
         description="the main table on a 2-core CPU: AG News, epsilon 3, baseline and each pipeline, 200 texts, "
-                    "two repeats",
+                    "two repeats (--datasets trec,sms for the others; --public: with their public splits)",
         datasets=("ag_news",), epsilons=(3.0,), num_samples=200, repeats=2, max_private=None, max_test=None,
         max_tokens=48, pipelines=("invisibleink", "private-evolution", "dp-finetune"),
         options={
@@ -104,14 +105,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 def arm_options(pipeline: str, options_class: type, preset: Preset, data: Any,
-                overrides: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+                overrides: dict[str, str], public: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The options of one arm (`data`: a benchmarks.utility.data.Dataset, for its public facts), those its options
-    class knows, and a note per option dropped."""
+    class knows, and a note per option dropped. With `public` (the arm gets the public split as --public-data) the
+    preset's max_tokens is left out: the pipeline sets it from the public data."""
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(options_class)}
-    facts = {"domain": data.domain, "label_name": data.label_name, "public_examples": data.public_examples}
-    wanted: dict[str, Any] = {"max_tokens": preset.max_tokens, **{k: v for k, v in facts.items() if v},
+    facts = {"domain": data.domain, "label_name": data.label_name}
+    length = {} if public and preset.public_length else {"max_tokens": preset.max_tokens}
+    wanted: dict[str, Any] = {**length, **{k: v for k, v in facts.items() if v},
                               **preset.options.get(pipeline, {}), **overrides}
     chosen: dict[str, Any] = {}
     dropped: list[str] = []

@@ -15,6 +15,7 @@ baseline samples from a generator seeded by the operating system.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -120,14 +121,16 @@ def _timed(row: dict[str, Any], data: Dataset, work: Any) -> dict[str, Any]:
 
 @torch.no_grad()
 def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Generator,
-                 chunk: int = 32) -> list[str]:
+                 chunk: int = 32, public: Any = None) -> list[str]:
     """One text per label in `labels` from InvisibleInk's public prompt alone: its sampler with no private row
-    and C -> 0 (softmax(z_pub / tau) on the public top k; C = 1e-9, which an empty batch does not use), the same prompts (text j of a label shows the public
-    examples of batch j), the same ends of text. What the pipeline would write if the records counted for nothing."""
+    and C -> 0 (softmax(z_pub / tau) on the public top k; C = 1e-9, which an empty batch does not use), the same
+    prompts (text j of a label shows the public examples of batch j, drawn from `public`, a PublicData, as the
+    pipeline draws them), the same ends of text. What the pipeline would write if the records counted for nothing."""
     from synthdp.mechanisms.invisibleink import choose_token
-    from synthdp.pipelines.invisibleink.prompts import Prompts
+    from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 
-    prompts = Prompts.build(lm, options)
+    wanted = {label: labels.count(label) * options.max_examples for label in dict.fromkeys(labels)}
+    prompts = Prompts.build(lm, options, example_pools(public, wanted, rng))
     seen: dict[str, int] = {}
     rows = []
     for label in labels:
@@ -154,22 +157,38 @@ def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Ge
     return texts
 
 
+def public_data_of(data: Dataset, work_dir: Path) -> Any:
+    """The data set's public split as the library reads --public-data (synthdp.public_data.PublicData)."""
+    from synthdp.public_data import load_public_data
+
+    return load_public_data(str(data.write_public(work_dir)), text_field="text", label_field="label",
+                            labels=data.labels)
+
+
 def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, shared: SharedLoads,
-             model: str | None, device: str | None, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+             model: str | None, device: str | None, overrides: dict[str, str] | None = None,
+             public_dir: Path | None = None) -> dict[str, Any]:
     """Texts from the public prompt alone (no private row), as many as each arm asks for, split evenly: InvisibleInk's
-    prompts and sampler with the InvisibleInk arm's options (`public_texts`)."""
+    prompts and sampler with the InvisibleInk arm's options (`public_texts`). With `public_dir`, the public split
+    (written there) gives the examples and T, as --public-data gives them to the InvisibleInk arm."""
     from benchmarks.utility.table import BASELINE
     from synthdp.pipelines.base import parse_options
+    from synthdp.pipelines.invisibleink import InvisibleInk
     from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 
     def work() -> tuple[list[str], list[str], dict[str, Any]]:
-        chosen, _ = arm_options("invisibleink", InvisibleInkOptions, preset, data, overrides or {})
+        chosen, _ = arm_options("invisibleink", InvisibleInkOptions, preset, data, overrides or {},
+                                public=public_dir is not None)
         options = parse_options(InvisibleInkOptions, chosen)
+        lm = shared.lm(model, device)
+        public = public_data_of(data, public_dir) if public_dir is not None else None
+        if public is not None and "max_tokens" not in chosen:
+            options = dataclasses.replace(options, **InvisibleInk().public_defaults(options, public, lm))
         labels = [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, [1.0] * len(data.labels)))
                   for _ in range(k)]
-        texts = public_texts(shared.lm(model, device), options, labels, np.random.default_rng())
+        texts = public_texts(lm, options, labels, np.random.default_rng(), public=public)
         kept = [(t, lbl) for t, lbl in zip(texts, labels) if t.strip()]
-        return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen}
+        return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen, "max_tokens": options.max_tokens}
 
     row = {"dataset": data.name, "arm": BASELINE, "pipeline": None, "epsilon": None, "repeat": repeat,
            "requested": num_samples}
@@ -178,8 +197,9 @@ def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, share
 
 def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_samples: int, repeat: int,
                  shared: SharedLoads, work_dir: Path, overrides: dict[str, str], model: str | None,
-                 device: str | None) -> dict[str, Any]:
-    """One repeat of one pipeline at one epsilon (inf: run at INF_EPSILON), through `synthdp.generate`."""
+                 device: str | None, public: bool = False) -> dict[str, Any]:
+    """One repeat of one pipeline at one epsilon (inf: run at INF_EPSILON), through `synthdp.generate`; with
+    `public`, the data set's public split as `public_data`."""
     from synthdp.pipelines.base import available_pipelines
 
     row: dict[str, Any] = {"dataset": data.name, "arm": arm.title, "pipeline": arm.pipeline, "epsilon": epsilon,
@@ -190,7 +210,8 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
         return {**row, "error": "not installed", "texts": 0}
 
     def work() -> tuple[list[str], list[str], dict[str, Any]]:
-        options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data, overrides)
+        options, dropped = arm_options(arm.pipeline, installed[arm.pipeline].options_class, preset, data, overrides,
+                                       public=public)
         if arm.pipeline == "dp-finetune":  # its n must be public: the benchmark's own choice of rows is
             options.setdefault("label_sizes", str(len(data.private)))
         out = work_dir / f"{data.name}-{arm.pipeline}-eps{epsilon:g}-r{repeat}-{random.getrandbits(32):08x}"
@@ -199,7 +220,7 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
             result = synthdp.generate(out=out, data=data.write_private(work_dir), pipeline=arm.pipeline,
                                       epsilon=INF_EPSILON if math.isinf(epsilon) else epsilon, delta=DELTA,
                                       num_samples=num_samples, labels=list(data.labels), model=model,
-                                      options=options)
+                                      options=options, public_data=data.write_public(work_dir) if public else None)
         finally:
             shared.sharing = True
         rows = read_corpus(result.corpus_path)
@@ -209,6 +230,19 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
         return [r["text"] for r in rows], [r["label"] for r in rows], extra
 
     return _timed(row, data, work)
+
+
+def public_rows(data: Dataset, num_samples: int, repeats: int) -> list[dict[str, Any]]:
+    """The classifier on `num_samples` rows of the public split drawn afresh per repeat: what the public data alone
+    gives, with no private record and no generation (a reference beside the baseline, with --public)."""
+    rng = random.Random()
+    rows = []
+    for repeat in range(repeats):
+        picked = rng.sample(data.public, min(num_samples, len(data.public)))
+        rows.append({"dataset": data.name, "arm": "reference: public rows, same size", "pipeline": None,
+                     "epsilon": None, "repeat": repeat, "texts": len(picked),
+                     "accuracy": accuracy([r["text"] for r in picked], [r["label"] for r in picked], data)})
+    return rows
 
 
 def ceilings(data: Dataset, num_samples: int, repeats: int) -> list[dict[str, Any]]:

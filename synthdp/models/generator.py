@@ -25,16 +25,19 @@ from synthdp.models.sampling import sample_continuations
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: `prompt` is the user turn; `rid` tells apart requests with the same prompt."""
+    """One generation: `prompt` is the user turn, or with `raw` the text the model continues (no chat template; the
+    answer ends at its first line break, kept unstripped); `rid` tells apart requests with the same prompt."""
 
     prompt: str
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     rid: str = "0"
+    raw: bool = False
 
     def params(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        params: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        return params | {"raw": True} if self.raw else params  # chat requests keep the cache keys they always had
 
 
 class Generator(Protocol):
@@ -53,6 +56,7 @@ class LocalGenerator:
     rng: np.random.Generator | None = None  # set by the pipeline to the run's generator
     batch_size: int = 16
     requests_made: int = 0
+    _line_breaks: frozenset[int] | None = None
 
     @property
     def name(self) -> str:
@@ -74,10 +78,24 @@ class LocalGenerator:
     def _batch(self, requests: list[Request]) -> list[str]:
         lm, rng = self.lm, self.rng
         assert rng is not None
-        rows = [lm.chat_ids(r.prompt) for r in requests]
+        raw = requests[0].raw
+        if any(r.raw != raw for r in requests):
+            raise ValueError("LocalGenerator: a batch mixes raw and chat requests.")
+        rows = [list(lm.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) if raw else lm.chat_ids(r.prompt)
+                for r in requests]
         tokens = sample_continuations(lm, rows, [r.max_tokens for r in requests], rng,
-                                      temperature=[r.temperature for r in requests], top_p=[r.top_p for r in requests])
-        return [lm.decode(t).strip() for t in tokens]
+                                      temperature=[r.temperature for r in requests], top_p=[r.top_p for r in requests],
+                                      stop_ids=self.line_breaks() if raw else None)
+        return [lm.decode(t) if raw else lm.decode(t).strip() for t in tokens]
+
+    def line_breaks(self) -> frozenset[int]:
+        """The tokens whose text holds a line break: where a raw answer ends."""
+        if self._line_breaks is None:
+            tokenizer = self.lm.tokenizer
+            pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+            self._line_breaks = frozenset(i for i, piece in enumerate(pieces)
+                                          if "\n" in tokenizer.convert_tokens_to_string([piece]))
+        return self._line_breaks
 
 
 class ResponseCache:

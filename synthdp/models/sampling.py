@@ -49,11 +49,13 @@ def sample_next(logits: torch.Tensor, rng: np.random.Generator, *, temperature: 
 @torch.no_grad()
 def sample_continuations(lm: LocalLM, rows: list[list[int]], max_tokens: int | Sequence[int],
                          rng: np.random.Generator, *, temperature: float | Sequence[float] = 1.0,
-                         top_p: float | Sequence[float] = 1.0, top_k: int | None = None) -> list[list[int]]:
+                         top_p: float | Sequence[float] = 1.0, top_k: int | None = None,
+                         stop_ids: frozenset[int] | None = None) -> list[list[int]]:
     """Continue each row of prompt ids, decoded together with the KV cache, until a stop token or
     `max_tokens` (one cap, or one per row) new tokens. Returns the new tokens of each row, stop token
-    excluded. One uniform per row per step, for every row still in the batch (finished rows too), so the
-    draws of a row do not depend on when the others stop."""
+    excluded. `stop_ids`: more tokens that end a row (kept in its tokens; e.g. line breaks). One uniform per
+    row per step, for every row still in the batch (finished rows too), so the draws of a row do not depend
+    on when the others stop."""
     limits = [max_tokens] * len(rows) if isinstance(max_tokens, int) else list(max_tokens)
     steps = max(limits)
     decoder = lm.decoder(rows, max_new_tokens=steps)
@@ -70,7 +72,7 @@ def sample_continuations(lm: LocalLM, rows: list[list[int]], max_tokens: int | S
                 done[i] = True
             else:
                 tokens[i].append(token)
-                done[i] = len(tokens[i]) >= limits[i]
+                done[i] = len(tokens[i]) >= limits[i] or (stop_ids is not None and token in stop_ids)
         if all(done) or step == steps - 1:
             break
         feed = torch.where(torch.isin(chosen, stop) | torch.tensor(done), lm.pad_id, chosen)  # (B,)

@@ -28,6 +28,7 @@ from synthdp.distributed import World
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.public_data import PublicData
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class RunContext:
     summary: dict[str, Any] = field(default_factory=dict)  # run summary: public or DP-derived values only
     # Exact statistics of the private data (not DP): shown to the operator on stderr, never written to --out.
     operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
+    public: PublicData | None = None  # the run's public data (--public-data), for pipelines that use it
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,15 @@ class Pipeline(Protocol):
     def load_resources(self, options: Any, spec: ModelSpec) -> Any:
         """Load models (raising ModelError for a bad path or endpoint) before anything is spent."""
 
-    # Optional: `preflight(options, labels, resources) -> None`, called after `load_resources` and before
-    # `plan`: checks that touch models but no record (e.g. that an API answers), raising a UserError.
+    # Optional: `preflight(options, labels, resources[, public]) -> None`, called after `load_resources` and before
+    # `plan`: checks that touch models but no record (e.g. that an API answers), raising a UserError; it gets the
+    # run's PublicData (or None) when it takes a `public` parameter.
     # Optional: `record_check(options, labels, resources) -> Callable[[Record], object]`: a function doing, for one
     # record, every operation of `run` that could fail on a record's content (its tokenization). It is called on
     # every record before the plan; a record it raises on is skipped and counted, so `run` never meets one.
+    # Optional: `public_data_use: ClassVar[str]`, what the pipeline does with --public-data (the ledger names it);
+    # without it --public-data is refused. Optional: `public_defaults(options, public, resources) -> dict`, option
+    # values derived from the public data only (e.g. `max_tokens`), used where the user left the option unset.
 
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`

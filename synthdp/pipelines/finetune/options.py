@@ -59,7 +59,9 @@ class FinetuneOptions:
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
     temperature: float = option(1.0, "sampling temperature")
-    max_tokens: int = option(64, "length cap of one synthetic text, in tokens", maximum=MAX_TOKENS)
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens; with --public-data and max_tokens "
+                                 "unset: the 90th percentile of the public texts' token lengths plus one",
+                             maximum=MAX_TOKENS)
     sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)", maximum=MAX_BATCH)
     checkpoint_every: int = option(20, "save the training state every K steps (resume continues from it)")
     grad_engine: Literal["opacus", "torch.func"] = option("opacus", "per-example gradients: opacus hooks or torch.func vmap")

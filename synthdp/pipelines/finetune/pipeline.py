@@ -39,6 +39,7 @@ from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.public_data import PublicData, length_default, tokenizer_counter
 
 
 @register_pipeline
@@ -51,6 +52,12 @@ class DPFinetune:
     options_class: ClassVar[type] = FinetuneOptions
     supports_resume: ClassVar[bool] = True  # training continues from the last checkpoint; the plan covers all T steps
     supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
+    # Pretraining the adapter on the public data before the DP phase is not built: it could not be measured on a
+    # CPU (a quarter epoch of DP-SGD already left the texts at the base model's).
+    public_data_use: ClassVar[str] = "the default max_tokens of the sampled texts"
+
+    def public_defaults(self, options: FinetuneOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+        return {"max_tokens": length_default([r.text for r in public.records], tokenizer_counter(lm.tokenizer))}
 
     def load_resources(self, options: FinetuneOptions, spec: ModelSpec) -> LocalLM:
         lm = LocalLM.load(spec.model, device=spec.device)

@@ -36,8 +36,9 @@ class InvisibleInkOptions:
     temperature: float = option(0.7, "tau of the private sampling (the exponential mechanism)")
     top_k: int | None = option(20, "k of the public set {y : z_pub(y) >= l_k - 2C/s} (public: free); "
                                    "none: the whole vocabulary")
-    max_tokens: int = option(64, "T: length cap of one synthetic text, in tokens; every text is charged T tokens",
-                             maximum=MAX_TOKENS)
+    max_tokens: int = option(64, "T: length cap of one synthetic text, in tokens; every text is charged T tokens. "
+                                 "With --public-data and max_tokens unset: the 90th percentile of the public texts' "
+                                 "token lengths plus one", maximum=MAX_TOKENS)
     min_tokens: int = option(0, "ends of text (stop tokens; in `list`, line breaks) are left out of the public set "
                                 "for a text's first min_tokens tokens (public: free); 0: a text may end at once",
                              maximum=MAX_TOKENS)
@@ -47,11 +48,11 @@ class InvisibleInkOptions:
                                        "text ends at its line break; chat: a user turn (prompt_template) and an "
                                        "assistant turn (assistant_prefix)")
     list_header: str = option(DEFAULT_HEADER, "first line of a list prompt; {domain}, {label_name}, {label}")
-    public_examples: str = option("", "JSONL file of public texts ({\"text\", \"label\"}) shown as the first items "
-                                      "of every prompt, private and public; synthdp:NAME is a file in "
-                                      "synthdp/resources; empty: none")
-    max_examples: int = option(3, "public examples per prompt (batch j shows the next ones in turn)",
-                               maximum=MAX_BATCH)
+    public_examples: str = option("", "deprecated (removed in the next release): pass the file as --public-data. "
+                                      "JSONL file of public texts ({\"text\", \"label\"}) shown as the first items "
+                                      "of every prompt; synthdp:NAME is a file in synthdp/resources")
+    max_examples: int = option(3, "public examples per prompt, from --public-data (batch j shows the next ones in "
+                                  "turn)", maximum=MAX_BATCH)
     domain: str = option("short text", "what kind of text is wanted (public), e.g. SMS message, news article")
     label_name: str = option("label", "what the label is called in the prompt (e.g. News Type)")
     prompt_template: str = option(DEFAULT_PROMPT, "user turn; {domain}, {label_name}, {label}, {text}")

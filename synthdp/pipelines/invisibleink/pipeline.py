@@ -30,7 +30,7 @@ from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
-from synthdp.mechanisms.randomness import fork_noise
+from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
@@ -40,11 +40,13 @@ from synthdp.pipelines.invisibleink.decoding import (
 )
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
-from synthdp.pipelines.invisibleink.prompts import Prompts
+from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
+MAX_EXAMPLE_SETS = 256  # distinct sets of public examples per label at most (the fixed width is a max over them)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class InvisibleInk:
     supports_resume: ClassVar[bool] = True  # finished groups are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
+    public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
+                                      "the rows of that label by the public stream) and the default T (max_tokens)")
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
@@ -89,15 +93,24 @@ class InvisibleInk:
                      resources: LocalLM) -> Callable[[Record], object]:
         """A record's prompt as `run` builds it (its tokenization: the same for every set of examples of a label),
         done on every record before the plan."""
-        prompts = self.prompts(resources, options)
+        prompts = self.prompts(resources, options, {})
         return lambda record: prompts.private(record.label, 0, record.text)
+
+    def public_defaults(self, options: InvisibleInkOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+        """T from the public texts' token lengths (public_data.length_default), at least min_tokens."""
+        return {"max_tokens": max(options.min_tokens, length_default([r.text for r in public.records],
+                                                                      tokenizer_counter(lm.tokenizer)))}
 
     def plan(self, options: InvisibleInkOptions, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         return make_plan(options, target, data)
 
-    def memory_plan(self, options: InvisibleInkOptions, labels: tuple[str, ...], lm: LocalLM) -> MemoryPlan:
-        """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run)."""
-        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options), labels or (None,), options))
+    def memory_plan(self, options: InvisibleInkOptions, labels: tuple[str, ...], lm: LocalLM,
+                    public: PublicData | None = None) -> MemoryPlan:
+        """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run), with
+        prompts showing the longest public examples a run could draw."""
+        labels = labels or (None,)
+        examples = longest_examples(public, labels, options.max_examples, tokenizer_counter(lm.tokenizer))
+        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options, examples), labels, options))
 
     # ------------------------------------------------------------------ run
 
@@ -117,7 +130,9 @@ class InvisibleInk:
                          plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
         ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
-        prompts = self.prompts(lm, options)
+        wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
+        pick = fork_public(ctx.rng, "examples") if ctx.public is not None else None
+        prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, pick) if pick is not None else {})
         widths = self.widths(prompts, labels, options)
         # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
         shape = ctx.world.broadcast(step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens,
@@ -194,8 +209,8 @@ class InvisibleInk:
     # ------------------------------------------------------------------ decoding
 
     @staticmethod
-    def prompts(lm: LocalLM, o: InvisibleInkOptions) -> Prompts:
-        return Prompts.build(lm, o)
+    def prompts(lm: LocalLM, o: InvisibleInkOptions, examples: dict[str | None, list[str]]) -> Prompts:
+        return Prompts.build(lm, o, examples)
 
     @staticmethod
     def widths(prompts: Prompts, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:

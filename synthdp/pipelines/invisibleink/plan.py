@@ -60,9 +60,7 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
     assumptions = (
         hb.assumption,
         label_set_words(data),
-        "the prompt templates, the domain, the public placeholder prompt and the model are public"
-        + (f"; so are the public examples shown in every prompt ({options.public_examples})"
-           if options.public_examples else ""),
+        "the prompt templates, the domain, the public placeholder prompt and the model are public",
         f"the number of synthetic texts is public; the texts per label are {counts_words}",
     )
     events = ((hb.histogram,) if hb.histogram is not None else ()) + (LedgerEvent("invisibleink batch", description, batch_event(rho)),)

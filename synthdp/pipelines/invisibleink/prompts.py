@@ -12,9 +12,10 @@ texts, the last item being the record, and writes the next item; a text ends at 
 `chat`: the user turn `prompt_template` (the record in `{text}`), the assistant turn opened by `assistant_prefix`;
 the public prompt puts `public_placeholder` where the record goes; a text ends at the model's stop token.
 
-Public examples come from a JSONL file of public texts (`public_examples`; `synthdp:NAME` names a file shipped in
-synthdp/resources). Batch j of a label shows examples j*k, j*k + 1, ... (mod their number): which examples a batch
-shows depends on its public index only, and the same examples go to its private rows and its public row.
+Public examples come from the run's public data (--public-data; synthdp/public_data.py): `example_pools` draws each
+label's pool from the public stream, at most k examples per batch of the label, each cut to `max_record_tokens`
+tokens. Batch j of a label shows examples j*k, j*k + 1, ... (mod the pool's size): which examples a batch shows
+depends on its public index only, and the same examples go to its private rows and its public row.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from synthdp.models.records import SLOT, Slot, chat_slot, text_slot
 
 if TYPE_CHECKING:
     from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
+    from synthdp.public_data import PublicData
 
 RESOURCE_PREFIX = "synthdp:"
 MAX_EXAMPLE_CHARS = 2_000
@@ -40,6 +43,12 @@ MAX_EXAMPLES_FILE = 10_000
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def cut_tokens(lm: Any, text: str, cap: int) -> str:
+    """`text` cut to its first `cap` tokens (unchanged if it has no more)."""
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= cap else str(lm.decode(ids[:cap])).strip()
 
 
 def example_path(spec: str) -> Path:
@@ -79,6 +88,17 @@ def read_public_examples(spec: str) -> list[tuple[str, str | None]]:
     return examples
 
 
+def example_pools(public: PublicData | None, wanted: dict[str | None, int],
+                  rng: np.random.Generator) -> dict[str | None, list[str]]:
+    """Per label, `wanted[label]` public texts that serve it (fewer if the public data holds fewer), drawn from the
+    public stream `rng`: the examples its prompts show."""
+    from synthdp.public_data import choose
+
+    if public is None:
+        return {}
+    return {label: choose(public.pool(label), count, rng) for label, count in wanted.items()}
+
+
 @dataclass
 class Prompts:
     """Token ids of the private and public prompts of batch `index` of a label, and how a text ends."""
@@ -90,10 +110,11 @@ class Prompts:
     _slots: dict[tuple[str | None, tuple[str, ...]], Slot] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
-    def build(cls, lm: Any, options: InvisibleInkOptions) -> Prompts:
-        pool: dict[str | None, list[str]] = {}
-        for text, label in read_public_examples(options.public_examples):
-            pool.setdefault(label, []).append(text)
+    def build(cls, lm: Any, options: InvisibleInkOptions, examples: dict[str | None, list[str]]) -> Prompts:
+        """`examples`: the public texts each label's prompts show (`example_pools`), cut here to
+        `max_record_tokens` tokens and put on one line."""
+        pool = {label: [cut_tokens(lm, one_line(t), options.max_record_tokens) for t in texts]
+                for label, texts in examples.items()}
         breaks: frozenset[int] = frozenset()
         if options.prompt_style == "list":
             pieces = lm.tokenizer.convert_ids_to_tokens(list(range(len(lm.tokenizer))))
@@ -102,14 +123,14 @@ class Prompts:
         return cls(lm, options, pool, breaks)
 
     def shown(self, label: str | None, index: int) -> list[str]:
-        """The public examples batch `index` of `label` shows: those of its label, else the unlabelled ones."""
-        pool = self.examples.get(label) or self.examples.get(None) or []
+        """The public examples batch `index` of `label` shows."""
+        pool = self.examples.get(label) or []
         k = min(self.options.max_examples, len(pool))
         return [pool[(index * k + i) % len(pool)] for i in range(k)]
 
     def rotations(self, label: str | None) -> range:
         """Indices that cover every set of examples a batch of `label` can show."""
-        return range(max(1, len(self.examples.get(label) or self.examples.get(None) or [])))
+        return range(max(1, len(self.examples.get(label) or [])))
 
     def _fields(self, label: str | None) -> dict[str, str]:
         o = self.options

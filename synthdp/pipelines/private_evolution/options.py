@@ -26,6 +26,7 @@ STYLES = ("in a casual way", "in a formal way", "in a concise way", "with more d
           "in a neutral tone", "as a short message", "in plain words")
 # What the prompt templates may be filled with.
 PROMPT_FIELDS = ("domain", "label_name", "label", "keyword", "style", "text", "words")
+LIST_HEADER = "Examples of {domain}s ({label_name}: {label}):"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +50,16 @@ class PrivateEvolutionOptions:
     concurrency: int = option(8, "API requests in flight at once, per endpoint (--api-base)", maximum=1024)
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
-    max_tokens: int = option(64, "length cap of one synthetic text, in tokens", maximum=MAX_TOKENS)
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens; with --public-data and max_tokens "
+                                 "unset: the 90th percentile of the public texts' token lengths plus one",
+                             maximum=MAX_TOKENS)
+    prompt_style: Literal["auto", "list", "chat"] = option(
+        "auto", "list: the model continues a numbered list of public examples (RANDOM_API: a new item; VARIATION_API: "
+                "the item starts with the parent's first words, each kept with probability 1 - variation_degree, "
+                "and the model finishes it); chat: the request prompts below; auto: list for a local model, chat "
+                "for an API model")
+    list_header: str = option(LIST_HEADER, "first line of a list prompt; {domain}, {label_name}, {label}")
+    max_examples: int = option(3, "public examples (from --public-data) per prompt, drawn per request", maximum=100)
     empty_retries: int = option(3, "regenerations of an empty answer before it is dropped", maximum=100)
     probe: int = option(4, "public RANDOM_API requests checked for empty answers before anything is spent",
                         maximum=1000)
@@ -59,8 +69,8 @@ class PrivateEvolutionOptions:
     label_name: str = option("label", "what the label is called in the prompts (e.g. review category)")
     keywords: str = option("", "public keywords or personas for RANDOM_API, comma-separated ('' = any topic)")
     styles: str = option(",".join(STYLES), "public styles for VARIATION_API, comma-separated")
-    examples: str = option("", "PUBLIC example texts shown to RANDOM_API, separated by ' || ' ('' = none); never "
-                               "put private records here")
+    examples: str = option("", "deprecated (removed in the next release): pass public texts as --public-data. "
+                               "PUBLIC example texts separated by ' || '; never put private records here")
     random_prompt: str = option(RANDOM_PROMPT, "RANDOM_API user turn: {domain}, {label_name}, {label}, {keyword}")
     paraphrase_prompt: str = option(PARAPHRASE_PROMPT, "VARIATION_API (paraphrase): {domain}, {label_name}, {label}, "
                                                        "{style}, {text}")
@@ -81,6 +91,9 @@ class PrivateEvolutionOptions:
         for name, required in (("random_prompt", ()), ("paraphrase_prompt", ("text",)),
                                ("blanks_prompt", ("text", "words"))):
             check_template(name, getattr(self, name), PROMPT_FIELDS, required)
+        check_template("list_header", self.list_header, PROMPT_FIELDS[:3])
+        if self.max_examples < 0:
+            raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
         self.label_weights()  # validates the syntax
 
     def _check_sizes(self) -> None:
@@ -114,10 +127,6 @@ class PrivateEvolutionOptions:
     @property
     def keyword_list(self) -> list[str]:
         return [k.strip() for k in self.keywords.split(",") if k.strip()] or ["any topic"]
-
-    @property
-    def example_list(self) -> list[str]:
-        return [e.strip() for e in self.examples.split("||") if e.strip()]
 
     def label_weights(self) -> dict[str, float] | None:
         """Public per-label weights given as 'a:3,b:1'; None for 'uniform' or 'dp'."""

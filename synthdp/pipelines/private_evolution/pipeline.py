@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -36,10 +36,13 @@ from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Targe
 from synthdp.pipelines.private_evolution.generation import Apis, GenerationStats, probe
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
 from synthdp.pipelines.private_evolution.plan import PrivateEvolutionPlan, make_plan
-from synthdp.pipelines.private_evolution.resources import PrivateEvolutionResources, load_resources
+from synthdp.pipelines.private_evolution.resources import (
+    PrivateEvolutionResources, list_style, load_resources, token_counter,
+)
 from synthdp.pipelines.private_evolution.state import STATE_DIR, EvolutionState, Label, Population
 from synthdp.pipelines.shared import split_by_weights
 from synthdp.privacy.accounting import private_evolution_event
+from synthdp.public_data import PublicData, length_default
 
 
 @register_pipeline
@@ -51,15 +54,22 @@ class PrivateEvolution:
     )
     options_class: ClassVar[type] = PrivateEvolutionOptions
     supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
+    public_data_use: ClassVar[str] = ("the first population (public texts of each label, drawn by the public stream; "
+                                      "RANDOM_API for the rest), the examples of the prompts (max_examples per "
+                                      "request) and the default max_tokens")
 
     def load_resources(self, options: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
         return load_resources(options, spec)
 
+    def public_defaults(self, options: PrivateEvolutionOptions, public: PublicData,
+                        resources: PrivateEvolutionResources) -> dict[str, Any]:
+        return {"max_tokens": length_default([r.text for r in public.records], token_counter(resources))}
+
     def preflight(self, options: PrivateEvolutionOptions, labels: Sequence[str],
-                  resources: PrivateEvolutionResources) -> None:
+                  resources: PrivateEvolutionResources, public: PublicData | None = None) -> None:
         """The probe: public RANDOM_API requests; a model answering mostly empty text is refused here."""
         if options.probe:
-            probe(options, list(labels), resources.generator)
+            probe(options, list(labels), resources.generator, public, list_style(options, resources))
 
     def record_check(self, options: PrivateEvolutionOptions, labels: Sequence[str],
                      resources: PrivateEvolutionResources) -> Callable[[Record], object]:
@@ -96,7 +106,8 @@ class Evolution:
             generator.cache.attach(Path(ctx.work_dir) / STATE_DIR / "responses.jsonl")
         state = EvolutionState.open(ctx.work_dir, ctx.resume, ctx.rng, ctx.seeded)
         stats, requests_before = GenerationStats(), generator.new_requests
-        apis = Apis(generator, o, state.salt, labels, stats, tick=lambda n: ctx.progress(n, None))
+        apis = Apis(generator, o, state.salt, labels, stats, tick=lambda n: ctx.progress(n, None), public=ctx.public,
+                    list_style=list_style(o, self.res))
         count_duplicates(records, ctx)
         total = o.population if o.population is not None else ctx.num_samples
         n_c = self.samples_per_label(records, labels, total, state)
@@ -107,7 +118,7 @@ class Evolution:
 
         # Progress: one stage per round; a step is one generation request or one label's DP selection.
         ctx.stage(f"PE round 0/{o.iterations}", sum(n_c.values()) * (1 + o.variations), "step")
-        kept = apis.random_api(n_c)  # RANDOM_API
+        kept = apis.initial(n_c)  # public texts, then RANDOM_API
         candidates = apis.variation_api(kept, 0)  # |S_c| = L n_c
         for t in range(1, o.iterations + 1):
             ctx.stage(f"PE round {t}/{o.iterations}",
@@ -164,6 +175,7 @@ class Evolution:
     def finish(self, stats: GenerationStats, requests_before: int) -> None:
         generator, summary = self.res.generator, self.ctx.summary
         generator.cache.close()
+        summary["public_texts_in_first_population"] = stats.public_first
         summary["empty_generations"] = stats.empty_generations
         summary["dropped_empty"] = stats.dropped_empty
         summary["generation_requests"] = generator.new_requests - requests_before

@@ -1,9 +1,19 @@
 """The prompts of RANDOM_API and VARIATION_API, built from public text only.
 
-A prompt holds the options' public words (domain, label name, keywords, styles, public examples), the
-label and, for a variation, an earlier synthetic candidate; never a private record. The public choices
-in a prompt (keyword, style, masked words) come from `public_rng`, derived from the run's salt and the
-request's place in the run, so a resumed run asks the very same prompts and hits the response cache.
+A prompt holds the options' public words (domain, label name, keywords, styles), public examples (from
+--public-data), the label and, for a variation, an earlier synthetic candidate; never a private record. The
+public choices in a prompt (examples, keyword, style, masked or kept words) come from `public_rng`, derived from
+the run's salt and the request's place in the run, so a resumed run asks the very same prompts and hits the
+response cache.
+
+Two styles. `chat` (API models): a request in a user turn. `list` (local models, which the 135M default follows
+far better as a list to continue than as a request):
+
+    Examples of news articles (topic: Sports):      <- list_header
+    1. <public example>                             <- max_examples public examples of the label
+    2. <public example>
+    3. <parent's first words>                       <- VARIATION_API: the model finishes the item;
+                                                       RANDOM_API: the item is left empty for the model to write
 
 `clean_answer` takes off what a model adds around the text it was asked for (a preamble line such as "Here's a
 rewritten version:", a "Text:" or "News article:" label echoed from the prompt, one pair of surrounding quotes).
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,17 +42,49 @@ def _label_words(o: PrivateEvolutionOptions, label: str | None) -> dict[str, str
     return {"domain": o.domain.strip(), "label_name": o.label_name, "label": label if label is not None else "any"}
 
 
-def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: int) -> str:
-    """RANDOM_API's prompt for the j-th sample of `label`: a public keyword, and public examples if given."""
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def examples_for(o: PrivateEvolutionOptions, pool: Sequence[str], prng: np.random.Generator) -> list[str]:
+    """`max_examples` public texts of `pool` for one request, drawn from its public generator."""
+    order = prng.permutation(len(pool))[:o.max_examples]
+    return [one_line(pool[int(i)]) for i in order]
+
+
+def list_prompt(o: PrivateEvolutionOptions, label: str | None, items: list[str], start: str = "") -> str:
+    """The header, the numbered `items`, and the next number followed by `start` (the model writes on)."""
+    lines = [o.list_header.format(**_label_words(o, label))] + [f"{i}. {t}" for i, t in enumerate(items, 1)]
+    return "\n".join(lines) + f"\n{len(items) + 1}." + (f" {start}" if start else "")
+
+
+def random_prompt(o: PrivateEvolutionOptions, label: str | None, salt: str, j: int, pool: Sequence[str] = (),
+                  style: str = "chat") -> str:
+    """RANDOM_API's prompt for the j-th sample of `label`: in `list` style a list of public examples of `pool` to
+    continue; in `chat` style a request with a public keyword, after public examples if `pool` has any."""
     prng = public_rng(salt, f"random|{label}|{j}")
+    if style == "list":
+        return list_prompt(o, label, examples_for(o, pool, prng))
     keywords = o.keyword_list
     prompt = o.random_prompt.format(keyword=keywords[int(prng.integers(len(keywords)))], style="", text="", words=0,
                                     **_label_words(o, label))
-    examples = o.example_list
+    examples = examples_for(o, pool, prng)
     if examples:
         shown = "\n".join(f"- {e}" for e in examples)
         prompt = f"Examples of the kind of {o.domain.strip()} wanted (public):\n{shown}\n\n{prompt}"
     return prompt
+
+
+def list_variation(o: PrivateEvolutionOptions, label: str | None, parent: str, salt: str, purpose: str,
+                   pool: Sequence[str]) -> tuple[str, str]:
+    """VARIATION_API in `list` style: (prompt, kept start). The item starts with the parent's first K words, K
+    drawn Binomial(n, 1 - variation_degree) and kept below n (the model always writes something), and the model
+    finishes it: the variation is the kept start plus what the model writes."""
+    prng = public_rng(salt, purpose)
+    words = parent.split()
+    keep = min(int(prng.binomial(len(words), 1.0 - o.variation_degree)), max(0, len(words) - 1))
+    start = " ".join(words[:keep])
+    return list_prompt(o, label, examples_for(o, pool, prng), start), start
 
 
 def variation_prompt(o: PrivateEvolutionOptions, label: str | None, parent: str, salt: str, purpose: str) -> str:

@@ -6,6 +6,7 @@ public stream (`secure_generator`; derived from the run's seed with --seed), nev
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from synthdp.models.generator import CachedGenerator, LocalGenerator
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+from synthdp.public_data import tokenizer_counter, word_counter
 
 SAMPLING_DOMAIN = "private-evolution sampling"  # mixed into a seed: the sampling stream differs from the run's
 
@@ -32,11 +34,31 @@ class PrivateEvolutionResources:
     def name(self) -> str:
         return f"{self.generator.name}; embedder: {self.embedder.name}"
 
+    @property
+    def local(self) -> bool:
+        return isinstance(self.generator.backend, LocalGenerator)
+
+
+def list_style(o: PrivateEvolutionOptions, resources: PrivateEvolutionResources) -> bool:
+    """Whether the prompts are lists to continue: `list`, or `auto` with a local model."""
+    return o.prompt_style == "list" or (o.prompt_style == "auto" and resources.local)
+
+
+def token_counter(resources: PrivateEvolutionResources) -> Callable[[list[str]], list[int]]:
+    """Token lengths under the local model's tokenizer; estimated from words for an API model."""
+    if resources.local:
+        return tokenizer_counter(resources.generator.backend.lm.tokenizer)
+    return word_counter
+
 
 def load_resources(o: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
     """Connect to the API (checking every endpoint of `spec.api_base`) or load the local model, and load the
     embedder (ModelError when one is missing)."""
     if is_api_model(spec.model):
+        if o.prompt_style == "list":
+            raise OptionError("`prompt_style` list needs a local model (the model continues raw text); an API model "
+                              "answers chat requests. Found prompt_style=list with --model openai:NAME. Use "
+                              "prompt_style=auto or chat.")
         backend: Any = ApiGenerator.connect(
             str(spec.model), spec.api_base, spec.api_key_env, concurrency=o.concurrency,
             max_retries=o.max_retries, retry_base=o.retry_base, timeout=o.request_timeout,

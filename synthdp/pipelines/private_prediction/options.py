@@ -34,7 +34,11 @@ class PrivatePredictionOptions:
     svt_threshold: float = option(0.5, "theta: L1 distance above which a token is private")
     svt_noise: float = option(0.2, "sigma: Laplace scale of the SVT threshold (query noise is 2 sigma)")
     max_private_tokens: int | None = option(None, "r per batch; default: calibrated from epsilon")
-    max_tokens: int = option(64, "length cap of one synthetic text, in tokens", maximum=MAX_TOKENS)
+    max_tokens: int = option(64, "length cap of one synthetic text, in tokens; with --public-data and max_tokens "
+                                 "unset: the 90th percentile of the public texts' token lengths plus one",
+                             maximum=MAX_TOKENS)
+    max_examples: int = option(3, "public examples (from --public-data) listed at the start of every prompt of a "
+                                  "label, the same for all its batches", maximum=MAX_BATCH)
     top_k: int | None = option(1024, "sample only among the public prediction's top k tokens (a public set: free; "
                                      "Amin et al. use 1024); none: the whole vocabulary")
     max_record_tokens: int = option(256, "private records are cut to this many tokens in the prompt",
@@ -66,6 +70,8 @@ class PrivatePredictionOptions:
         for name in ("domain", "label_name", "assistant_prefix"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"`{name}` must be text. Found {getattr(self, name)!r}.")
+        if self.max_examples < 0:
+            raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
         if not self.domain.strip():
             raise ValueError(f"`domain` must name a kind of text, e.g. 'SMS message'. Found {self.domain!r}.")
         self.public_label_sizes()  # validates the syntax

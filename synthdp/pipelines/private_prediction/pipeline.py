@@ -12,6 +12,7 @@ import numpy as np
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms.randomness import fork_noise, fork_public
+from synthdp.public_data import PublicData, choose, length_default, longest_examples, tokenizer_counter
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
@@ -22,7 +23,7 @@ from synthdp.pipelines.private_prediction.batching import (
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
-from synthdp.pipelines.private_prediction.prompts import private_slot
+from synthdp.pipelines.private_prediction.prompts import private_slot, with_examples
 from synthdp.privacy.accounting import private_prediction_event
 
 
@@ -49,6 +50,8 @@ class PrivatePrediction:
     supports_resume: ClassVar[bool] = True  # finished batches are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # chunks of hash batches spread over torchrun's ranks
+    public_data_use: ClassVar[str] = ("the examples listed in every prompt (max_examples per label, drawn from the rows "
+                                      "of that label by the public stream) and the default max_tokens")
 
     def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
@@ -59,14 +62,23 @@ class PrivatePrediction:
         slots = {label: private_slot(resources, label, options) for label in labels or (None,)}
         return lambda record: slots[record.label].fill(resources.tokenizer, record.text, cap=options.max_record_tokens)
 
+    def public_defaults(self, options: PrivatePredictionOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+        return {"max_tokens": length_default([r.text for r in public.records], tokenizer_counter(lm.tokenizer))}
+
     def plan(self, options: PrivatePredictionOptions, target: Target, data: LoadedData,
              resources: Any) -> PrivatePredictionPlan:
         """r private tokens per batch from the target epsilon; reads no record (see plan.make_plan)."""
         return make_plan(options, target, data)
 
-    def memory_plan(self, options: PrivatePredictionOptions, labels: tuple[str, ...], lm: LocalLM) -> MemoryPlan:
-        """One batch's decoding memory on the device (checked before the write-ahead; shown by --dry-run)."""
-        return batch_memory_plan(lm, options, labels or (None,))
+    def memory_plan(self, options: PrivatePredictionOptions, labels: tuple[str, ...], lm: LocalLM,
+                    public: PublicData | None = None) -> MemoryPlan:
+        """One batch's decoding memory on the device (checked before the write-ahead; shown by --dry-run), the
+        label's prompt listing the longest public examples a run could draw."""
+        labels = labels or (None,)
+        examples = longest_examples(public, labels, options.max_examples, tokenizer_counter(lm.tokenizer))
+        plans = [batch_memory_plan(lm, with_examples(options, label, examples.get(label, [])), (label,))
+                 for label in labels]
+        return max(plans, key=lambda plan: plan.needed)
 
     def run(self, records: list[Record], options: PrivatePredictionOptions, plan: PrivatePredictionPlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
@@ -85,6 +97,11 @@ class PrivatePrediction:
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, labels, plan, ctx)  # public sizes, or the DP label histogram
         records_by_label = texts_by_label(records)
+        prompted = {label: options for label in labels}
+        if ctx.public is not None:  # a public draw per label (its own stream: the chunks' streams stay as they were)
+            pick = fork_public(ctx.rng, "examples")
+            prompted = {label: with_examples(options, label, choose(ctx.public.pool(label), options.max_examples, pick))
+                        for label in labels}
         batches: list[Batch] = []
         for label, quota in zip(labels, per_label):
             rows = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
@@ -95,9 +112,9 @@ class PrivatePrediction:
                                     matched={"batches": batches_digest((b.label, b.texts, b.want) for b in batches)})
         chunks = [[first + j for j in part] for label, first, count in label_spans(batches)
                   for part in distributed.shard_ranges(count, ckpt.kept["parts"]) if len(part) > 0]
-        yield from self.run_chunks(batches, chunks, options, plan, ctx, ckpt)
+        yield from self.run_chunks(batches, chunks, prompted, plan, ctx, ckpt)
 
-    def run_chunks(self, batches: list[Batch], chunks: list[list[int]], options: PrivatePredictionOptions,
+    def run_chunks(self, batches: list[Batch], chunks: list[list[int]], prompted: dict[Any, PrivatePredictionOptions],
                    plan: PrivatePredictionPlan, ctx: RunContext, ckpt: BatchCheckpoint) -> Iterator[SyntheticRecord]:
         """Chunk c on rank c mod N; the ranks advance one batch each per round and rank 0 checkpoints each batch as
         it comes back. A resumed run starts each chunk after its finished batches, with their carry; the corpus is
@@ -123,7 +140,7 @@ class PrivatePrediction:
                 return None
             c, b = queues[i % n][i // n]
             quota = batches[b].want + carry[c]
-            texts, counts = self.batch_texts(ctx.resources, batches[b], quota, options, plan, ctx, live)
+            texts, counts = self.batch_texts(ctx.resources, batches[b], quota, prompted[batches[b].label], plan, ctx, live)
             carry[c] = quota - len(texts)
             return b, texts, counts
 

@@ -7,6 +7,8 @@ tokenized on its own as data and spliced into the prompt (synthdp/models/records
 
 from __future__ import annotations
 
+import dataclasses
+
 from synthdp.models.local import LocalLM
 from synthdp.models.records import SLOT, Slot, chat_slot
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
@@ -26,6 +28,17 @@ def fill_prompt(o: PrivatePredictionOptions, label: str | None, text: str) -> st
 def fill_placeholder(o: PrivatePredictionOptions, label: str | None) -> str:
     """What stands for a record in the public prompt."""
     return o.public_placeholder.format(domain=o.domain, label_name=o.label_name, label=_label_words(label))
+
+
+def with_examples(o: PrivatePredictionOptions, label: str | None, examples: list[str]) -> PrivatePredictionOptions:
+    """The options whose prompt template lists `examples` (public texts) before the request: every prompt of the
+    label, private and public, starts with the same list."""
+    if not examples:
+        return o
+    head = f"Examples of {o.domain}s ({o.label_name}: {_label_words(label)}):"
+    lines = [head] + [f"{i}. {' '.join(t.split())}" for i, t in enumerate(examples, 1)]
+    block = "\n".join(lines).replace("{", "{{").replace("}", "}}")
+    return dataclasses.replace(o, prompt_template=block + "\n\n" + o.prompt_template)
 
 
 def prompt_width(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> int:

@@ -1,0 +1,112 @@
+"""Private Evolution with public data and list prompts: the first population from the public rows of each label,
+RANDOM_API for the rest, list prompts (the parent's kept start, then the model), raw answers cut at a line break,
+`prompt_style` auto / list / chat by model kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pe_helpers import EchoBackend, HashEmbedder
+
+from synthdp.data import Record
+from synthdp.errors import OptionError
+from synthdp.models.generator import CachedGenerator, LocalGenerator, Request
+from synthdp.pipelines.base import ModelSpec, parse_options
+from synthdp.pipelines.private_evolution import PrivateEvolutionOptions, PrivateEvolutionResources
+from synthdp.pipelines.private_evolution.generation import Apis, GenerationStats, answer_text
+from synthdp.pipelines.private_evolution.prompts import list_variation, random_prompt
+from synthdp.pipelines.private_evolution.resources import list_style, load_resources
+from synthdp.public_data import PublicData
+
+PUBLIC = PublicData("test", tuple(Record(f"{lbl} public {i}", lbl) for lbl in ("a", "b") for i in range(3)), True, {})
+
+
+def options(**values: object) -> PrivateEvolutionOptions:
+    return parse_options(PrivateEvolutionOptions, {k: str(v) for k, v in values.items()})
+
+
+def test_the_first_population_is_public_rows_of_each_label_then_random_api(tmp_path: Path) -> None:
+    backend = EchoBackend()
+    stats = GenerationStats()
+    apis = Apis(CachedGenerator(backend), options(domain="note"), "salt", ["a", "b"], stats, public=PUBLIC)
+    first = apis.initial({"a": 2, "b": 5})
+    assert len(first["a"]) == 2 and set(first["a"]) <= set(PUBLIC.pool("a"))  # drawn from the label's own rows
+    assert sorted(first["b"][:3]) == sorted(PUBLIC.pool("b")) and len(first["b"]) == 5  # all 3, then 2 written
+    assert backend.calls == 2 and stats.public_first == 5
+    again = Apis(CachedGenerator(EchoBackend()), options(domain="note"), "salt", ["a", "b"], GenerationStats(),
+                 public=PUBLIC).initial({"a": 2, "b": 5})
+    assert again["a"] == first["a"]  # a public choice from the run's salt: a resumed run draws the same
+    none = Apis(CachedGenerator(EchoBackend()), options(), "salt", ["a"], GenerationStats()).initial({"a": 2})
+    assert len(none["a"]) == 2  # no public data: RANDOM_API alone
+
+
+def test_list_prompts_continue_a_list_of_the_label_s_public_examples() -> None:
+    o = options(domain="note", label_name="kind", max_examples=2)
+    prompt = random_prompt(o, "a", "salt", 0, PUBLIC.pool("a"), "list")
+    lines = prompt.split("\n")
+    assert lines[0] == "Examples of notes (kind: a):" and len(lines) == 4 and lines[-1] == "3."
+    assert all(line[3:] in PUBLIC.pool("a") for line in lines[1:3])
+    assert random_prompt(o, "a", "salt", 0, [], "list") == "Examples of notes (kind: a):\n1."
+    chat = random_prompt(o, "a", "salt", 0, PUBLIC.pool("a"), "chat")
+    assert "Examples of the kind of note wanted (public):\n- a public" in chat and "Write one note" in chat
+
+
+def test_a_list_variation_keeps_a_start_of_the_parent_drawn_word_by_word() -> None:
+    o = options(variation_degree=0.5, max_examples=1)
+    parent = " ".join(f"w{i}" for i in range(20))
+    kept = []
+    for j in range(400):
+        prompt, start = list_variation(o, "a", parent, "salt", f"variation|1|a|{j}|0", PUBLIC.pool("a"))
+        words = start.split()
+        assert words == parent.split()[:len(words)] and len(words) < 20  # a strict start: the model writes more
+        assert prompt.endswith(f"\n2. {start}" if start else "\n2.")
+        kept.append(len(words))
+    # Binomial(20, 0.5) words kept: mean 10, sd of the mean of 400 draws 0.11 (6 sd: false failure below 1e-8)
+    assert abs(np.mean(kept) - 10) < 0.7
+    assert list_variation(o, "a", "one", "salt", "v", [])[1] == ""  # a one-word parent: the model writes it all
+
+
+def test_a_raw_answer_ends_at_its_line_break_and_follows_the_kept_start() -> None:
+    raw = Request("1. x\n2. The", 8, raw=True)
+    assert answer_text(" cat sat\n3. next", raw, "The", "note") == "The cat sat"
+    assert answer_text("\n3. next", raw, "The", "note") == ""  # nothing written after the start: empty, asked again
+    assert answer_text(" A new one\n", Request("1.", 8, raw=True), "", "note") == "A new one"
+    assert answer_text("Text: hello", Request("x", 8), "", "note") == "hello"  # chat answers: clean_answer
+    assert Request("p", 8, raw=True).params()["raw"] is True and "raw" not in Request("p", 8).params()
+
+
+def test_raw_requests_of_a_local_model_stop_at_a_line_break(tiny_model_dir: Path) -> None:
+    from synthdp.models.local import LocalLM
+
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    generator = LocalGenerator(lm, rng=np.random.default_rng(0), batch_size=4)
+    breaks = generator.line_breaks()
+    assert breaks and all("\n" in lm.tokenizer.decode([i]) for i in breaks)
+    everything = frozenset(range(len(lm.tokenizer)))
+    from synthdp.models.sampling import sample_continuations
+
+    tokens = sample_continuations(lm, [[5, 6], [7]], 8, np.random.default_rng(0), stop_ids=everything)
+    assert all(len(t) <= 1 for t in tokens)  # every token ends a row: one token each (or a stop token)
+    answers = generator.generate([Request("1. win now\n2.", 12, rid=str(i), raw=True) for i in range(4)])
+    assert all(a.count("\n") <= 1 for a in answers)
+    with pytest.raises(ValueError, match="mixes raw and chat"):
+        generator.generate([Request("a", 2, raw=True), Request("b", 2)])
+
+
+def test_prompt_style_auto_is_list_for_a_local_model_and_chat_for_an_api(tiny_model_dir: Path) -> None:
+    local = PrivateEvolutionResources(CachedGenerator(LocalGenerator(None)), HashEmbedder())  # type: ignore[arg-type]
+    api = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())
+    assert list_style(options(), local) and not list_style(options(), api)
+    assert not list_style(options(prompt_style="chat"), local) and list_style(options(prompt_style="list"), api)
+    with pytest.raises(OptionError, match="needs a local model"):
+        load_resources(options(prompt_style="list"), ModelSpec(model="openai:tiny", api_base=("http://127.0.0.1:9/v1",)))
+
+
+def test_the_length_default_of_an_api_model_is_estimated_from_words() -> None:
+    from synthdp.pipelines.private_evolution import PrivateEvolution
+
+    api = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())
+    texts = PublicData("t", tuple(Record(" ".join(["w"] * n), None) for n in range(1, 11)), False, {})
+    assert PrivateEvolution().public_defaults(options(), texts, api) == {"max_tokens": 14}  # lengths 2..14: quantile 12.2, up to 13, + 1
