@@ -87,6 +87,7 @@ def examples(tmp_path: Path) -> dict[str, tuple[list[str], dict[str, Any]]]:
     urls = ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
     return {
         "data": (["--data", "d.jsonl"], {"data": "d.jsonl"}),
+        "public_data": (["--public-data", "p.jsonl"], {"public_data": "p.jsonl"}),
         "text_field": (["--text-field", "body"], {"text_field": "body"}),
         "label_field": (["--label-field", ""], {"label_field": ""}),
         "pipeline": (["--pipeline", "private-prediction"], {"pipeline": "private-prediction"}),

@@ -157,17 +157,18 @@ def test_records_added_to_one_invisibleink_batch_leave_the_other_batches_logits_
 
 def test_records_added_to_one_private_prediction_batch_leave_the_next_batch_bit_for_bit(
         tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthdp.pipelines.private_prediction.pipeline import Chunk, PrivatePrediction
+    from synthdp.pipelines.private_prediction.pipeline import Batch, PrivatePrediction
 
     lm = LocalLM.load(tiny_model_dir, device="cpu")
     o = pp.PrivatePredictionOptions(batch_size=4, max_record_tokens=24, max_tokens=STEPS + 2, svt=False)
 
     def trace(first: list[str]) -> list[torch.Tensor]:
         seen = recorded(lm, monkeypatch)
-        chunk = Chunk("spam", [first, RECORDS[2:6]], [2, 2], secure_generator(), secure_generator())
+        batches = [Batch("spam", texts, 2, secure_generator(), secure_generator()) for texts in (first, RECORDS[2:6])]
         ctx = RunContext(rng=secure_generator(), seeded=False, num_samples=4, labels=("spam",), resources=lm)
         plan = SimpleNamespace(r=10**6, rho_token=1e-3)
-        assert len(list(PrivatePrediction.chunk_texts(lm, chunk, o, plan, ctx, None))) == 4
+        made = [PrivatePrediction.batch_texts(lm, batch, 2, o, plan, ctx, False)[0] for batch in batches]
+        assert [len(texts) for texts in made] == [2, 2]
         return seen[len(seen) // 2:]  # batch 1's: both batches make 2 texts of STEPS tokens
 
     before, after = trace(RECORDS[:2]), trace(EXTRA + RECORDS[:2])
