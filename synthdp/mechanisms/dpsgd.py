@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from synthdp.distributed import World
 from synthdp.mechanisms.gaussian import check_noise_rng, noisy_average
+from synthdp.mechanisms.users import mean_per_group
 
 Engine = Literal["opacus", "torch.func"]
 
@@ -130,8 +131,12 @@ def clip_factors(norms: torch.Tensor, clip: float, auto_clip: bool, gamma: float
     return (clip / (norms + 1e-12)).clamp(max=1.0)
 
 
-def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, gamma: float = 0.01) -> dict[str, torch.Tensor]:
-    """Sum over the examples of their clipped gradients."""
+def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, gamma: float = 0.01,
+                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Sum over the examples of their clipped gradients. `groups` (b,): user level, each user's gradient is the
+    mean of its examples' gradients, clipped as one (mechanisms/users.py): one user moves the sum by at most C."""
+    if groups is not None:
+        grads = {k: mean_per_group(g, groups).to(g.dtype) for k, g in grads.items()}
     factors = clip_factors(per_example_norms(grads), clip, auto_clip, gamma)
     return {k: torch.einsum("b,b...->...", factors.to(g.dtype), g) for k, g in grads.items()}
 
