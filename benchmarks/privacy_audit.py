@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 from synthdp.mechanisms.randomness import noise_generator
-from synthdp.privacy import audit
+from synthdp.privacy import audit, audit_users
 
 # name -> setup at a noise factor; parameters scaled so that one call's epsilon is near 1 (the code is the
 # pipelines' own; at the defaults one private token costs 2c/(s tau) = 0.039, too small to resolve here).
@@ -25,6 +25,9 @@ SETUPS: dict[str, Callable[[float], audit.Setup]] = {
     "histogram": lambda f: audit.histogram_setup(noise_generator(), noise_factor=f),
     "dpsgd": lambda f: audit.dpsgd_setup(noise_generator(), noise_factor=f),
     "dpsgd-sampled": lambda f: audit.dpsgd_setup(noise_generator(), noise_factor=f, sampling_rate=0.5),
+    # user level: the neighbours differ by one user of three records
+    "invisibleink-user": lambda f: audit_users.invisibleink_user_setup(noise_generator(), noise_factor=f, gap=3.0),
+    "dpsgd-user-sampled": lambda f: audit_users.dpsgd_user_setup(noise_generator(), noise_factor=f, sampling_rate=0.5),
 }
 
 

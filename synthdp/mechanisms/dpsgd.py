@@ -39,8 +39,11 @@ import torch.nn.functional as F
 
 from synthdp.distributed import World
 from synthdp.mechanisms.gaussian import check_noise_rng, noisy_average
+from synthdp.mechanisms.users import mean_per_group
 
 Engine = Literal["opacus", "torch.func"]
+# (input ids, labels) at record level; (input ids, labels, user index of each row) at user level
+MicroBatch = tuple[torch.Tensor, ...]
 
 
 def poisson_batch(n: int, q: float, rng: np.random.Generator) -> torch.Tensor:
@@ -130,25 +133,32 @@ def clip_factors(norms: torch.Tensor, clip: float, auto_clip: bool, gamma: float
     return (clip / (norms + 1e-12)).clamp(max=1.0)
 
 
-def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, gamma: float = 0.01) -> dict[str, torch.Tensor]:
-    """Sum over the examples of their clipped gradients."""
+def clipped_sum(grads: dict[str, torch.Tensor], clip: float, auto_clip: bool, gamma: float = 0.01,
+                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Sum over the examples of their clipped gradients. `groups` (b,): user level, each user's gradient is the
+    mean of its examples' gradients, clipped as one (mechanisms/users.py): one user moves the sum by at most C."""
+    if groups is not None:
+        grads = {k: mean_per_group(g, groups).to(g.dtype) for k, g in grads.items()}
     factors = clip_factors(per_example_norms(grads), clip, auto_clip, gamma)
     return {k: torch.einsum("b,b...->...", factors.to(g.dtype), g) for k, g in grads.items()}
 
 
 def dp_step(
     grad_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]], params: dict[str, torch.Tensor], *, clip: float,
+    micro_batches: list[MicroBatch], params: dict[str, torch.Tensor], *, clip: float,
     auto_clip: bool, noise_multiplier: float, expected_batch: float, rng: np.random.Generator,
     world: World | None = None,
 ) -> dict[str, torch.Tensor]:
     """One logical DP-SGD step over a Poisson batch already split into micro-batches -> the noisy
     gradient per parameter. The sum of clipped gradients is accumulated across micro-batches (and, under
     several processes, summed over the ranks, each holding its share of the batch) and noised once (an empty
-    batch is noise only). Every rank returns the same noisy gradient: see the module docstring."""
+    batch is noise only). Every rank returns the same noisy gradient: see the module docstring.
+    A micro-batch (ids, labels, groups) is at user level: rows of one group are one user, clipped as one (a
+    user's rows never span micro-batches)."""
     total = {k: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for k, p in params.items()}
-    for input_ids, labels in micro_batches:
-        for k, s in clipped_sum(grad_fn(input_ids, labels), clip, auto_clip).items():
+    for input_ids, labels, *groups in micro_batches:
+        for k, s in clipped_sum(grad_fn(input_ids, labels), clip, auto_clip,
+                                groups=groups[0] if groups else None).items():
             total[k] += s.float()
     if world is not None and world.size > 1:
         total = all_reduce_sums(total, world)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from synthdp.mechanisms.clipping import recentre_clip
+from synthdp.mechanisms.users import mean_per_group
 
 MAX_ROWS = 2**24  # the grid below keeps sums of up to this many rows exact
 
@@ -28,27 +29,32 @@ def grid_bits(clip: float) -> int:
     return 29 - math.ceil(math.log2(clip))
 
 
-def sum_clipped(logits: torch.Tensor, clip: float) -> torch.Tensor:
+def sum_clipped(logits: torch.Tensor, clip: float, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Exact sum over rows of clip_c(logits) rounded to the grid 2^-q. (rows, V) -> (V,) float64.
 
     Every rounded entry lies in [-c, c], so one row moves each entry of the sum by at most c, exactly.
+    `groups` (rows,): user level, one term per group, the mean of its rows on the grid (mechanisms/users.py),
+    so one group moves each entry by at most c.
     """
     if logits.shape[0] > MAX_ROWS:
         raise ValueError(f"At most {MAX_ROWS} rows can be summed exactly. Found {logits.shape[0]}.")
     scale = 2.0 ** grid_bits(clip)
     limit = math.floor(clip * scale)  # the largest grid integer within c
     units = torch.clamp(torch.round(recentre_clip(logits, clip) * scale), -limit, limit)
+    if groups is not None:
+        units = mean_per_group(units, groups, limit=limit)
     return units.sum(dim=0) / scale  # exact: integers below 2^53 times a power of two
 
 
-def aggregate_clipped(logits: torch.Tensor, clip: float, divisor: int) -> torch.Tensor:
-    """(1/s) * sum over rows of clip_c(logits). logits: (rows, V) -> (V,), in float64 (see module).
+def aggregate_clipped(logits: torch.Tensor, clip: float, divisor: int,
+                      groups: torch.Tensor | None = None) -> torch.Tensor:
+    """(1/s) * sum over rows (or over `groups`' means) of clip_c(logits). logits: (rows, V) -> (V,), in float64.
 
     An empty batch (rows = 0) gives the all-zero score vector: a uniform choice.
     """
     if divisor < 1:
         raise ValueError(f"`divisor` must be >= 1. Found {divisor}.")
-    return sum_clipped(logits, clip) / divisor
+    return sum_clipped(logits, clip, groups) / divisor
 
 
 def sample_softmax(

@@ -30,6 +30,7 @@ import torch
 from dp_accounting import dp_event
 
 from synthdp.mechanisms.exponential import MAX_ROWS, grid_bits, sample_softmax
+from synthdp.mechanisms.users import mean_per_group
 from synthdp.privacy.accounting import calibrate_noise
 
 REPLACE_FACTOR = {"add_remove": 1.0, "replace_one": 4.0}  # zCDP cost relative to add/remove
@@ -64,7 +65,7 @@ def public_set(public_logits: torch.Tensor, top_k: int | None, clip: float, divi
 
 
 def difference_sum(private_logits: torch.Tensor, public_logits: torch.Tensor, clip: float,
-                   columns: torch.Tensor | None = None) -> torch.Tensor:
+                   columns: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Exact sum over rows of clip(z_i - z_pub, -C, C) on the grid 2^-q, float64, on `columns` (None: all).
 
     A row with any non-finite logit (over the whole vocabulary) contributes 0 everywhere. Each rounded
@@ -84,26 +85,30 @@ def difference_sum(private_logits: torch.Tensor, public_logits: torch.Tensor, cl
     scale = 2.0 ** grid_bits(clip)
     limit = math.floor(clip * scale)  # the largest grid integer within C
     units = torch.clamp(torch.round(torch.clamp(diff, -clip, clip) * scale), -limit, limit)
+    if groups is not None:
+        units = mean_per_group(units, groups, limit=limit)
     return units.sum(dim=0) / scale  # exact: integers below 2^53 times a power of two
 
 
 def aggregate(private_logits: torch.Tensor, public_logits: torch.Tensor, clip: float, divisor: int,
-              columns: torch.Tensor | None = None) -> torch.Tensor:
-    """z_bar = z_pub + (1/s) sum_i clip(z_i - z_pub, -C, C), float64, on `columns` (None: all)."""
+              columns: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """z_bar = z_pub + (1/s) sum_i clip(z_i - z_pub, -C, C), float64, on `columns` (None: all); with `groups`,
+    the sum runs over the groups' mean terms (user level)."""
     if divisor < 1:
         raise ValueError(f"`divisor` must be >= 1. Found {divisor}.")
     pub = (public_logits if columns is None else public_logits[columns]).double()
     check_public(pub)  # choose_token: public_set has checked the whole row
-    return pub + difference_sum(private_logits, public_logits, clip, columns) / divisor
+    return pub + difference_sum(private_logits, public_logits, clip, columns, groups) / divisor
 
 
 def choose_token(private_logits: torch.Tensor, public_logits: torch.Tensor, *, clip: float, divisor: int,
                  temperature: float, top_k: int | None, rng: np.random.Generator,
-                 exclude: torch.Tensor | None = None) -> int:
+                 exclude: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> int:
     """One private token: softmax(z_bar / tau) on the top-k+ public set (less `exclude`, public), drawn from
-    `rng` (the noise stream). private_logits: (rows, V), rows >= 0; public_logits: (V,)."""
+    `rng` (the noise stream). private_logits: (rows, V), rows >= 0; public_logits: (V,); `groups` (rows,): the
+    user of each row (user level: one mean term per user)."""
     allowed = public_set(public_logits, top_k, clip, divisor, exclude)
-    scores = aggregate(private_logits, public_logits, clip, divisor, allowed).cpu().numpy()
+    scores = aggregate(private_logits, public_logits, clip, divisor, allowed, groups).cpu().numpy()
     return int(allowed[sample_softmax(scores, temperature, rng)])
 
 

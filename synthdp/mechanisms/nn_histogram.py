@@ -87,6 +87,29 @@ def integer_votes(neighbors: np.ndarray, num_candidates: int) -> np.ndarray:
     return np.bincount(neighbors.reshape(-1), minlength=num_candidates).astype(np.int64)
 
 
+# User level: a user's vote vector is the mean of its records' k-hot votes, scaled by USER_VOTE_SCALE and rounded
+# down to integers (exact for users of up to 16 records: 720720 = lcm(1..16)).
+USER_VOTE_SCALE = 720_720
+
+
+def user_votes(neighbors: np.ndarray, groups: np.ndarray, num_candidates: int, scale: int = USER_VOTE_SCALE) -> np.ndarray:
+    """The integer vote vector at user level (int64): user g with rows R_g adds floor(scale * c_gj / |R_g|) to
+    candidate j, c_gj its rows' votes for j. Each user's vector is at most `scale` times the mean of k-hot vectors,
+    so its L2 norm is at most scale * sqrt(k): the record-level sensitivity times `scale`. `groups` (n,) holds
+    the user index of each row of `neighbors` (n, k), every index 0..G-1 used."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape[0] != neighbors.shape[0]:
+        raise ValueError(f"`groups` must give one user per row. Found {groups.shape[0]} for {neighbors.shape[0]} rows.")
+    if neighbors.shape[0] == 0:
+        return np.zeros(num_candidates, dtype=np.int64)
+    sizes = np.bincount(groups)
+    k = neighbors.shape[1]
+    pairs, counts = np.unique(np.repeat(groups, k) * num_candidates + neighbors.reshape(-1), return_counts=True)
+    users, candidates = np.divmod(pairs, num_candidates)
+    shares = (scale * counts) // sizes[users]  # exact integer floor, per (user, candidate)
+    return np.bincount(candidates, weights=shares, minlength=num_candidates).astype(np.int64)
+
+
 def vote_counts(neighbors: np.ndarray, num_candidates: int) -> np.ndarray:
     """The weighted vote vector: each row of `neighbors` (n, k) adds 1/sqrt(k) to each of its k candidates."""
     return integer_votes(neighbors, num_candidates) / math.sqrt(neighbors.shape[1])
@@ -101,9 +124,12 @@ def dp_nn_histogram(
     private: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor, *, noise_multiplier: float,
     rng: np.random.Generator, votes: int = 1, threshold: float = 0.0, neighboring: str = "add_remove",
     metric: Metric = "l2", chunk_rows: int = 4096, device: str | torch.device | None = None,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """One DP release: (integer votes + N_Z(0, (noise_multiplier * sqrt(votes) * s)^2)) / sqrt(votes), thresholded
     at H, with s = 1 (add/remove) or sqrt(2) (replace-one). Noise residuals are integers / sqrt(votes).
+    `groups` (one user index per private row): user level, each user one vote vector (`user_votes`), the integer
+    votes and the noise both scaled by USER_VOTE_SCALE, which the division takes out again.
 
     The DpEvent of one call is `discrete_gaussian_event(noise_multiplier)` (zCDP); `rng` must be the run's noise stream.
     """
@@ -115,9 +141,9 @@ def dp_nn_histogram(
     if private.shape[0] == 0:
         counts = np.zeros(m, dtype=np.int64)
     else:
-        counts = integer_votes(nearest_neighbors(private, candidates, votes, metric=metric, chunk_rows=chunk_rows,
-                                                 device=device), m)
-    scale = math.sqrt(votes)
+        near = nearest_neighbors(private, candidates, votes, metric=metric, chunk_rows=chunk_rows, device=device)
+        counts = integer_votes(near, m) if groups is None else user_votes(near, groups, m)
+    scale = math.sqrt(votes) * (1 if groups is None else USER_VOTE_SCALE)
     # sigma >= noise_multiplier * (integer sensitivity): a relative 1e-12 up, so float rounding never shrinks it
     sigma = noise_multiplier * l2_sensitivity(neighboring) * scale * (1 + 1e-12)
     noisy = (counts + discrete_gaussian(sigma, m, rng)) / scale

@@ -20,16 +20,22 @@ import numpy as np
 import torch
 
 from synthdp.mechanisms.clipping import finite_rows
+from synthdp.mechanisms.users import mean_per_group
 
 
-def distribution_distance(private_logits: torch.Tensor, public_logits: torch.Tensor, divisor: int) -> float:
+def distribution_distance(private_logits: torch.Tensor, public_logits: torch.Tensor, divisor: int,
+                          groups: torch.Tensor | None = None) -> float:
     """|| (1/s) sum_p softmax(Z_p) - softmax(z_pub) ||_1 on raw (not clipped) logits.
 
-    private_logits: (rows, V); public_logits: (V,). Computed in float64.
+    private_logits: (rows, V); public_logits: (V,). Computed in float64. `groups` (rows,): user level, one term
+    per user, the mean of its rows' distributions (itself a distribution: the sensitivity stays 1/s).
     """
     if not torch.isfinite(public_logits).all():
         raise FloatingPointError("The public row's logits are not finite: refusing to compute the SVT distance.")
-    mean_private = torch.softmax(finite_rows(private_logits), dim=-1).sum(dim=0) / divisor
+    rows = torch.softmax(finite_rows(private_logits), dim=-1)
+    if groups is not None:
+        rows = mean_per_group(rows, groups)
+    mean_private = rows.sum(dim=0) / divisor
     distance = float((mean_private - torch.softmax(public_logits.double(), dim=-1)).abs().sum())
     if not math.isfinite(distance):
         raise FloatingPointError(f"The SVT distance is not finite ({distance}).")
