@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -24,12 +25,15 @@ VOLATILE = {"created", "updated", "finished", "started", "resumed", "run_id", "p
             "source", "synthdp_version", "host", "pid", "files", "sha256", "duration_s", "budget"}
 
 
-def scrub(value: Any) -> Any:
-    """The ledger without what changes from run to run whatever the code does (times, ids, paths)."""
+def scrub(value: Any, tmp: str) -> Any:
+    """The ledger without what changes from run to run whatever the code does (times, ids, paths: the temporary
+    folder's name inside a text becomes <tmp>)."""
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if k not in VOLATILE}
+        return {k: scrub(v, tmp) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
-        return [scrub(v) for v in value]
+        return [scrub(v, tmp) for v in value]
+    if isinstance(value, str):
+        return value.replace(tmp, "<tmp>")
     return value
 
 
@@ -59,11 +63,11 @@ def runs(tmp: Path) -> dict[str, dict[str, Any]]:
                 try:
                     synthdp.generate(**kwargs)
                 except synthdp.UserError as err:  # a refusal is behaviour too
-                    snapshot[name] = {"refused": f"{type(err).__name__}: {err}"}
+                    snapshot[name] = {"refused": f"{type(err).__name__}: {err}".replace(str(tmp), "<tmp>")}
                     continue
                 ledger = json.loads((out / "ledger.json").read_text(encoding="utf-8"))
                 corpus = (out / "synthetic.jsonl").read_bytes()
-                snapshot[name] = {"ledger": scrub(ledger), "corpus_sha256": hashlib.sha256(corpus).hexdigest()}
+                snapshot[name] = {"ledger": scrub(ledger, str(tmp)), "corpus_sha256": hashlib.sha256(corpus).hexdigest()}
                 print(name, snapshot[name]["corpus_sha256"][:12], flush=True)
     return snapshot
 
@@ -77,7 +81,9 @@ def main() -> None:
         snapshot = runs(Path(tmp))
     args.out.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if args.compare is not None:
-        before = json.loads(args.compare.read_text(encoding="utf-8"))
+        # Snapshots written before the temporary folder was scrubbed hold its name: normalise both sides.
+        before = json.loads(re.sub(r"/tmp/tmp\w+", "<tmp>", args.compare.read_text(encoding="utf-8")))
+        snapshot = json.loads(re.sub(r"/tmp/tmp\w+", "<tmp>", json.dumps(snapshot)))
         changed = sorted(k for k in before.keys() | snapshot.keys() if before.get(k) != snapshot.get(k))
         for name in changed:
             print(f"CHANGED {name}")
