@@ -90,7 +90,8 @@ def setup(lm: LocalLM, *, batches: int, tokens: int, batch_size: int = 8, top_k:
     with the bundled sample's prompts (public examples included)."""
     pool, label = texts(data)
     options = InvisibleInkOptions(batch_size=batch_size, max_tokens=tokens, top_k=top_k, domain="SMS text message")
-    public_data = load_public_data(BUNDLED_PUBLIC_DATA, text_field="text", label_field="label", labels=(label,))
+    # the bundled examples (ham and spam): a label of other data (AG News's World) gets none, as its own run would
+    public_data = load_public_data(BUNDLED_PUBLIC_DATA, text_field="text", label_field="label", labels=("ham", "spam"))
     wanted = {label: batches * options.max_examples}
     prompts = InvisibleInk.prompts(lm, options, example_pools(public_data, wanted, np.random.default_rng(0)))
     widths = InvisibleInk.widths(prompts, (label,), options)
