@@ -114,10 +114,42 @@ def test_the_dpsgd_step_on_two_ranks_is_the_one_process_step(tmp_path: Path, tin
 # --------------------------------------------------------------------------- whole runs under torchrun
 
 
-def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+CRASH_SITE = '''
+"""Test-only: every torchrun worker crashes after DP-SGD step {step} (DPFinetune.after_step, the pipeline's seam)."""
+import os
+
+if "RANK" in os.environ:  # a worker, not the launcher
+    from synthdp.pipelines.finetune.pipeline import DPFinetune
+
+    def _crash(self, step):
+        if step == {step}:
+            raise RuntimeError("simulated crash after step {step}")
+
+    DPFinetune.after_step = _crash
+'''
+
+
+def crash_site(folder: Path, step: int) -> Path:
+    """A folder with a sitecustomize that makes torchrun's workers crash after `step` (torchrun(..., site=it))."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(CRASH_SITE.format(step=step))
+    return folder
+
+
+def crash_after(k: int) -> Any:
+    """A DPFinetune.after_step for one process (monkeypatch it): the crash of CRASH_SITE."""
+    def after_step(self: Any, step: int) -> None:
+        if step == k:
+            raise RuntimeError(f"simulated crash after step {k}")
+    return after_step
+
+
+def torchrun(*args: str, site: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m torch.distributed.run --nproc-per-node 2 -m synthdp ARGS`; `site` first on the workers' path."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(free_port()), "-m", "synthdp", *args]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    path = os.pathsep.join([str(site), str(ROOT)] if site is not None else [str(ROOT)])
+    environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -155,8 +187,8 @@ def test_a_two_rank_run_resumes_after_a_crash_without_spending_again(tmp_path: P
     assert CliRunner().invoke(app, ["budget", "init", str(budget), "--epsilon", "50", "--delta", "1e-5"]).exit_code == 0
     args = generate_args(data_file, out, tiny_model_dir, "--set", "epochs=2", "--set", "checkpoint_every=2",
                          "--budget", str(budget))
-    crash = {"SYNTHDP_TEST_CRASH_AFTER_STEP": "4"}  # test-only hook in DPFinetune.after_step: fails every rank
-    failed = torchrun(*args, env=crash)
+    crash = crash_site(tmp_path / "site", 4)  # every rank fails after step 4
+    failed = torchrun(*args, site=crash)
     assert failed.returncode != 0 and "simulated crash after step 4" in failed.stderr
     ledger = Ledger.read(out)
     assert ledger.status == "failed" and ledger.parameters["steps"] == 6
@@ -165,7 +197,7 @@ def test_a_two_rank_run_resumes_after_a_crash_without_spending_again(tmp_path: P
     assert state["step"] == 4
     shutil.copy(out / "checkpoint" / "state.pt", tmp_path / "state.pt")
     # the same hook on the resumed run: a run that started again from step 0 would crash at step 4 again
-    done = torchrun("generate", "--resume", str(out), "--no-progress", env=crash)
+    done = torchrun("generate", "--resume", str(out), "--no-progress", site=crash)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training steps: 2" in done.stdout  # steps 5 and 6 only
     resumed = Ledger.read(out)

@@ -33,10 +33,11 @@ from synthdp.pipelines.finetune import FinetuneOptions
 from synthdp.pipelines.finetune import fsdp
 from synthdp.pipelines.finetune.encoding import collate, encode_example
 from synthdp.pipelines.finetune.lora import attach_lora
+from synthdp.pipelines.finetune.pipeline import DPFinetune
 from synthdp.privacy.ledger import Ledger
 
 from conftest import PRIVATE_ROWS
-from test_distributed_finetune import adapter, free_port, generate_args, torchrun
+from test_distributed_finetune import adapter, crash_after, crash_site, free_port, generate_args, torchrun
 
 CLIP, SIGMA, EXPECTED_BATCH, DRAWS, MICRO = 0.5, 1.3, 8.0, 12, 3
 SPAWN_LIMIT_S = 240  # both ranks finish well within this; a hang (unequal passes) fails the test instead
@@ -241,17 +242,17 @@ def test_a_sharded_run_resumes_to_the_one_process_ledger_and_adapter_and_samples
     """Both runs crash after step 4 of 6 (a checkpoint every 2 steps) and are resumed: the sharded run's checkpoint
     and resume give the one-process run's ledger and adapter (same batches, clip and noise streams)."""
     args = ("--seed", "7", "--set", "epochs=2", "--set", "checkpoint_every=2")
-    crash = {"SYNTHDP_TEST_CRASH_AFTER_STEP": "4"}  # test-only hook in DPFinetune.after_step
+    crash = crash_site(tmp_path / "site", 4)  # the torchrun workers crash after step 4
     one, two, more = tmp_path / "one", tmp_path / "two", tmp_path / "more"
-    monkeypatch.setenv("SYNTHDP_TEST_CRASH_AFTER_STEP", "4")
+    monkeypatch.setattr(DPFinetune, "after_step", crash_after(4))  # and so does the one-process run
     assert CliRunner().invoke(app, generate_args(data_file, one, tiny_model_dir, *args)).exit_code != 0
     result = CliRunner().invoke(app, ["generate", "--resume", str(one), "--no-progress"])
     assert result.exit_code == 0, result.output
-    failed = torchrun(*generate_args(data_file, two, tiny_model_dir, *args, "--set", "sharding=fsdp2"), env=crash)
+    failed = torchrun(*generate_args(data_file, two, tiny_model_dir, *args, "--set", "sharding=fsdp2"), site=crash)
     assert failed.returncode != 0 and "simulated crash after step 4" in failed.stderr
     assert Ledger.read(two).status == "failed" and not (two / "synthetic.jsonl").exists()
     assert torch.load(two / "checkpoint" / "state.pt", weights_only=True)["step"] == 4  # gathered, rank 0 wrote
-    done = torchrun("generate", "--resume", str(two), "--no-progress", env=crash)  # from step 0 it would crash again
+    done = torchrun("generate", "--resume", str(two), "--no-progress", site=crash)  # from step 0 it would crash again
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training steps: 2" in done.stdout  # steps 5 and 6 only
     a, b = Ledger.read(one), Ledger.read(two)
@@ -263,7 +264,6 @@ def test_a_sharded_run_resumes_to_the_one_process_ledger_and_adapter_and_samples
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
     assert len((two / "synthetic.jsonl").read_text().splitlines()) == 10  # sampled in lockstep, rank 0 wrote
     assert not (two / "checkpoint").exists()
-    monkeypatch.delenv("SYNTHDP_TEST_CRASH_AFTER_STEP")
     sampled = CliRunner().invoke(app, ["sample", "--from", str(two), "--num-samples", "3", "--out", str(more)])
     assert sampled.exit_code == 0, sampled.output
     assert len((more / "synthetic.jsonl").read_text().splitlines()) == 3

@@ -13,30 +13,24 @@ adapter is itself DP (the ledger covers it) and is saved in the run folder, so `
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-import torch
 from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.distributed import launched
 from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
-from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step
-from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
-from synthdp.pipelines.finetune.encoding import encode_example, rank_examples, sampled_micro_batches
-from synthdp.pipelines.finetune.lora import ADAPTER_DIR, check_causal_lm, lora_config, save_adapter, set_adapter_weights
+from synthdp.pipelines.finetune.encoding import encode_example
+from synthdp.pipelines.finetune.lora import check_causal_lm, lora_config
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, public_size, schedule
-from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
-from synthdp.pipelines.finetune.texts import generate
-from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.pipelines.finetune.ranks import lora_model
+from synthdp.pipelines.finetune.replicated import Replicated
+from synthdp.pipelines.finetune.training import GradientStrategy, train_and_sample
+from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
@@ -127,46 +121,26 @@ class DPFinetune:
     # ------------------------------------------------------------------ run
 
     def after_step(self, step: int) -> None:
-        """Called after each completed training step (a seam for progress and crash tests)."""
-        # TEST ONLY: a crash after a given step in a torchrun subprocess, where a test cannot patch this method
-        # (tests/test_distributed_finetune.py). Unset in any real run.
-        crash = os.environ.get("SYNTHDP_TEST_CRASH_AFTER_STEP")
-        if crash and step == int(crash):
-            raise RuntimeError(f"simulated crash after step {step} (SYNTHDP_TEST_CRASH_AFTER_STEP)")
+        """Called after each completed training step; does nothing here. A seam the tests replace (a crash after
+        step k; under torchrun through a sitecustomize they write, tests/test_distributed_finetune.py)."""
 
     def run(self, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
         """Every rank trains its share of each batch and samples its share of the texts; only rank 0 writes
-        into the run folder (synthdp/pipelines/finetune/ranks.py)."""
+        into the run folder (synthdp/pipelines/finetune/ranks.py). The loop is pipelines/finetune/training.py,
+        over the gradient strategy of `sharding`."""
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        if options.sharding == "fsdp2":  # the model sharded over the ranks: pipelines/finetune/sharded.py
-            from synthdp.pipelines.finetune.sharded import run_sharded
-
-            yield from run_sharded(self, records, options, plan, ctx,
-                                   lambda: self.label_weights(records, options, plan, labels, ctx))
-            return
         lm: LocalLM = ctx.resources
-        work = Path(ctx.work_dir) if ctx.work_dir is not None and ctx.world.main else None
-        model = lora_model(lm, options, ctx)
-        found = resumed_state(ctx, plan)
-        if found is not None and found[0] == "adapter":  # trained before the crash
-            adapter, weights = found[1]
-            set_adapter_weights(model, adapter)
+        model = lora_model(lm, options, ctx)  # the same initial adapter on every rank
+        strategy: GradientStrategy
+        if options.sharding == "fsdp2":  # the model sharded over the ranks
+            from synthdp.pipelines.finetune.sharded import Sharded
+
+            strategy = Sharded(model, options, plan, ctx.world, lm.pad_id)
         else:
-            state: TrainingState | None = found[1] if found is not None else None
-            if state is not None and state.label_weights:  # drawn before the crash: never drawn (paid) twice
-                weights = state.label_weights
-            else:
-                weights = self.label_weights(records, options, plan, labels, ctx)
-            self.train(model, lm, records, options, plan, ctx, state, weights)
-            if work is not None:
-                save_adapter(model, work / ADAPTER_DIR, options, labels, weights, plan)
-        model.eval()
-        ctx.stage("texts", ctx.num_samples, "text")
-        ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
-        yield from generate(lm, options, labels, weights, ctx.num_samples, ctx.rng, ctx)
-        if work is not None:
-            shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
+            strategy = Replicated(model, options, plan, ctx.world)
+        yield from train_and_sample(strategy, records, options, plan, ctx,
+                                    lambda: self.label_weights(records, options, plan, labels, ctx), self.after_step)
 
     @staticmethod
     def label_weights(records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
@@ -180,54 +154,3 @@ class DPFinetune:
         if public is not None:
             return [public.get(str(label), 0.0) for label in labels]
         return [1.0] * len(labels)
-
-    def train(self, model: Any, lm: LocalLM, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
-              ctx: RunContext, state: TrainingState | None, weights: list[float]) -> None:
-        """DP-SGD (Abadi et al. 2016) from step `state.step` (0 without a checkpoint) to T. Under torchrun each
-        rank computes the records i of the batch with i mod N == rank (mechanisms/dpsgd.py)."""
-        world = ctx.world
-        params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-        optimizer = torch.optim.Adam(params.values(), lr=options.learning_rate)
-        start = restore(state, params, optimizer)
-        # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
-        # resume never replays the noise of the steps already run. Every rank forks the same stream.
-        noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
-        examples = rank_examples(lm, options, records, world)
-        grads = PerExampleGrads(model, options.grad_engine)
-        ctx.stage("DP-SGD training", plan.steps, "step")
-        ctx.progress(start, None)
-        model.train()
-        try:
-            for step in range(start, plan.steps):
-                # each record w.p. q: the same mask over the whole data set on every rank; each keeps its share
-                micro = sampled_micro_batches(examples, len(records), plan.sampling_rate, options, lm, noise, world)
-                # clip each example's gradient to C, sum (over the ranks too), add N(0, (sigma C)^2) once, divide by B
-                noisy = dp_step(grads, micro, params, clip=plan.clip, auto_clip=options.auto_clip,
-                                noise_multiplier=plan.noise_multiplier, expected_batch=plan.expected_batch_size,
-                                rng=noise, world=world)
-                for k, p in params.items():
-                    p.grad = noisy[k].to(p.dtype)
-                optimizer.step()  # Adam on the noisy gradient: post-processing
-                optimizer.zero_grad(set_to_none=True)
-                ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
-                if (ctx.work_dir is not None and world.main
-                        and ((step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps)):
-                    adapter = {k: p.detach().cpu() for k, p in params.items()}
-                    save_checkpoint(Path(ctx.work_dir), TrainingState(step + 1, adapter, optimizer.state_dict(), weights),
-                                    plan.fingerprint())
-                ctx.progress(1, plan.spent_after(step + 1))
-                self.after_step(step + 1)
-        finally:
-            grads.close()
-            model.eval()
-
-
-def restore(state: TrainingState | None, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
-    """Load a checkpoint's adapter and optimizer state; the step to continue from (0 without one)."""
-    if state is None:
-        return 0
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state.adapter[k].to(p.device))
-    optimizer.load_state_dict(state.optimizer)
-    return state.step
