@@ -43,6 +43,7 @@ def test_exponential_token_is_the_bounded_range_cost(neighboring: str, k: float)
     c, s, tau = 10.0, 255, 2.0
     token = ExponentialToken(clip=c, divisor=s, temperature=tau, neighboring=neighboring)
     eps0 = 2 * (k * c / s) / tau  # bounded range of a score that moves by k c / s
+    assert token.bounded_range == pytest.approx(eps0, rel=1e-12)
     assert token.rho == pytest.approx(eps0**2 / 8, rel=1e-12)
     assert epsilon_report(token.event, DELTA).epsilon == pytest.approx(rdp_epsilon_of_rho(eps0**2 / 8), rel=1e-9)
 
@@ -75,6 +76,7 @@ def test_difference_clipped_batch_is_m_times_t_tokens(neighboring: str, k: float
     c, s, tau, m, t = 0.7, 8, 1.1, 3, 64
     token = DifferenceClippedToken(clip=c, divisor=s, temperature=tau, neighboring=neighboring)
     eps0 = 2 * (k * c / s) / tau
+    assert token.bounded_range == pytest.approx(eps0, rel=1e-12)
     assert token.rho == pytest.approx(eps0**2 / 8, rel=1e-12)
     batch = DifferenceClippedBatch(rho_batch=m * t * token.rho, max_tokens=t, divisor=s, temperature=tau, top_k=50,
                                    neighboring=neighboring)

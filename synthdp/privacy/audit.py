@@ -40,7 +40,7 @@ from synthdp.mechanisms.nn_histogram import dp_nn_histogram
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
 from synthdp.privacy.accounting import epsilon_report
-from synthdp.privacy.costs import DiscreteGaussianRelease
+from synthdp.privacy.costs import DiscreteGaussianRelease, ExponentialToken
 
 # sample(trials, which) -> (trials,) statistic of `trials` independent runs on D0 (which = 0) or D1 (which = 1)
 Sampler = Callable[[int, int], np.ndarray]
@@ -152,7 +152,7 @@ def exponential_claim(*, clip: float, batch_size: int, temperature: float) -> fl
     2c/(s tau) (bounded range), reached as the token's probability goes to 0 while it moves up by c/s
     and the others down by c/s. The ledger charges eps0^2/8 zCDP for it.
     """
-    return 2.0 * clip / (batch_size * temperature)
+    return ExponentialToken(clip=clip, divisor=batch_size, temperature=temperature).bounded_range
 
 
 def exponential_worst_case(*, clip: float, batch_size: int, temperature: float,

@@ -43,6 +43,12 @@ def l2_sensitivity(neighboring: str = "add_remove") -> float:
     return 1.0 if neighboring == "add_remove" else math.sqrt(2.0)
 
 
+def score_move(clip: float, divisor: int, neighboring: str) -> float:
+    """How far one record moves a score of a sum of per-record terms clipped to [-clip, clip] divided by `divisor`:
+    clip/divisor when it is added or removed, twice that when it is replaced (a term crosses its whole range)."""
+    return math.sqrt(replace_factor(neighboring)) * clip / divisor
+
+
 def zcdp_tokens(rho_token: float, tokens: int) -> dp_event.DpEvent:
     """`tokens` draws, each a rho_token-zCDP event, composed (what a batch has spent after that many tokens)."""
     return dp_event.SelfComposedDpEvent(dp_event.ZCDpEvent(rho_token), tokens)
@@ -65,6 +71,11 @@ class ExponentialToken:
     divisor: int  # s
     temperature: float  # tau
     neighboring: str = "add_remove"
+
+    @property
+    def bounded_range(self) -> float:
+        """eps0 = 2 Delta / tau, Delta = c/s (2c/s under replace-one): the pure epsilon the audits test."""
+        return 2.0 * score_move(self.clip, self.divisor, self.neighboring) / self.temperature
 
     @property
     def rho(self) -> float:
@@ -150,6 +161,11 @@ class DifferenceClippedToken:
     divisor: int  # s
     temperature: float  # tau
     neighboring: str = "add_remove"
+
+    @property
+    def bounded_range(self) -> float:
+        """eps0 = 2 Delta / tau, Delta = C/s (2C/s under replace-one): the pure epsilon the audits test."""
+        return 2.0 * score_move(self.clip, self.divisor, self.neighboring) / self.temperature
 
     @property
     def rho(self) -> float:
