@@ -10,6 +10,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 
 from synthdp.errors import PrivacyParameterError
+from synthdp.privacy.costs import DpSgdSteps, ExponentialToken, PredictionBatch, SvtRound
 from synthdp.privacy.accounting import (
     calibrate_dpsgd_noise,
     check_delta,
@@ -18,12 +19,16 @@ from synthdp.privacy.accounting import (
     event_from_json,
     event_to_json,
     max_count_within,
-    private_prediction_event,
-    private_prediction_token_rho,
 )
 
-AG_NEWS = dict(clip=10.0, batch_size=255, temperature=2.0)
 DELTA = 1 / 120_000
+
+
+def pp_batch(sigma: float | None, r: int = 1, neighboring: str = "add_remove") -> PredictionBatch:
+    """Private prediction's batch cost at the worked example's settings (c = 10, s = 255, tau = 2)."""
+    token = ExponentialToken(clip=10.0, divisor=255, temperature=2.0, neighboring=neighboring)
+    svt = None if sigma is None else SvtRound(divisor=255, noise=sigma, neighboring=neighboring)
+    return PredictionBatch(token=token, svt=svt, tokens=r)
 
 
 def closed_form_rho(r: int, c: float, s: int, tau: float, sigma: float | None) -> float:
@@ -34,19 +39,16 @@ def closed_form_rho(r: int, c: float, s: int, tau: float, sigma: float | None) -
 @pytest.mark.parametrize("sigma", [None, 0.2, 0.3])
 @pytest.mark.parametrize("r", [1, 31, 155, 2000])
 def test_event_epsilon_equals_closed_form_rho_converted_by_dp_accounting(r: int, sigma: float | None) -> None:
-    rho_tok = private_prediction_token_rho(svt_noise=sigma, **AG_NEWS)
     expected = RdpAccountant().compose(dp_accounting.ZCDpEvent(closed_form_rho(r, 10.0, 255, 2.0, sigma))).get_epsilon(DELTA)
-    got = epsilon_report(private_prediction_event(rho_tok, r), DELTA).epsilon
+    got = epsilon_report(pp_batch(sigma, r).event, DELTA).epsilon
     assert got == pytest.approx(expected, rel=1e-9)
 
 
 def test_per_token_rho_of_the_worked_example() -> None:
-    assert private_prediction_token_rho(svt_noise=None, **AG_NEWS) == pytest.approx(1.92e-4, rel=2e-3)
-    assert private_prediction_token_rho(svt_noise=0.2, **AG_NEWS) == pytest.approx(9.61e-4, rel=2e-3)
+    assert pp_batch(None).rho_token == pytest.approx(1.92e-4, rel=2e-3)
+    assert pp_batch(0.2).rho_token == pytest.approx(9.61e-4, rel=2e-3)
     # replace-one adjacency: four times the cost
-    assert private_prediction_token_rho(svt_noise=0.2, neighboring="replace_one", **AG_NEWS) == pytest.approx(
-        4 * private_prediction_token_rho(svt_noise=0.2, **AG_NEWS)
-    )
+    assert pp_batch(0.2, neighboring="replace_one").rho_token == pytest.approx(4 * pp_batch(0.2).rho_token)
 
 
 @pytest.mark.parametrize(
@@ -54,12 +56,11 @@ def test_per_token_rho_of_the_worked_example() -> None:
     [(None, 1, 155), (None, 3, 1147), (None, 10, 9158), (0.2, 1, 31), (0.2, 3, 229), (0.2, 10, 1831)],
 )
 def test_calibrated_r_reproduces_the_worked_example(sigma: float | None, epsilon: float, expected_r: int) -> None:
-    rho = private_prediction_token_rho(svt_noise=sigma, **AG_NEWS)
-    r = max_count_within(lambda k: private_prediction_event(rho, k), epsilon, DELTA)
+    r = max_count_within(lambda k: pp_batch(sigma, k).event, epsilon, DELTA)
     assert abs(r - expected_r) <= 0.01 * expected_r
     # r is the largest count within the budget: r fits, r + 1 does not
-    assert epsilon_report(private_prediction_event(rho, r), DELTA).epsilon <= epsilon
-    assert epsilon_report(private_prediction_event(rho, r + 1), DELTA).epsilon > epsilon
+    assert epsilon_report(pp_batch(sigma, r).event, DELTA).epsilon <= epsilon
+    assert epsilon_report(pp_batch(sigma, r + 1).event, DELTA).epsilon > epsilon
 
 
 def test_compose_n_times_equals_self_composed_and_replayed_ledger() -> None:
@@ -78,7 +79,7 @@ def test_compose_n_times_equals_self_composed_and_replayed_ledger() -> None:
 
 def test_events_round_trip_through_json() -> None:
     events = [
-        private_prediction_event(1e-4, 12),
+        pp_batch(0.2, 12).event,
         dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 100),
         dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(3.0), dp_accounting.LaplaceDpEvent(2.0)]),
     ]
@@ -119,11 +120,11 @@ def test_nearly_noiseless_mechanisms_use_rdp_only_and_do_not_exhaust_memory() ->
 
 
 def test_dpsgd_calibration_for_a_huge_epsilon_returns_the_smallest_searched_noise() -> None:
-    from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event
+    from synthdp.privacy.accounting import calibrate_dpsgd_noise
 
     sigma = calibrate_dpsgd_noise(0.158, 13, 1e6, 1e-5)
     assert sigma == 1e-2
-    assert epsilon_report(dpsgd_event(sigma, 0.158, 13), 1e-5).epsilon <= 1e6
+    assert epsilon_report(DpSgdSteps(noise_multiplier=sigma, sampling_rate=0.158, steps=13).event, 1e-5).epsilon <= 1e6
 
 
 def test_noise_search_drops_only_the_excluded_order_warnings(caplog: pytest.LogCaptureFixture) -> None:

@@ -29,7 +29,8 @@ import synthdp
 from synthdp.cli import app
 from synthdp.errors import BudgetExceededError, UserError
 from synthdp.pipelines.base import ModelSpec, _kinds, available_pipelines, parse_options
-from synthdp.privacy.accounting import epsilon_report, private_prediction_event
+from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.costs import zcdp_tokens
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
 from synthdp.run import resume_run
 
@@ -177,7 +178,7 @@ def bad_input_files(tmp_path: Path) -> dict[str, str]:
     spent = Budget.init(tmp_path / "spent.budget", epsilon=1, delta=1e-5)
     # an earlier run (e.g. charged under an older, larger total) that used everything up
     spent.runs.append({"run_id": "old", "pipeline": "private-prediction", "status": "complete", "out": "x",
-                       "events": [LedgerEvent("old", "old run", private_prediction_event(1e-3, 400)).to_json()]})
+                       "events": [LedgerEvent("old", "old run", zcdp_tokens(1e-3, 400)).to_json()]})
     spent._write()
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "ledger.json").write_text("{}")

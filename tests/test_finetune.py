@@ -20,7 +20,8 @@ from synthdp.mechanisms import dpsgd, gaussian
 from synthdp.pipelines.finetune import DPFinetune, FinetuneOptions
 from synthdp.pipelines.finetune.encoding import collate, encode_example, prompt_ids
 from synthdp.pipelines.finetune.lora import attach_lora
-from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event
+from synthdp.privacy.accounting import calibrate_dpsgd_noise
+from synthdp.privacy.costs import DiscreteGaussianRelease, DpSgdSteps
 from synthdp.privacy.ledger import Budget, Ledger
 
 runner = CliRunner()
@@ -150,15 +151,16 @@ def test_prompt_tokens_carry_no_loss(tiny_model_dir: Path) -> None:
 
 
 def test_accounting_reproduces_the_reference_values() -> None:
-    e1 = dpsgd_event(0.740, 0.00216, 23193)
+    e1 = DpSgdSteps(noise_multiplier=0.740, sampling_rate=0.00216, steps=23193).event
     assert pld.PLDAccountant().compose(e1).get_epsilon(1 / 1.9e6) == pytest.approx(4.00, abs=0.02)
     assert rdp.RdpAccountant().compose(e1).get_epsilon(1 / 1.9e6) == pytest.approx(4.49, abs=0.02)
-    e2 = dpsgd_event(0.594, 0.041, 73)
+    e2 = DpSgdSteps(noise_multiplier=0.594, sampling_rate=0.041, steps=73).event
     assert pld.PLDAccountant().compose(e2).get_epsilon(1 / 25000) == pytest.approx(8.00, abs=0.02)
     assert rdp.RdpAccountant().compose(e2).get_epsilon(1 / 25000) == pytest.approx(9.59, abs=0.02)
     sigma = calibrate_dpsgd_noise(0.041, 73, 8.0, 1 / 25000)
     assert sigma == pytest.approx(0.594, abs=0.002)
-    assert pld.PLDAccountant().compose(dpsgd_event(sigma, 0.041, 73)).get_epsilon(1 / 25000) <= 8.0
+    calibrated = DpSgdSteps(noise_multiplier=sigma, sampling_rate=0.041, steps=73).event
+    assert pld.PLDAccountant().compose(calibrated).get_epsilon(1 / 25000) <= 8.0
 
 
 # --------------------------------------------------------------------------- the pipeline through the CLI
@@ -197,7 +199,8 @@ def test_generate_and_sample_end_to_end(tmp_path: Path, data_file: Path, tiny_mo
     # (the histogram's discrete Gaussian is a zCDP event: RDP only)
     expected = rdp.RdpAccountant().compose(events(ledger)).get_epsilon(1e-5)
     assert ledger.epsilon == pytest.approx(expected, rel=1e-9)
-    assert ledger.events[1].event == dpsgd_event(p["noise_multiplier"], 8 / 24, 3)
+    assert ledger.events[1].event == DpSgdSteps(noise_multiplier=p["noise_multiplier"], sampling_rate=8 / 24,
+                                                steps=3).event
     assert "message number" not in (out / "ledger.json").read_text()
     # more samples later: no new privacy, also from an adapter whose metadata an older version wrote
     meta_path = out / "adapter" / "synthdp_finetune.json"
@@ -285,7 +288,8 @@ def test_dp_label_histogram_is_planned_under_either_spelling(spelling: str) -> N
     assert [e.name for e in plan.events] == ["DP label histogram", "DP-SGD (LoRA)"]
     from synthdp.mechanisms import label_histogram
 
-    assert plan.events[0].event == label_histogram.histogram_event(label_histogram.calibrate_noise(3.0, 1e-5))
+    sigma_h = label_histogram.calibrate_noise(3.0, 1e-5)
+    assert plan.events[0].event == DiscreteGaussianRelease(noise_multiplier=sigma_h).event
 
 
 # --------------------------------------------------------------------------- typed plan, label weights, old adapters

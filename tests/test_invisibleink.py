@@ -24,6 +24,7 @@ from synthdp.mechanisms.randomness import noise_generator, secure_generator
 from synthdp.pipelines.base import RunContext, Target, parse_options
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions, InvisibleInkPlan
 from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.costs import DifferenceClippedBatch, DifferenceClippedToken, zcdp_tokens
 
 P_MIN = 1e-7
 DELTA = 1e-5
@@ -148,7 +149,7 @@ def test_one_record_moves_each_score_by_at_most_bound_c_over_s_and_the_draw_is_b
 ) -> None:
     """Add/remove: one term of [-C, C]^V added: |dz_bar| <= C/s. Replace-one: one term changed: <= 2C/s.
     The draw's log-probability ratio then ranges over at most 2 bound C/(s tau) = eps0, which is eps0^2/8-zCDP:
-    the closed form token_rho, 4x larger under replace-one."""
+    the closed form of `DifferenceClippedToken`, 4x larger under replace-one."""
     c, s, tau, k, worst = 2.0, 5, 0.9, 8, 0.0
     for seed in range(30):
         private, public = logits(4, 60, seed=100 + seed, scale=4.0)
@@ -166,21 +167,25 @@ def test_one_record_moves_each_score_by_at_most_bound_c_over_s_and_the_draw_is_b
         worst = max(worst, move)
     assert worst > 0.9 * bound * c / s  # the bound is reached: replace-one really needs the factor 4
     eps0 = 2 * bound * c / (s * tau)
-    assert ink.token_rho(clip=c, divisor=s, temperature=tau, neighboring=neighboring) == pytest.approx(eps0**2 / 8)
+    assert token(c, s, tau, neighboring).rho == pytest.approx(eps0**2 / 8)
 
 
 # --------------------------------------------------------------------------- accounting
+
+
+def token(clip: float, divisor: int, temperature: float, neighboring: str) -> DifferenceClippedToken:
+    return DifferenceClippedToken(clip=clip, divisor=divisor, temperature=temperature, neighboring=neighboring)
 
 
 @pytest.mark.parametrize("neighboring", ["add_remove", "replace_one"])
 @pytest.mark.parametrize("m, T", [(1, 64), (3, 64), (2, 500)])
 def test_batch_charge_is_m_times_T_tokens_and_matches_the_closed_form(neighboring: str, m: int, T: int) -> None:
     s, tau, c = 8, 1.0, 0.7
-    rho_tok = ink.token_rho(clip=c, divisor=s, temperature=tau, neighboring=neighboring)
+    rho_tok = token(c, s, tau, neighboring).rho
     closed = m * T * c**2 / (2 * s**2 * tau**2) * (4 if neighboring == "replace_one" else 1)
     assert m * T * rho_tok == pytest.approx(closed, rel=1e-12)
-    by_token = epsilon_report(ink.token_events(rho_tok, m * T), DELTA).epsilon
-    as_batch = epsilon_report(ink.batch_event(closed), DELTA).epsilon
+    by_token = epsilon_report(zcdp_tokens(rho_tok, m * T), DELTA).epsilon
+    as_batch = epsilon_report(DifferenceClippedBatch.charge(closed), DELTA).epsilon
     expected = RdpAccountant().compose(dp_accounting.ZCDpEvent(closed)).get_epsilon(DELTA)
     assert by_token == pytest.approx(expected, rel=1e-9) and as_batch == pytest.approx(expected, rel=1e-9)
 
@@ -189,15 +194,15 @@ def test_batch_charge_is_m_times_T_tokens_and_matches_the_closed_form(neighborin
 def test_calibrated_rho_and_clip_meet_the_target_and_round_toward_privacy(epsilon: float) -> None:
     hist = (dp_accounting.ZCDpEvent(1e-4),)
     rho = ink.calibrate_batch_rho(epsilon, DELTA, hist)
-    assert epsilon_report([*hist, ink.batch_event(rho)], DELTA).epsilon <= epsilon
-    assert epsilon_report([*hist, ink.batch_event(rho * 1.01)], DELTA).epsilon > epsilon  # tight to 1%
+    assert epsilon_report([*hist, DifferenceClippedBatch.charge(rho)], DELTA).epsilon <= epsilon
+    assert epsilon_report([*hist, DifferenceClippedBatch.charge(rho * 1.01)], DELTA).epsilon > epsilon  # tight to 1%
     for neighboring, factor in (("add_remove", 1), ("replace_one", 4)):
         for m, T in ((1, 64), (5, 32)):
             c = ink.clip_for(rho, tokens=m * T, divisor=8, temperature=1.1, neighboring=neighboring)
             assert c == pytest.approx(8 * 1.1 * math.sqrt(2 * rho / (factor * m * T)), rel=1e-8)
-            charged = m * T * ink.token_rho(clip=c, divisor=8, temperature=1.1, neighboring=neighboring)
+            charged = m * T * token(c, 8, 1.1, neighboring).rho
             assert charged <= rho
-            assert epsilon_report([*hist, ink.token_events(charged / (m * T), m * T)], DELTA).epsilon <= epsilon
+            assert epsilon_report([*hist, zcdp_tokens(charged / (m * T), m * T)], DELTA).epsilon <= epsilon
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -28,6 +28,7 @@ from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_optio
 from synthdp.pipelines.private_evolution import PrivateEvolutionResources
 from synthdp.pipelines.private_prediction.batching import batch_counts
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, epsilon_report
+from synthdp.privacy.costs import DiscreteGaussianRelease, l2_sensitivity
 from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
@@ -112,7 +113,7 @@ def test_private_prediction_plan_reads_no_count_and_pays_the_histogram(neighbori
     assert plan.published()["batches_per_label"] is None
     sigma = label_histogram.calibrate_noise(3.0, 1e-5)
     assert [e.name for e in plan.events] == ["label histogram", "private-prediction batch"]
-    assert plan.events[0].event == label_histogram.histogram_event(sigma)
+    assert plan.events[0].event == DiscreteGaussianRelease(noise_multiplier=sigma).event
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 3.0
     assert "5%" in plan.events[0].description and plan.published()["label_histogram"]["epsilon_fraction"] == 0.05
 
@@ -195,19 +196,20 @@ def test_histogram_accounting_is_the_zcdp_of_the_discrete_gaussian() -> None:
 
         exact = optimize.brentq(gap, 1e-9, 50.0)
         rho = 1 / (2 * sigma**2)
-        assert label_histogram.histogram_event(sigma) == dp_event.ZCDpEvent(rho)
-        report = epsilon_report(label_histogram.histogram_event(sigma), delta)
+        assert DiscreteGaussianRelease(noise_multiplier=sigma).event == dp_event.ZCDpEvent(rho)
+        report = epsilon_report(DiscreteGaussianRelease(noise_multiplier=sigma).event, delta)
         assert report.accountant == "rdp"
         assert exact <= report.epsilon <= rho + 2 * math.sqrt(rho * math.log(1 / delta))
     # the default noise: the histogram alone costs 5% of the target, rounded toward more noise
     for target in (1.0, 3.0, 10.0):
-        alone = epsilon_report(label_histogram.histogram_event(label_histogram.calibrate_noise(target, delta)), delta)
+        sigma = label_histogram.calibrate_noise(target, delta)
+        alone = epsilon_report(DiscreteGaussianRelease(noise_multiplier=sigma).event, delta)
         assert 0.05 * target * 0.99 <= alone.epsilon <= 0.05 * target
 
 
 def test_counts_ignore_labels_outside_the_set() -> None:
     assert label_histogram.exact_counts(["a", "b", "a", "zz", None], ("a", "b")).tolist() == [2, 1]
-    assert label_histogram.l2_sensitivity("replace_one") == pytest.approx(math.sqrt(2.0))
+    assert l2_sensitivity("replace_one") == pytest.approx(math.sqrt(2.0))
 
 
 def test_neighbouring_relation_states_what_is_held_fixed() -> None:
@@ -222,7 +224,7 @@ def test_finetune_and_evolution_use_the_shared_rule() -> None:
     for name, extra in (("dp-finetune", {"epochs": "1", "label_sizes": "64"}), ("private-evolution", {"iterations": "2"})):
         pipe = get_pipeline(name)
         plan = pipe.plan(parse_options(pipe.options_class, {"label_counts": "dp", **extra}), Target(3.0, 1e-5), data, None)
-        assert plan.events[0].event == label_histogram.histogram_event(sigma), name
+        assert plan.events[0].event == DiscreteGaussianRelease(noise_multiplier=sigma).event, name
         assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 3.0
         one = pipe.plan(parse_options(pipe.options_class, {"label_counts": "dp", **extra}), Target(3.0, 1e-5),
                         LoadedData(records_of({"a": 64}), ("a",), False, {}, "test"), None)

@@ -11,7 +11,8 @@ import pytest
 import synthdp
 from conftest import FAST_OPTIONS
 from synthdp.errors import BudgetExceededError, UserError
-from synthdp.privacy.accounting import epsilon_report, private_prediction_event
+from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.costs import zcdp_tokens
 from synthdp.atomic import write_json_atomic
 from synthdp.errors import OutputError
 from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
@@ -22,13 +23,13 @@ OPTS = {**FAST_OPTIONS["private-prediction"], "max_tokens": 3}  # r = 1 at epsil
 
 def test_ledger_round_trip(tmp_path: Path) -> None:
     ledger = Ledger(run_id="r1", pipeline="private-prediction", delta=1e-5, neighboring="add_remove",
-                    events=[LedgerEvent("batch", "words", private_prediction_event(1e-3, 50))],
+                    events=[LedgerEvent("batch", "words", zcdp_tokens(1e-3, 50))],
                     public_assumptions=["n is public"], parameters={"r": 50}, seed=None, status="complete")
     ledger.write(tmp_path / "ledger.json")
     again = Ledger.read(tmp_path)
     assert again.to_json() == ledger.to_json()
     stored = json.loads((tmp_path / "ledger.json").read_text())
-    assert stored["epsilon"] == pytest.approx(epsilon_report(private_prediction_event(1e-3, 50), 1e-5).epsilon)
+    assert stored["epsilon"] == pytest.approx(epsilon_report(zcdp_tokens(1e-3, 50), 1e-5).epsilon)
     with pytest.raises(UserError):
         Ledger.read(tmp_path / "missing")
 
@@ -61,7 +62,7 @@ def test_budget_init_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_a_running_ledger_records_its_process_and_a_finished_one_does_not(tmp_path: Path) -> None:
     ledger = Ledger(run_id="r1", pipeline="private-prediction", delta=1e-5, neighboring="add_remove",
-                    events=[LedgerEvent("batch", "words", private_prediction_event(1e-3, 50))],
+                    events=[LedgerEvent("batch", "words", zcdp_tokens(1e-3, 50))],
                     public_assumptions=[], parameters={}, status="running")
     ledger.write(tmp_path / "ledger.json")
     assert json.loads((tmp_path / "ledger.json").read_text())["owner"] == current_owner()

@@ -21,7 +21,8 @@ from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.private_evolution import PrivateEvolutionPlan, PrivateEvolutionResources
 from synthdp.pipelines.shared import split_by_weights
-from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
+from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
+from synthdp.privacy.costs import DiscreteGaussianRelease
 from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
@@ -46,7 +47,7 @@ def test_discrete_vote_noise_is_calibrated_on_its_proven_zcdp_bound() -> None:
     the continuous Gaussian's PLD, and the calibration meets the target on that event."""
     delta = 1e-5
     sigma = calibrate_gaussian_compositions(2.0, delta, 10, discrete=True)
-    report = epsilon_report(private_evolution_event(sigma, 10), delta)
+    report = epsilon_report(DiscreteGaussianRelease(noise_multiplier=sigma, count=10).event, delta)
     assert report.accountant == "rdp" and 2.0 * 0.99 <= report.epsilon <= 2.0
     assert sigma > calibrate_gaussian_compositions(2.0, delta, 10)  # the proven bound costs some noise
 
@@ -76,7 +77,7 @@ def test_parallel_composition_across_labels() -> None:
 def test_plan_is_t_gaussian_compositions_at_the_calibrated_sigma() -> None:
     plan = plan_of(("a", "b"), iterations=4)
     event = plan.events[0].event
-    assert event == private_evolution_event(plan.noise_multiplier, 4)
+    assert event == DiscreteGaussianRelease(noise_multiplier=plan.noise_multiplier, count=4).event
     assert plan.noise_std == plan.noise_multiplier
     replace = get_pipeline("private-evolution").plan(
         parse_options(get_pipeline("private-evolution").options_class, {"iterations": "4"}),
@@ -99,7 +100,7 @@ def test_dp_label_histogram_is_paid_from_the_budget(spelling: str) -> None:
     sigma = plan.noise_multiplier
     # the shared histogram's noise (5% of epsilon alone), and the votes calibrated on the composition
     sigma_h = label_histogram.calibrate_noise(2.0, 1e-5)
-    assert plan.events[0].event == label_histogram.histogram_event(sigma_h)
+    assert plan.events[0].event == DiscreteGaussianRelease(noise_multiplier=sigma_h).event
     assert sigma == pytest.approx(calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=(plan.events[0].event,), discrete=True))
     assert epsilon_report([e.event for e in plan.events], 1e-5).epsilon <= 2.0
     assert any("DP label histogram" in a for a in plan.public_assumptions)
@@ -279,7 +280,8 @@ def test_typed_plan_publishes_the_parameters_of_earlier_releases(case: str) -> N
     plan = pipe.plan(parse_options(pipe.options_class, {"iterations": "5", **options}),
                      Target(2.0, 1e-5, neighboring), data_of(labels), None)
     assert isinstance(plan, PrivateEvolutionPlan)
-    others = (label_histogram.histogram_event(label_histogram.calibrate_noise(2.0, 1e-5)),) if case == "dp" else ()
+    sigma_h = label_histogram.calibrate_noise(2.0, 1e-5)
+    others = (DiscreteGaussianRelease(noise_multiplier=sigma_h).event,) if case == "dp" else ()
     sigma = 50.0 if case == "noise" else calibrate_gaussian_compositions(2.0, 1e-5, 5, other_events=others,
                                                                           discrete=True)
     expected = old_parameters(sigma, 5, neighboring, case == "dp", case != "noise")

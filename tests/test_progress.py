@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import synthdp.progress as progress_module
 import synthdp.run as run_module
 from synthdp.cli import app
-from synthdp.privacy.accounting import epsilon_report, private_evolution_event
+from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.costs import DiscreteGaussianRelease
 from synthdp.privacy.ledger import Ledger
 from synthdp.progress import ProgressDisplay, SpendTracker
 
@@ -127,4 +128,4 @@ def test_private_evolution_shows_its_rounds_and_requests(tmp_path: Path, data_fi
     assert all(done >= total for done, total in zip(rec.done[1:], totals))  # retries of empty answers add steps
     ledger = Ledger.read(tmp_path / "run")
     sigma = ledger.parameters["noise_multiplier"]
-    assert rec.spent == [private_evolution_event(sigma, 1), private_evolution_event(sigma, 2)]
+    assert rec.spent == [DiscreteGaussianRelease(noise_multiplier=sigma, count=t).event for t in (1, 2)]

@@ -18,8 +18,8 @@ the bound is alpha ||q(D) - q(D')||_2^2 / (2 sigma^2) <= alpha Delta^2 / (2 sigm
 multivariate case too). The query must be integer-valued: shifts by non-integers are not covered.
 This is exactly the RDP curve of the continuous Gaussian mechanism with the same sigma, so
 dp_accounting's RDP accountant evaluated on `GaussianDpEvent(sigma / Delta)` is a valid upper bound for
-the discrete mechanism, and so is any accountant given `synthdp.privacy.accounting.discrete_gaussian_event`
-(a `ZCDpEvent`), which is how synthdp ledgers every discrete Gaussian release.
+the discrete mechanism, and so is any accountant given the event of `DiscreteGaussianRelease` in
+`synthdp.privacy.costs` (a `ZCDpEvent`), which is how synthdp ledgers every discrete Gaussian release.
 
 The PLD accountant's value for `GaussianDpEvent` is NOT a valid bound for the discrete mechanism: it is
 the continuous Gaussian's privacy curve, and the discrete one is slightly worse at some points. For

@@ -4,7 +4,7 @@
 step DP-SGD takes once per logical batch (`synthdp.mechanisms.dpsgd`). A sum whose L2 sensitivity is
 C released with noise of standard deviation sigma * C is the Gaussian mechanism with noise multiplier
 sigma, accounted by dp_accounting as `GaussianDpEvent(sigma)` (Poisson-subsampled and self-composed
-for DP-SGD: `synthdp.privacy.accounting.dpsgd_event`). Integer counts use the exact discrete Gaussian
+for DP-SGD: `DpSgdSteps` of `synthdp.privacy.costs`). Integer counts use the exact discrete Gaussian
 instead (`synthdp.mechanisms.discrete_gaussian`).
 
 Randomness. The noise comes from the run's noise stream (a numpy Generator over ChaCha20,

@@ -7,8 +7,9 @@ One private token of a batch of private prompts and its public prompt (the same 
             less a fixed public set (the ends of text before `min_tokens` tokens), taken out before l_k
     y     ~ softmax(z_bar / tau) restricted to V                   (the exponential mechanism)
 
-Sensitivity. Add/remove one record: it adds or removes one term of the sum, each coordinate of which
-lies in [-C, C], so every coordinate of z_bar moves by at most C/s and the score's range moves by at
+Sensitivity (its events and ledger words: `DifferenceClippedToken`, `DifferenceClippedBatch` in
+`synthdp.privacy.costs`). Add/remove one record: it adds or removes one term of the sum, each coordinate of
+which lies in [-C, C], so every coordinate of z_bar moves by at most C/s and the score's range moves by at
 most 2C/s: the draw is (2C/(s tau))-bounded-range, which is C^2/(2 s^2 tau^2)-zCDP (BR eps0 gives
 eps0^2/8-zCDP). Replace one record: one term changes from one value in [-C, C] to another (or, when
 the new record hashes to another batch, two batches change by one add/remove each, which costs less):
@@ -32,8 +33,7 @@ from dp_accounting import dp_event
 from synthdp.mechanisms.exponential import MAX_ROWS, grid_bits, sample_softmax
 from synthdp.mechanisms.users import mean_per_group
 from synthdp.privacy.accounting import calibrate_noise
-
-REPLACE_FACTOR = {"add_remove": 1.0, "replace_one": 4.0}  # zCDP cost relative to add/remove
+from synthdp.privacy.costs import DifferenceClippedBatch, DifferenceClippedToken, replace_factor
 
 
 def check_public(public_logits: torch.Tensor) -> None:
@@ -115,31 +115,13 @@ def choose_token(private_logits: torch.Tensor, public_logits: torch.Tensor, *, c
 # --------------------------------------------------------------------------- accounting
 
 
-def token_rho(*, clip: float, divisor: int, temperature: float, neighboring: str = "add_remove") -> float:
-    """zCDP cost of one token: (2C/(s tau))-bounded range = C^2/(2 s^2 tau^2); x4 under replace-one."""
-    if neighboring not in REPLACE_FACTOR:
-        raise ValueError(f"`neighboring` must be one of {', '.join(REPLACE_FACTOR)}. Found {neighboring!r}.")
-    return REPLACE_FACTOR[neighboring] * clip**2 / (2.0 * divisor**2 * temperature**2)
-
-
-def batch_event(rho_batch: float) -> dp_event.DpEvent:
-    """One hash batch: m texts of at most T tokens, charged m*T tokens of `token_rho` each, composed:
-    the zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). Batches compose in parallel."""
-    return dp_event.ZCDpEvent(rho_batch)
-
-
-def token_events(rho_token: float, tokens: int) -> dp_event.DpEvent:
-    """The same charge written token by token, as private prediction writes it (used to check `batch_event`)."""
-    return dp_event.SelfComposedDpEvent(dp_event.ZCDpEvent(rho_token), tokens)
-
-
 def calibrate_batch_rho(target_epsilon: float, delta: float, other_events: tuple[dp_event.DpEvent, ...] = ()) -> float:
-    """The largest zCDP rho per batch (rounded toward more privacy) with which `batch_event(rho)`, composed
+    """The largest zCDP rho per batch (rounded toward more privacy) with which the batch's event, composed
     with `other_events` (the DP label histogram), stays within `target_epsilon` at `delta` (dp_accounting).
     Searched as sigma = 1/sqrt(2 rho) by `calibrate_noise`."""
 
     def make_event(sigma: float) -> dp_event.DpEvent:
-        return dp_event.ComposedDpEvent([*other_events, batch_event(1.0 / (2.0 * sigma**2))])
+        return dp_event.ComposedDpEvent([*other_events, DifferenceClippedBatch.charge(1.0 / (2.0 * sigma**2))])
 
     sigma = calibrate_noise(make_event, target_epsilon, delta, floor=1e-3, tolerance=1e-4,
                             fix=f"Cannot calibrate InvisibleInk for epsilon {target_epsilon:g} at delta {delta:g}")
@@ -147,12 +129,16 @@ def calibrate_batch_rho(target_epsilon: float, delta: float, other_events: tuple
 
 
 def clip_for(rho_batch: float, *, tokens: int, divisor: int, temperature: float, neighboring: str) -> float:
-    """The largest C (to one part in 1e9, rounded down) with tokens * token_rho(C) <= rho_batch:
-    C = s tau sqrt(2 rho_batch / (tokens * factor))."""
+    """The largest C (to one part in 1e9, rounded down) with tokens * rho(C) <= rho_batch, rho(C) the
+    `DifferenceClippedToken` cost: C = s tau sqrt(2 rho_batch / (tokens * factor))."""
     if tokens < 1 or not rho_batch > 0:
         raise ValueError(f"`tokens` must be >= 1 and `rho_batch` > 0. Found {tokens}, {rho_batch}.")
-    factor = REPLACE_FACTOR[neighboring]
+    factor = replace_factor(neighboring)
     clip = divisor * temperature * math.sqrt(2.0 * rho_batch / (tokens * factor)) * (1 - 1e-9)
-    while tokens * token_rho(clip=clip, divisor=divisor, temperature=temperature, neighboring=neighboring) > rho_batch:
+
+    def rho(c: float) -> float:
+        return DifferenceClippedToken(clip=c, divisor=divisor, temperature=temperature, neighboring=neighboring).rho
+
+    while tokens * rho(clip) > rho_batch:
         clip *= 1 - 1e-9  # float rounding: never above the charged rho
     return clip

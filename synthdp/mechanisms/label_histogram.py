@@ -8,7 +8,8 @@ one count by 1: L2 sensitivity 1. Replacing one record moves at most two counts 
 and its new label): L2 sensitivity sqrt(2). With noise of standard deviation
 `noise_multiplier * sensitivity` on every count, one release is the Gaussian mechanism; the counts are
 integers and the noise is the exact discrete Gaussian (Canonne, Kamath & Steinke 2020), ledgered as the
-zCDP event `discrete_gaussian_event(noise_multiplier)` = rho 1 / (2 noise_multiplier^2).
+zCDP event rho = 1 / (2 noise_multiplier^2): `LabelHistogramRelease` in `synthdp.privacy.costs`, which
+also gives the ledger's words for it.
 
 Noise rule (the same for every pipeline): the noise multiplier is calibrated by dp_accounting so that
 the histogram on its own would cost `EPSILON_FRACTION` (5%) of the run's target epsilon at the run's
@@ -26,24 +27,15 @@ Pure: numpy and dp_accounting only. Every noise draw takes an explicit `np.rando
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from dp_accounting import dp_event
 
 from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
-from synthdp.privacy.accounting import calibrate_gaussian_compositions, discrete_gaussian_event
+from synthdp.privacy.accounting import calibrate_gaussian_compositions
+from synthdp.privacy.costs import LabelHistogramRelease, l2_sensitivity
 
 EPSILON_FRACTION = 0.05  # the histogram alone costs this fraction of the target epsilon
-SENSITIVITY: dict[str, float] = {"add_remove": 1.0, "replace_one": math.sqrt(2.0)}
-
-
-def l2_sensitivity(neighboring: str) -> float:
-    """L2 sensitivity of the count vector: 1 under add/remove, sqrt(2) under replace-one."""
-    if neighboring not in SENSITIVITY:
-        raise ValueError(f"`neighboring` must be one of {', '.join(SENSITIVITY)}. Found {neighboring!r}.")
-    return SENSITIVITY[neighboring]
 
 
 def needs_histogram(num_labels: int, neighboring: str, *, uses_sizes: bool) -> bool:
@@ -60,11 +52,6 @@ def calibrate_noise(target_epsilon: float, delta: float, fraction: float = EPSIL
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`fraction` must be in (0, 1). Found {fraction}.")
     return calibrate_gaussian_compositions(fraction * target_epsilon, delta, 1, discrete=True)
-
-
-def histogram_event(noise_multiplier: float) -> dp_event.DpEvent:
-    """One release of the noisy count vector (all labels at once): discrete Gaussian noise, zCDP-accounted."""
-    return discrete_gaussian_event(noise_multiplier)
 
 
 def exact_counts(record_labels: Iterable[str | None], labels: Sequence[str | None]) -> np.ndarray:
@@ -89,13 +76,10 @@ def noisy_counts(counts: np.ndarray, noise_multiplier: float, neighboring: str,
     return (counts + discrete_gaussian(std, counts.size, rng).reshape(counts.shape)).astype(np.float64)
 
 
-def describe(noise_multiplier: float, neighboring: str, num_labels: int, purpose: str) -> str:
-    """The ledger's words for the histogram event."""
-    sens = l2_sensitivity(neighboring)
-    what = "the number of private records" if num_labels <= 1 else f"the number of private records per label ({num_labels} labels)"
-    return (f"{what} plus Gaussian noise of standard deviation {noise_multiplier * sens:.4g} (noise multiplier "
-            f"{noise_multiplier:.4g} times L2 sensitivity {sens:.3g}: a record counts in one label); the noise is "
-            f"calibrated so that this release alone costs {EPSILON_FRACTION:.0%} of the target epsilon; {purpose}")
+def release(noise_multiplier: float, neighboring: str, num_labels: int, purpose: str) -> LabelHistogramRelease:
+    """The histogram's cost: its DpEvent and the ledger's words (`synthdp.privacy.costs`)."""
+    return LabelHistogramRelease(noise_multiplier=noise_multiplier, neighboring=neighboring, num_labels=num_labels,
+                                 purpose=purpose, epsilon_fraction=EPSILON_FRACTION)
 
 
 def plan_parameters(noise_multiplier: float, neighboring: str) -> dict[str, float]:

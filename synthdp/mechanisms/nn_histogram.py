@@ -11,14 +11,14 @@ sigma = noise_multiplier * sqrt(k) * (1 or sqrt(2)) (`synthdp.mechanisms.discret
 the run's noise stream), and the result is divided by sqrt(k) (post-processing), so the released vector is
 on the same scale as the 1/sqrt(k)-weighted votes of Aug-PE, whose L2 sensitivity is 1 (add/remove) or
 sqrt(2) (replace-one). Delta / sigma = 1 / noise_multiplier either way, so one release is
-(1 / (2 noise_multiplier^2))-zCDP (Canonne, Kamath & Steinke 2020), ledgered as
-`synthdp.privacy.accounting.discrete_gaussian_event(noise_multiplier)`; T releases compose as
-`discrete_gaussian_event(noise_multiplier, T)`. The proven guarantee of the discrete Gaussian is the zCDP /
-RDP one (the module docstring of `discrete_gaussian` says exactly what holds), so RDP accounts for it.
+(1 / (2 noise_multiplier^2))-zCDP (Canonne, Kamath & Steinke 2020); T releases are ledgered as
+`VoteRounds` of `synthdp.privacy.costs` (a `DiscreteGaussianRelease` of count T, with the ledger's words).
+The proven guarantee of the discrete Gaussian is the zCDP / RDP one (the module docstring of `discrete_gaussian` says exactly what holds), so RDP accounts for it.
 
 The search is exact and chunked: private rows are processed `chunk_rows` at a time against all
 candidates, so memory is O(chunk_rows * candidates + data) (100k x 100k at dim 384 stays a few GB).
-Pure: numpy and torch only, no models. Every noise draw takes an explicit `np.random.Generator`.
+Pure: numpy and torch only (the sensitivity from `synthdp.privacy.costs`), no models. Every noise draw takes an
+explicit `np.random.Generator`.
 """
 
 from __future__ import annotations
@@ -30,16 +30,9 @@ import numpy as np
 import torch
 
 from synthdp.mechanisms.discrete_gaussian import discrete_gaussian
+from synthdp.privacy.costs import l2_sensitivity  # of the 1/sqrt(k)-scaled vote vector: 1, or sqrt(2) replace-one
 
 Metric = Literal["l2", "cosine"]
-SENSITIVITY: dict[str, float] = {"add_remove": 1.0, "replace_one": math.sqrt(2.0)}
-
-
-def l2_sensitivity(neighboring: str = "add_remove") -> float:
-    """L2 sensitivity of the (1/sqrt(k)-scaled) vote vector: 1 under add/remove, sqrt(2) under replace-one."""
-    if neighboring not in SENSITIVITY:
-        raise ValueError(f"`neighboring` must be one of {', '.join(SENSITIVITY)}. Found {neighboring!r}.")
-    return SENSITIVITY[neighboring]
 
 
 def nearest_neighbors(
@@ -131,7 +124,8 @@ def dp_nn_histogram(
     `groups` (one user index per private row): user level, each user one vote vector (`user_votes`), the integer
     votes and the noise both scaled by USER_VOTE_SCALE, which the division takes out again.
 
-    The DpEvent of one call is `discrete_gaussian_event(noise_multiplier)` (zCDP); `rng` must be the run's noise stream.
+    The DpEvent of one call is `DiscreteGaussianRelease(noise_multiplier=...)` (zCDP); `rng` must be the run's noise
+    stream.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError("`rng` must be a numpy Generator (the run's generator); noise never uses global state.")

@@ -92,5 +92,5 @@ def label_histogram_event(epsilon: float, delta: float, neighboring: str, num_la
     """The one DP label histogram of a run, planned: its noise multiplier (it alone costs 5% of epsilon) and its
     ledger event. Whether a run needs one is `label_histogram.needs_histogram`."""
     sigma = label_histogram.calibrate_noise(epsilon, delta)
-    words = label_histogram.describe(sigma, neighboring, num_labels, purpose)
-    return sigma, LedgerEvent(name, words, label_histogram.histogram_event(sigma))
+    cost = label_histogram.release(sigma, neighboring, num_labels, purpose)
+    return sigma, LedgerEvent(name, cost.words, cost.event)

@@ -1,8 +1,8 @@
-"""DpEvent construction, serialisation, epsilon and calibration, all through `dp_accounting`.
+"""DpEvent serialisation, epsilon and calibration, all through `dp_accounting`.
 
 No reported number is computed here by a home-made composition formula: every epsilon comes from a
-`dp_accounting` accountant applied to a DpEvent tree. The closed forms in the docstrings are the
-per-step costs (the mechanisms' own privacy parameters), which the accountants then compose.
+`dp_accounting` accountant applied to a DpEvent tree. Each mechanism's event, its closed-form per-step cost
+and the ledger's words for it are in `synthdp.privacy.costs`; the accountants compose them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from synthdp.errors import PrivacyParameterError
+from synthdp.privacy.costs import DiscreteGaussianRelease, DpSgdSteps
 
 Neighboring = Literal["add_remove", "replace_one"]
 NEIGHBORING_WORDS: dict[str, str] = {
@@ -72,39 +73,6 @@ def check_delta(delta: Any) -> float:
             f"`delta` must be in (0, 1). Found {delta!r}. Typical: 1/(10 n) for n records."
         )
     return value
-
-
-# --------------------------------------------------------------------------- events
-
-
-def private_prediction_token_rho(
-    *, clip: float, batch_size: int, temperature: float, svt_noise: float | None,
-    neighboring: Neighboring = "add_remove",
-) -> float:
-    """zCDP cost rho of one private token of private prediction (Amin et al. 2024).
-
-    The exponential mechanism samples softmax(z_bar / tau) with z_bar = (1/s) sum_p clip_c(Z_p):
-    adding or removing one record moves every score by at most c/s, so the mechanism is
-    eps0-bounded-range with eps0 = 2c/(s tau), which is eps0^2/8 = 0.5 (c/(s tau))^2 -zCDP.
-    Replace-one adjacency moves a score by up to 2c/s: four times the cost.
-    With the sparse vector technique, each round (the below answers up to and including the
-    above answer that makes a private token) is (2/(s sigma))-DP, i.e. 2/(s sigma)^2 -zCDP, for
-    a query of L1 sensitivity 1/s with threshold noise Lap(sigma) and query noise Lap(2 sigma).
-    Replace-one doubles the query's sensitivity.
-    """
-    em = 0.5 * (clip / (batch_size * temperature)) ** 2
-    svt = 0.0 if svt_noise is None else 2.0 / (batch_size * svt_noise) ** 2
-    if neighboring == "replace_one":
-        em, svt = 4.0 * em, 4.0 * svt
-    return em + svt
-
-
-def private_prediction_event(rho_token: float, tokens: int) -> dp_event.DpEvent:
-    """One batch of private prediction: `tokens` (= r) private tokens, each a rho_token-zCDP event.
-
-    Disjoint hash batches compose in parallel, so this per-batch event is the whole run's event.
-    """
-    return dp_event.SelfComposedDpEvent(dp_event.ZCDpEvent(rho_token), tokens)
 
 
 # --------------------------------------------------------------------------- epsilon
@@ -249,34 +217,7 @@ def event_from_json(data: dict[str, Any]) -> dp_event.DpEvent:
     return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------- private evolution
-
-
-def discrete_gaussian_event(noise_multiplier: float, count: int = 1) -> dp_event.DpEvent:
-    """`count` releases of an integer-valued query of L2 sensitivity Delta plus discrete Gaussian noise
-    N_Z(0, (noise_multiplier * Delta)^2) per coordinate, as the zCDP event rho = count / (2 noise_multiplier^2).
-
-    Canonne, Kamath & Steinke 2020 (Theorem 4, composed): the discrete Gaussian has the continuous
-    Gaussian's RDP curve, so this rho is proven. Its PLD is NOT the continuous Gaussian's (it is slightly
-    worse at some points: synthdp/mechanisms/discrete_gaussian.py), so discrete releases are never ledgered
-    as `GaussianDpEvent`; the PLD accountant does not support `ZCDpEvent`, and a report that includes this
-    event is RDP's: the proven bound.
-    """
-    if not noise_multiplier > 0 or count < 1:
-        raise ValueError(f"`noise_multiplier` must be > 0 and `count` >= 1. Found {noise_multiplier}, {count}.")
-    return dp_event.ZCDpEvent(count / (2.0 * noise_multiplier**2))
-
-
-def private_evolution_event(noise_multiplier: float, iterations: int) -> dp_event.DpEvent:
-    """T rounds of the DP nearest-neighbour histogram of Private Evolution (Aug-PE, Xie et al. 2024).
-
-    Each round releases the integer vote vector (L2 sensitivity sqrt(k) with k votes per record under
-    add/remove) plus discrete Gaussian noise of sigma = noise_multiplier * sensitivity: `discrete_gaussian_event`
-    (zCDP 1 / (2 noise_multiplier^2) per round). Labels partition the records, so the vote vectors of all
-    labels together are one vector of the same sensitivity (parallel composition): this event is the
-    whole run's, whatever the number of labels.
-    """
-    return discrete_gaussian_event(noise_multiplier, iterations)
+# --------------------------------------------------------------------------- calibration
 
 
 def _pld_accountant(discretization: float) -> Callable[[], dp_accounting.PrivacyAccountant]:
@@ -290,7 +231,7 @@ def calibrate_gaussian_compositions(
     """Smallest noise multiplier sigma (to within `tolerance` relative) with
     epsilon(SelfComposedDpEvent(GaussianDpEvent(sigma), count)) <= target_epsilon at `delta`,
     composed with `other_events` (e.g. a DP label histogram of the same run) when given. With `discrete`,
-    the releases are discrete Gaussian ones (`discrete_gaussian_event`), accounted by RDP only.
+    the releases are discrete Gaussian ones (`costs.DiscreteGaussianRelease`), accounted by RDP only.
 
     The search is `calibrate_noise`.
     """
@@ -299,7 +240,7 @@ def calibrate_gaussian_compositions(
 
     def make_event(sigma: float) -> dp_event.DpEvent:
         if discrete:
-            event = discrete_gaussian_event(sigma, count)
+            event = DiscreteGaussianRelease(noise_multiplier=sigma, count=count).event
         else:
             event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), count)
         return dp_event.ComposedDpEvent([*other_events, event]) if other_events else event
@@ -342,21 +283,6 @@ def calibrate_noise(
         raise PrivacyParameterError(f"{fix} ({err}).") from None
 
 
-# --------------------------------------------------------------------------- DP-SGD
-
-
-def dpsgd_event(noise_multiplier: float, sampling_probability: float, steps: int) -> dp_event.DpEvent:
-    """DP-SGD (Abadi et al. 2016) with Poisson sampling: `steps` self-composed rounds, each the
-    Gaussian mechanism with noise std `noise_multiplier` x clip on the sum of per-example gradients
-    clipped to L2 norm `clip`, over a batch that holds every record independently with probability
-    `sampling_probability` (q = B / n). Under add/remove adjacency one record moves the sum by at most
-    `clip`; the PLD and RDP accountants support this event for add/remove adjacency.
-    """
-    return dp_event.SelfComposedDpEvent(
-        dp_event.PoissonSampledDpEvent(sampling_probability, dp_event.GaussianDpEvent(noise_multiplier)), steps
-    )
-
-
 def calibrate_dpsgd_noise(
     sampling_probability: float, steps: int, target_epsilon: float, delta: float,
     other_events: tuple[dp_event.DpEvent, ...] = (), *, tolerance: float = 1e-3,
@@ -369,7 +295,8 @@ def calibrate_dpsgd_noise(
     """
 
     def make_event(sigma: float) -> dp_event.DpEvent:
-        return dp_event.ComposedDpEvent([*other_events, dpsgd_event(sigma, sampling_probability, steps)])
+        steps_event = DpSgdSteps(noise_multiplier=sigma, sampling_rate=sampling_probability, steps=steps).event
+        return dp_event.ComposedDpEvent([*other_events, steps_event])
 
     return calibrate_noise(
         make_event, target_epsilon, delta, floor=1e-2, tolerance=tolerance,

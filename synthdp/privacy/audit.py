@@ -39,7 +39,8 @@ from synthdp.mechanisms.gaussian import noisy_average
 from synthdp.mechanisms.nn_histogram import dp_nn_histogram
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.mechanisms.sparse_vector import SparseVector, distribution_distance
-from synthdp.privacy.accounting import discrete_gaussian_event, epsilon_report
+from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.costs import DiscreteGaussianRelease, ExponentialToken
 
 # sample(trials, which) -> (trials,) statistic of `trials` independent runs on D0 (which = 0) or D1 (which = 1)
 Sampler = Callable[[int, int], np.ndarray]
@@ -151,7 +152,7 @@ def exponential_claim(*, clip: float, batch_size: int, temperature: float) -> fl
     2c/(s tau) (bounded range), reached as the token's probability goes to 0 while it moves up by c/s
     and the others down by c/s. The ledger charges eps0^2/8 zCDP for it.
     """
-    return 2.0 * clip / (batch_size * temperature)
+    return ExponentialToken(clip=clip, divisor=batch_size, temperature=temperature).bounded_range
 
 
 def exponential_worst_case(*, clip: float, batch_size: int, temperature: float,
@@ -338,9 +339,9 @@ def svt_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, batch_size
 def histogram_setup(rng: np.random.Generator, *, noise_factor: float = 1.0, noise_multiplier: float = 1.0,
                     delta: float = 1e-2, vectorised: bool = True) -> Setup:
     """One vote histogram (exact discrete Gaussian noise) with noise multiplier noise_factor x sigma; claim: the
-    ledger's event for it, `discrete_gaussian_event(sigma)` (zCDP, RDP-accounted), at delta."""
+    ledger's event for it, `DiscreteGaussianRelease` (zCDP, RDP-accounted), at delta."""
     sampler = histogram_sampler(noise_multiplier=noise_factor * noise_multiplier, rng=rng, vectorised=vectorised)
-    claim = epsilon_report(discrete_gaussian_event(noise_multiplier), delta).epsilon
+    claim = epsilon_report(DiscreteGaussianRelease(noise_multiplier=noise_multiplier).event, delta).epsilon
     return Setup("discrete Gaussian vote histogram (one release)", claim, delta, sampler,
                  f"sigma={noise_multiplier:g}, votes=1")
 

@@ -26,12 +26,13 @@ from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Targe
 from synthdp.pipelines.finetune.encoding import encode_example
 from synthdp.pipelines.finetune.lora import check_causal_lm, lora_config
 from synthdp.pipelines.finetune.options import FinetuneOptions
-from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, public_size, schedule
+from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_cost, public_size, schedule
 from synthdp.pipelines.finetune.ranks import lora_model
 from synthdp.pipelines.finetune.replicated import Replicated
 from synthdp.pipelines.finetune.training import GradientStrategy, train_and_sample
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, wants_dp_counts
-from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
+from synthdp.privacy.accounting import calibrate_dpsgd_noise, epsilon_report
+from synthdp.privacy.costs import DpSgdSteps
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
 
@@ -90,7 +91,8 @@ class DPFinetune:
                                                    "sets the number of synthetic texts per label", "DP label histogram")
             events.append(event)
         sigma = self.noise_multiplier(options, target, q, steps, tuple(e.event for e in events))
-        events.append(LedgerEvent("DP-SGD (LoRA)", dpsgd_words(options, sigma, q, steps), dpsgd_event(sigma, q, steps)))
+        sgd = dpsgd_cost(options, sigma, q, steps)
+        events.append(LedgerEvent(sgd.NAME, sgd.words, sgd.event))
         counts_words = ("set from the DP label histogram" if sigma_h is not None else
                         f"public: the weights {options.label_counts!r}" if public is not None else
                         "public (split evenly across labels)")
@@ -111,7 +113,8 @@ class DPFinetune:
         given `noise`, refused if it would exceed epsilon."""
         if options.noise is None:
             return calibrate_dpsgd_noise(q, steps, target.epsilon, target.delta, others)
-        eps = epsilon_report([*others, dpsgd_event(options.noise, q, steps)], target.delta).epsilon
+        given = DpSgdSteps(noise_multiplier=options.noise, sampling_rate=q, steps=steps)
+        eps = epsilon_report([*others, given.event], target.delta).epsilon
         if eps > target.epsilon:
             raise PrivacyParameterError(
                 f"`noise` = {options.noise:g} gives epsilon {eps:.4g} over {steps} steps at q = {q:.4g}, above the "

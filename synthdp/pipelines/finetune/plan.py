@@ -1,9 +1,9 @@
 """The privacy plan of DP fine-tuning: typed, frozen, built from public facts before any record is read.
 
 DP-SGD with Poisson sampling rate q = B / n over T steps at noise multiplier sigma (ledgered as
-`dpsgd_event(sigma, q, T)`), preceded, when `label_counts=dp` and there are two or more labels, by the
-DP label histogram (`synthdp.mechanisms.label_histogram`: its noise costs 5% of epsilon alone; one label
-needs none, since only proportions are used).
+`DpSgdLora` of `synthdp.privacy.costs`: the event and the ledger's words), preceded, when `label_counts=dp` and
+there are two or more labels, by the DP label histogram (`synthdp.mechanisms.label_histogram`: its noise costs 5%
+of epsilon alone; one label needs none, since only proportions are used).
 
 n is a public size (`label_sizes`, or the size of the bundled public sample), never the number of records
 read: under add/remove that number is private, and q and T are published in the ledger. The DP-SGD event
@@ -24,7 +24,7 @@ from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan
 from synthdp.pipelines.finetune.options import MAX_STEPS, FinetuneOptions
 from synthdp.pipelines.shared import check_label_sizes, parse_label_sizes
-from synthdp.privacy.accounting import dpsgd_event
+from synthdp.privacy.costs import DpSgdLora, DpSgdSteps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +55,8 @@ class FinetunePlan(PrivacyPlan):
     def spent_after(self, step: int) -> dp_event.DpEvent:
         """The privacy spent once `step` DP-SGD steps have run (the histogram, if any, comes first)."""
         before = [e.event for e in self.events[:-1]]
-        return dp_event.ComposedDpEvent([*before, dpsgd_event(self.noise_multiplier, self.sampling_rate, step)])
+        steps = DpSgdSteps(noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate, steps=step)
+        return dp_event.ComposedDpEvent([*before, steps.event])
 
 
 def public_size(options: FinetuneOptions, data: LoadedData) -> tuple[int, str]:
@@ -91,10 +92,7 @@ def schedule(options: FinetuneOptions, n: int) -> tuple[float, int]:
     return options.batch_size / n, steps
 
 
-def dpsgd_words(options: FinetuneOptions, sigma: float, q: float, steps: int) -> str:
-    """The ledger's words for the DP-SGD event."""
-    return (f"{steps} steps of DP-Adam on the LoRA adapters; each step a Poisson sample (rate q = {q:.6g}, expected "
-            f"batch B = {options.batch_size}), per-example gradients clipped to L2 norm {options.clip:g}"
-            + (" (automatic clipping, Bu et al.)" if options.auto_clip else "")
-            + f", their sum plus Gaussian noise of std {sigma:.6g} x {options.clip:g}, divided by B; the adapter "
-            "and everything sampled from it are post-processing")
+def dpsgd_cost(options: FinetuneOptions, sigma: float, q: float, steps: int) -> DpSgdLora:
+    """The DP-SGD event and the ledger's words for it."""
+    return DpSgdLora(noise_multiplier=sigma, sampling_rate=q, steps=steps, clip=options.clip,
+                     expected_batch_size=options.batch_size, auto_clip=options.auto_clip)

@@ -29,7 +29,7 @@ import torch
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
-from synthdp.mechanisms.invisibleink import batch_event, choose_token, clip_for
+from synthdp.mechanisms.invisibleink import choose_token, clip_for
 from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
@@ -43,6 +43,7 @@ from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
@@ -141,7 +142,7 @@ class InvisibleInk:
         ckpt = BatchCheckpoint.open(ctx, kept={"step_shape": dataclasses.asdict(shape)},
                                     matched={"batches": batches_digest((u.label, u.texts, u.want) for u in units)})
         shape = dataclasses.replace(shape, **ckpt.kept["step_shape"])
-        spent = batch_event(plan.rho_batch)
+        spent = DifferenceClippedBatch.charge(plan.rho_batch)
         groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
         todo = [k for k in range(len(groups)) if k not in ckpt.done]
 

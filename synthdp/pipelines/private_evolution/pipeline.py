@@ -12,7 +12,7 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
     release keep
 
 Privacy (plan.py): each round is one Gaussian release of the votes of all labels at once (labels
-partition the records: parallel composition), so the run is SelfComposedDpEvent(GaussianDpEvent(sigma), T).
+partition the records: parallel composition), so the run is T discrete Gaussian releases (`VoteRounds`).
 Per-label sample counts n_c come from a public choice (uniform or given weights) or from the shared DP
 label histogram. See docs/pipelines/private-evolution.md.
 """
@@ -41,7 +41,7 @@ from synthdp.pipelines.private_evolution.resources import (
 )
 from synthdp.pipelines.private_evolution.state import STATE_DIR, EvolutionState, Label, Population
 from synthdp.pipelines.shared import split_by_weights
-from synthdp.privacy.accounting import private_evolution_event
+from synthdp.privacy.costs import DiscreteGaussianRelease
 from synthdp.public_data import PublicData, length_default
 
 
@@ -127,7 +127,7 @@ class Evolution:
             kept = saved if saved is not None else self.vote_and_select(candidates, private, n_c, stats)
             if saved is None:
                 state.record_selection(t, kept)  # checkpoint the DP outcome before anything uses it
-            ctx.progress(0, private_evolution_event(self.plan.noise_multiplier, t))
+            ctx.progress(0, DiscreteGaussianRelease(noise_multiplier=self.plan.noise_multiplier, count=t).event)
             if t < o.iterations:
                 candidates = apis.variation_api(kept, t)  # VARIATION_API
         self.finish(stats, requests_before)

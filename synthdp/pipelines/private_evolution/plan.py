@@ -1,8 +1,8 @@
 """The privacy plan of Private Evolution, built before any record is read (no I/O).
 
 Each round releases the votes of all labels at once with Gaussian noise; labels partition the records,
-so a round is one Gaussian release (parallel composition) and the run is
-SelfComposedDpEvent(GaussianDpEvent(sigma), T), accounted with the discrete Gaussian's zCDP bound. With
+so a round is one Gaussian release (parallel composition) and the run is T discrete Gaussian releases,
+accounted with their zCDP bound (`VoteRounds` of `synthdp.privacy.costs`: the event and the ledger's words). With
 `label_counts=dp` and more than one label, the shared DP label histogram
 (mechanisms/label_histogram.py) comes first and sigma of the votes is calibrated on the composition.
 """
@@ -16,11 +16,11 @@ from typing import Any
 from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms import label_histogram
-from synthdp.mechanisms.nn_histogram import l2_sensitivity
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
 from synthdp.pipelines.shared import label_histogram_event, wants_dp_counts
-from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report, private_evolution_event
+from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
+from synthdp.privacy.costs import VoteRounds, l2_sensitivity
 from synthdp.privacy.ledger import LedgerEvent
 
 
@@ -74,7 +74,9 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     sigma = o.noise if o.noise is not None else calibrated
     assert sigma is not None
     sensitivity = l2_sensitivity(target.neighboring)
-    events.append(votes_event(o, sigma, sensitivity, target.neighboring))
+    votes = VoteRounds(noise_multiplier=sigma, count=o.iterations, neighboring=target.neighboring, votes=o.votes,
+                       threshold=o.threshold)
+    events.append(LedgerEvent(votes.NAME, votes.words, votes.event))
     if o.noise is not None:
         check_noise_fits(o, target, events, others)
     return PrivateEvolutionPlan(
@@ -92,19 +94,6 @@ def public_weights(o: PrivateEvolutionOptions, labels: Sequence[str]) -> dict[st
             raise OptionError(f"`label_counts` names label(s) {unknown or list(weights)} that are not in the label "
                               f"set ({', '.join(labels) or 'unlabelled data'}). Name labels of the set.")
     return weights
-
-
-def votes_event(o: PrivateEvolutionOptions, sigma: float, sensitivity: float, neighboring: str) -> LedgerEvent:
-    return LedgerEvent(
-        "private-evolution votes",
-        f"T = {o.iterations} rounds of the DP nearest-neighbour histogram: each private record casts "
-        f"{o.votes} vote(s) of weight 1/sqrt({o.votes}) for its nearest candidate(s) of its own "
-        f"label (L2 sensitivity {sensitivity:.3g} for {neighboring.replace('_', '/')}), plus exact discrete "
-        f"Gaussian noise (zCDP, Canonne et al. 2020) of standard deviation {sigma * sensitivity:.4g} (noise "
-        f"multiplier {sigma:.4g}), threshold H = "
-        f"{o.threshold:g}. Labels partition the records, so all labels' votes in a round are one Gaussian "
-        f"release (parallel composition: the cost does not grow with the number of labels)",
-        private_evolution_event(sigma, o.iterations))
 
 
 def check_noise_fits(o: PrivateEvolutionOptions, target: Target, events: list[LedgerEvent],

@@ -18,7 +18,7 @@ from synthdp.models.steps import StepShape, step_memory
 from synthdp.pipelines.base import RunContext
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.prompts import prompt_rows, prompt_width
-from synthdp.privacy.accounting import private_prediction_event
+from synthdp.privacy.costs import zcdp_tokens
 
 
 def choose_token(
@@ -132,7 +132,7 @@ def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: 
         if text:
             made += 1
             truncated += not stopped and len(tokens) < o.max_tokens  # cut by r, not by a stop or the cap
-            ctx.progress(1, private_prediction_event(rho, spent) if spent else None)
+            ctx.progress(1, zcdp_tokens(rho, spent) if spent else None)
             yield text
         else:
             ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + 1

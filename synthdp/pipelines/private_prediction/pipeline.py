@@ -24,7 +24,7 @@ from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_m
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
 from synthdp.pipelines.private_prediction.prompts import private_slot, with_examples
-from synthdp.privacy.accounting import private_prediction_event
+from synthdp.privacy.costs import zcdp_tokens
 
 
 @dataclass
@@ -169,7 +169,7 @@ class PrivatePrediction:
                 add_counts(ctx.summary, counts)
                 if not live or b in restored:
                     spent = counts.get("private_tokens", 0)
-                    ctx.progress(len(texts), private_prediction_event(plan.rho_token, spent) if spent else None)
+                    ctx.progress(len(texts), zcdp_tokens(plan.rho_token, spent) if spent else None)
                 ready += [SyntheticRecord(text, batches[b].label) for text in texts]
                 owed = batches[b].want + owed - len(texts)
                 if b in last:

@@ -1,7 +1,8 @@
 """The privacy plan of private prediction, built before any record is read.
 
 Per hash batch at most r private tokens, each the exponential mechanism (bounded range) plus, with SVT,
-the above-threshold step: rho_token-zCDP per private token; disjoint batches compose in parallel, so the
+the above-threshold step: rho_token-zCDP per private token (`PredictionBatch` of `synthdp.privacy.costs`: the
+event and the ledger's words); disjoint batches compose in parallel, so the
 run's event is one batch's. r is the largest count dp_accounting allows at the target epsilon (after the
 DP label histogram, when the batch counts need one). A run whose r cannot pay for one text is refused.
 """
@@ -9,7 +10,7 @@ DP label histogram, when the batch counts need one). A run whose r cannot pay fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -21,7 +22,8 @@ from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.private_prediction.batching import plan_hash_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
-from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
+from synthdp.privacy.accounting import max_count_within
+from synthdp.privacy.costs import ExponentialToken, PredictionBatch, SvtRound
 from synthdp.privacy.ledger import LedgerEvent
 
 # The share of a text's tokens that are private (and count against r). Without SVT every token is private.
@@ -52,19 +54,20 @@ class PrivatePredictionPlan(PrivacyPlan):
         }
 
 
-def token_rho(o: PrivatePredictionOptions, target: Target) -> float:
-    return private_prediction_token_rho(
-        clip=o.clip, batch_size=o.batch_size, temperature=o.temperature,
-        svt_noise=o.svt_noise if o.svt else None, neighboring=target.neighboring,  # type: ignore[arg-type]
-    )
+def batch_cost(o: PrivatePredictionOptions, target: Target, r: int) -> PredictionBatch:
+    """One batch's cost at r private tokens: the exponential mechanism, plus an SVT round per token when on."""
+    token = ExponentialToken(clip=o.clip, divisor=o.batch_size, temperature=o.temperature,
+                             neighboring=target.neighboring)
+    svt = SvtRound(divisor=o.batch_size, noise=o.svt_noise, neighboring=target.neighboring) if o.svt else None
+    return PredictionBatch(token=token, svt=svt, tokens=r)
 
 
 def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> PrivatePredictionPlan:
     """Reads no record: the batch counts come from public sizes, or from a DP label histogram drawn in
     `run` (after the write-ahead) and paid here."""
-    rho = token_rho(o, target)
     hb = plan_hash_batches(o.label_sizes, target, data, o.batch_size)
-    r = private_tokens_per_batch(o, target, rho, [hb.histogram.event] if hb.histogram is not None else [])
+    cost = private_tokens_per_batch(o, target, [hb.histogram.event] if hb.histogram is not None else [])
+    r, rho = cost.tokens, cost.rho_token
     check_r_completes_a_text(o, r)
     assumptions = (
         hb.assumption,
@@ -72,17 +75,20 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
         "the prompt templates, the public placeholder prompt and the model are public",
         "the number of synthetic texts per label is public (split evenly across labels)",
     )
-    batch = LedgerEvent("private-prediction batch", describe_batch(o, r, rho), private_prediction_event(rho, r))
+    batch = LedgerEvent(cost.NAME, cost.words, cost.event)
     return PrivatePredictionPlan(
         events=((hb.histogram,) if hb.histogram is not None else ()) + (batch,), public_assumptions=assumptions,
         r=r, rho_token=rho, s=o.batch_size, public_batches=hb.batches, histogram_noise=hb.histogram_noise,
         neighboring=target.neighboring)
 
 
-def private_tokens_per_batch(o: PrivatePredictionOptions, target: Target, rho: float,
-                             others: list[dp_event.DpEvent]) -> int:
-    """r: the largest count the target epsilon pays for beside `others`, or `max_private_tokens` if lower."""
-    r = max_count_within(lambda k: dp_event.ComposedDpEvent([*others, private_prediction_event(rho, k)]),
+def private_tokens_per_batch(o: PrivatePredictionOptions, target: Target,
+                             others: list[dp_event.DpEvent]) -> PredictionBatch:
+    """A batch's cost at r tokens: the largest count the target epsilon pays for beside `others`, or
+    `max_private_tokens` if lower."""
+    cost = batch_cost(o, target, 0)
+    rho = cost.rho_token
+    r = max_count_within(lambda k: dp_event.ComposedDpEvent([*others, replace(cost, tokens=k).event]),
                          target.epsilon, target.delta)
     if o.max_private_tokens is not None:
         if o.max_private_tokens > r:
@@ -96,7 +102,7 @@ def private_tokens_per_batch(o: PrivatePredictionOptions, target: Target, rho: f
             f"epsilon {target.epsilon:g} at delta {target.delta:g} does not pay for a single private "
             f"token (rho per token {rho:.3g}). Raise --epsilon, raise batch_size or temperature, or lower clip."
         )
-    return r
+    return replace(cost, tokens=r)
 
 
 def private_share(o: PrivatePredictionOptions) -> Fraction:
@@ -133,20 +139,3 @@ def check_r_completes_a_text(o: PrivatePredictionOptions, r: int) -> None:
 
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
-
-
-def describe_batch(o: PrivatePredictionOptions, r: int, rho: float) -> str:
-    svt_words = (
-        f"; SVT with threshold noise Lap({o.svt_noise:g}) and query noise Lap({2 * o.svt_noise:g}) "
-        f"on an L1 distance of sensitivity 1/s, (2/(s sigma))-DP per round"
-        if o.svt else "; SVT off: every token is private"
-    )
-    return (
-        f"per hash batch (batches are disjoint and compose in parallel): at most r = {r} private tokens, "
-        f"each the exponential mechanism on (1/s) sum clip_c(logits) with s = {o.batch_size}, "
-        f"c = {o.clip:g}, tau = {o.temperature:g} (bounded range, "
-        f"{rho:.4g}-zCDP per "
-        f"private token including SVT){svt_words}"
-    )
-
-

@@ -1,0 +1,336 @@
+"""The privacy cost of each mechanism: its dp_accounting DpEvent and the ledger's words for it, from one object.
+
+One small frozen class per mechanism, as `dp_accounting.dp_event` states each event's meaning in its class: the
+docstring gives the sensitivity under each neighbouring relation, the closed-form per-step cost and the paper (with
+the section of `docs/algorithms.md` or `docs/pipelines/<name>.md` that derives it); `event` is the DpEvent the ledger
+stores and the accountants compose; `words` is what ledger.json and RELEASE.md say about it. Epsilon is never
+computed here: `synthdp.privacy.accounting` gets it from the events. Imports dp_accounting only.
+
+| mechanism | class | used by |
+|---|---|---|
+| exponential mechanism on clipped logits | `ExponentialToken`, `SvtRound`: `PredictionBatch` | private prediction |
+| exponential mechanism on clipped differences | `DifferenceClippedToken`, `DifferenceClippedBatch` | InvisibleInk |
+| discrete Gaussian release | `DiscreteGaussianRelease`: `LabelHistogramRelease`, `VoteRounds` | label histogram, PE |
+| Poisson-subsampled Gaussian (DP-SGD) | `DpSgdSteps`: `DpSgdLora` | DP fine-tuning |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from dp_accounting import dp_event
+
+# zCDP cost under replace-one relative to add/remove, for a mechanism whose sensitivity doubles (a term moves
+# from one end of its bound to the other): rho grows with the square of the sensitivity.
+REPLACE_FACTOR: dict[str, float] = {"add_remove": 1.0, "replace_one": 4.0}
+
+
+def replace_factor(neighboring: str) -> float:
+    """REPLACE_FACTOR of `neighboring`; ValueError for an unknown relation."""
+    if neighboring not in REPLACE_FACTOR:
+        raise ValueError(f"`neighboring` must be one of {', '.join(REPLACE_FACTOR)}. Found {neighboring!r}.")
+    return REPLACE_FACTOR[neighboring]
+
+
+def l2_sensitivity(neighboring: str = "add_remove") -> float:
+    """L2 sensitivity of a sum of per-record non-negative vectors of norm at most 1 (a record's label as a one-hot
+    count, its 1/sqrt(k)-weighted votes): adding or removing one moves the sum by at most 1; replacing one removes
+    one vector and adds another, at most sqrt(2) (docs/algorithms.md, "The label histogram")."""
+    if neighboring not in REPLACE_FACTOR:
+        raise ValueError(f"`neighboring` must be one of {', '.join(REPLACE_FACTOR)}. Found {neighboring!r}.")
+    return 1.0 if neighboring == "add_remove" else math.sqrt(2.0)
+
+
+def score_move(clip: float, divisor: int, neighboring: str) -> float:
+    """How far one record moves a score of a sum of per-record terms clipped to [-clip, clip] divided by `divisor`:
+    clip/divisor when it is added or removed, twice that when it is replaced (a term crosses its whole range)."""
+    return math.sqrt(replace_factor(neighboring)) * clip / divisor
+
+
+def zcdp_tokens(rho_token: float, tokens: int) -> dp_event.DpEvent:
+    """`tokens` draws, each a rho_token-zCDP event, composed (what a batch has spent after that many tokens)."""
+    return dp_event.SelfComposedDpEvent(dp_event.ZCDpEvent(rho_token), tokens)
+
+
+# --------------------------------------------------------------------------- the exponential mechanism
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExponentialToken:
+    """One private token of private prediction (Amin et al. 2024; docs/pipelines/private-prediction.md, "Privacy";
+    docs/algorithms.md, "The exponential mechanism as bounded range").
+
+    A draw from softmax(z_bar / tau) with z_bar = (1/s) sum_p clip_c(Z_p), s the fixed divisor. Sensitivity: adding
+    or removing one record moves every score by at most c/s, so the draw is eps0-bounded-range with
+    eps0 = 2c/(s tau): rho = eps0^2/8 = 0.5 (c/(s tau))^2 -zCDP. Replace-one moves a score by up to 2c/s: 4 rho.
+    """
+
+    clip: float  # c
+    divisor: int  # s
+    temperature: float  # tau
+    neighboring: str = "add_remove"
+
+    @property
+    def bounded_range(self) -> float:
+        """eps0 = 2 Delta / tau, Delta = c/s (2c/s under replace-one): the pure epsilon the audits test."""
+        return 2.0 * score_move(self.clip, self.divisor, self.neighboring) / self.temperature
+
+    @property
+    def rho(self) -> float:
+        return replace_factor(self.neighboring) * (0.5 * (self.clip / (self.divisor * self.temperature)) ** 2)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return dp_event.ZCDpEvent(self.rho)
+
+    @property
+    def words(self) -> str:
+        return (f"the exponential mechanism on (1/s) sum clip_c(logits) with s = {self.divisor}, "
+                f"c = {self.clip:g}, tau = {self.temperature:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SvtRound:
+    """One round of the sparse vector technique before a private token (Amin et al. 2024, with SVT;
+    docs/pipelines/private-prediction.md, "Privacy"): the below answers up to and including the above answer.
+
+    The query is an L1 distance of sensitivity 1/s (add/remove), the threshold noise Lap(sigma) and the query
+    noise Lap(2 sigma): the round is (2/(s sigma))-DP, i.e. rho = 2/(s sigma)^2 -zCDP. Replace-one doubles the
+    query's sensitivity: 4 rho.
+    """
+
+    divisor: int  # s
+    noise: float  # sigma
+    neighboring: str = "add_remove"
+
+    @property
+    def rho(self) -> float:
+        return replace_factor(self.neighboring) * (2.0 / (self.divisor * self.noise) ** 2)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return dp_event.ZCDpEvent(self.rho)
+
+    @property
+    def words(self) -> str:
+        return (f"SVT with threshold noise Lap({self.noise:g}) and query noise Lap({2 * self.noise:g}) "
+                f"on an L1 distance of sensitivity 1/s, (2/(s sigma))-DP per round")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionBatch:
+    """One hash batch of private prediction: at most r private tokens, each an `ExponentialToken` plus, with SVT,
+    one `SvtRound`: r draws of rho_token = rho_em + rho_svt -zCDP. Disjoint hash batches compose in parallel
+    (docs/algorithms.md, "Hash batches"), so this event is the whole run's."""
+
+    NAME: ClassVar[str] = "private-prediction batch"
+    token: ExponentialToken
+    svt: SvtRound | None  # None: SVT off, every token is private
+    tokens: int  # r
+
+    @property
+    def rho_token(self) -> float:
+        return self.token.rho + (0.0 if self.svt is None else self.svt.rho)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return zcdp_tokens(self.rho_token, self.tokens)
+
+    @property
+    def words(self) -> str:
+        svt = f"; {self.svt.words}" if self.svt is not None else "; SVT off: every token is private"
+        return (f"per hash batch (batches are disjoint and compose in parallel): at most r = {self.tokens} private "
+                f"tokens, each {self.token.words} (bounded range, {self.rho_token:.4g}-zCDP per private token "
+                f"including SVT){svt}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DifferenceClippedToken:
+    """One private token of InvisibleInk (Vinod, Pillutla & Thakurta 2025; docs/pipelines/invisibleink.md,
+    "Privacy"): a draw from softmax(z_bar / tau) on the public top-k+ set, z_bar = z_pub + (1/s) sum_i
+    clip(z_i - z_pub, -C, C).
+
+    Sensitivity: adding or removing one record adds or removes one term in [-C, C] per coordinate, so every score
+    moves by at most C/s: (2C/(s tau))-bounded range, rho = C^2/(2 s^2 tau^2) -zCDP. Replace-one moves a term by
+    up to 2C: 4 rho. The top-k+ set and z_pub depend on the public prompt only (free).
+    """
+
+    clip: float  # C
+    divisor: int  # s
+    temperature: float  # tau
+    neighboring: str = "add_remove"
+
+    @property
+    def bounded_range(self) -> float:
+        """eps0 = 2 Delta / tau, Delta = C/s (2C/s under replace-one): the pure epsilon the audits test."""
+        return 2.0 * score_move(self.clip, self.divisor, self.neighboring) / self.temperature
+
+    @property
+    def rho(self) -> float:
+        return replace_factor(self.neighboring) * self.clip**2 / (2.0 * self.divisor**2 * self.temperature**2)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return dp_event.ZCDpEvent(self.rho)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DifferenceClippedBatch:
+    """One hash batch of InvisibleInk: m texts of at most T tokens, charged m*T `DifferenceClippedToken`s whatever
+    their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). The plan fixes
+    rho_batch; C follows at run time from m (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in
+    parallel, so this event is the whole run's."""
+
+    NAME: ClassVar[str] = "invisibleink batch"
+    rho_batch: float
+    max_tokens: int  # T
+    divisor: int  # s
+    temperature: float  # tau
+    top_k: int | None
+    neighboring: str
+
+    @staticmethod
+    def charge(rho_batch: float) -> dp_event.DpEvent:
+        """The batch's event for a given rho (the calibration searches over it)."""
+        return dp_event.ZCDpEvent(rho_batch)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return self.charge(self.rho_batch)
+
+    @property
+    def words(self) -> str:
+        factor = "" if replace_factor(self.neighboring) == 1 else " times 4 (replace-one: a term moves by up to 2C)"
+        return (
+            f"per hash batch (batches are disjoint and compose in parallel): m texts of at most T = {self.max_tokens} "
+            f"tokens, charged m*T tokens whatever their lengths; each token the exponential mechanism on z_pub + (1/s) "
+            f"sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, tau = {self.temperature:g}, over the public top-k+ "
+            f"set (k = {self.top_k}): (2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
+            f"{self.rho_batch:.6g}-zCDP per batch; m is the fewest texts per batch that meet the requested number "
+            f"given the batch counts, and C = s tau sqrt(2 rho / (m T)) is set from it at run time (Vinod, Pillutla & "
+            f"Thakurta 2025)"
+        )
+
+
+# --------------------------------------------------------------------------- Gaussian releases
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscreteGaussianRelease:
+    """`count` releases of an integer-valued query of L2 sensitivity Delta plus exact discrete Gaussian noise
+    N_Z(0, (noise_multiplier Delta)^2) per coordinate (Canonne, Kamath & Steinke 2020, Theorem 4, composed;
+    docs/algorithms.md, "The discrete Gaussian"): rho = count / (2 noise_multiplier^2) -zCDP.
+
+    Its PLD is not the continuous Gaussian's (slightly worse at some points), so it is never ledgered as a
+    `GaussianDpEvent`: the `ZCDpEvent` is accounted by RDP, the proven bound.
+    """
+
+    noise_multiplier: float
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0 or self.count < 1:
+            raise ValueError(f"`noise_multiplier` must be > 0 and `count` >= 1. Found {self.noise_multiplier}, "
+                             f"{self.count}.")
+
+    @property
+    def rho(self) -> float:
+        return self.count / (2.0 * self.noise_multiplier**2)
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        return dp_event.ZCDpEvent(self.rho)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelHistogramRelease(DiscreteGaussianRelease):
+    """One release of the private per-label record counts (docs/algorithms.md, "The label histogram"): each record
+    adds 1 to its label's count, L2 sensitivity `l2_sensitivity` (1 add/remove, sqrt(2) replace-one); noise
+    multiplier calibrated so that this release alone costs `epsilon_fraction` of the target epsilon."""
+
+    neighboring: str
+    num_labels: int
+    purpose: str  # what the counts set, in the ledger's words
+    epsilon_fraction: float
+
+    @property
+    def noise_std(self) -> float:
+        return self.noise_multiplier * l2_sensitivity(self.neighboring)
+
+    @property
+    def words(self) -> str:
+        sens = l2_sensitivity(self.neighboring)
+        what = ("the number of private records" if self.num_labels <= 1
+                else f"the number of private records per label ({self.num_labels} labels)")
+        return (f"{what} plus Gaussian noise of standard deviation {self.noise_std:.4g} (noise multiplier "
+                f"{self.noise_multiplier:.4g} times L2 sensitivity {sens:.3g}: a record counts in one label); the "
+                f"noise is calibrated so that this release alone costs {self.epsilon_fraction:.0%} of the target "
+                f"epsilon; {self.purpose}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoteRounds(DiscreteGaussianRelease):
+    """T = `count` rounds of Private Evolution's DP nearest-neighbour histogram (Lin et al. 2023; Xie et al. 2024,
+    Aug-PE; docs/pipelines/private-evolution.md, "Privacy"): each record casts k votes of weight 1/sqrt(k), L2
+    sensitivity `l2_sensitivity` (1 add/remove, sqrt(2) replace-one). Labels partition the records, so a round's
+    votes of all labels are one release (parallel composition)."""
+
+    NAME: ClassVar[str] = "private-evolution votes"
+    neighboring: str
+    votes: int  # k
+    threshold: float  # H
+
+    @property
+    def words(self) -> str:
+        sens = l2_sensitivity(self.neighboring)
+        return (
+            f"T = {self.count} rounds of the DP nearest-neighbour histogram: each private record casts "
+            f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of its own "
+            f"label (L2 sensitivity {sens:.3g} for {self.neighboring.replace('_', '/')}), plus exact discrete "
+            f"Gaussian noise (zCDP, Canonne et al. 2020) of standard deviation {self.noise_multiplier * sens:.4g} "
+            f"(noise multiplier {self.noise_multiplier:.4g}), threshold H = {self.threshold:g}. Labels partition the "
+            f"records, so all labels' votes in a round are one Gaussian release (parallel composition: the cost "
+            f"does not grow with the number of labels)"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpSgdSteps:
+    """`steps` steps of DP-SGD with Poisson sampling (Abadi et al. 2016; docs/pipelines/dp-finetune.md, "Privacy"):
+    each the Gaussian mechanism with noise std noise_multiplier x C on the sum of per-example gradients clipped to
+    L2 norm C, over a batch that holds every record independently with probability `sampling_rate` (q = B / n).
+
+    Sensitivity: under add/remove one record moves the sum by at most C (the relation dp_accounting's accountants
+    support for this event). The event is SelfComposed(PoissonSampled(q, Gaussian(noise_multiplier)), steps);
+    PLD accounts it tightly.
+    """
+
+    noise_multiplier: float
+    sampling_rate: float  # q
+    steps: int  # T
+
+    @property
+    def event(self) -> dp_event.DpEvent:
+        step = dp_event.PoissonSampledDpEvent(self.sampling_rate, dp_event.GaussianDpEvent(self.noise_multiplier))
+        return dp_event.SelfComposedDpEvent(step, self.steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpSgdLora(DpSgdSteps):
+    """DP fine-tuning's training: `DpSgdSteps` of DP-Adam on LoRA adapters (Yue et al. 2023); the adapter and
+    everything sampled from it are post-processing."""
+
+    NAME: ClassVar[str] = "DP-SGD (LoRA)"
+    clip: float  # C
+    expected_batch_size: int  # B: the noisy sum is divided by it
+    auto_clip: bool  # automatic clipping (Bu et al.): the same bound C on each example's contribution
+
+    @property
+    def words(self) -> str:
+        return (f"{self.steps} steps of DP-Adam on the LoRA adapters; each step a Poisson sample (rate q = "
+                f"{self.sampling_rate:.6g}, expected batch B = {self.expected_batch_size}), per-example gradients "
+                f"clipped to L2 norm {self.clip:g}" + (" (automatic clipping, Bu et al.)" if self.auto_clip else "")
+                + f", their sum plus Gaussian noise of std {self.noise_multiplier:.6g} x {self.clip:g}, divided by "
+                "B; the adapter and everything sampled from it are post-processing")
