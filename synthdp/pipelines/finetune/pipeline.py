@@ -37,6 +37,7 @@ from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, public_si
 from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.pipelines.summary import Count
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
@@ -52,6 +53,7 @@ class DPFinetune:
     options_class: ClassVar[type] = FinetuneOptions
     supports_resume: ClassVar[bool] = True  # training continues from the last checkpoint; the plan covers all T steps
     supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
+    counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.DROPPED_TEXTS)
     # Pretraining the adapter on the public data before the DP phase is not built: it could not be measured on a
     # CPU (a quarter epoch of DP-SGD already left the texts at the base model's).
     public_data_use: ClassVar[str] = "the default max_tokens of the sampled texts"
@@ -163,7 +165,7 @@ class DPFinetune:
                 save_adapter(model, work / ADAPTER_DIR, options, labels, weights, plan)
         model.eval()
         ctx.stage("texts", ctx.num_samples, "text")
-        ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
+        ctx.summary.set("label_counts", {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))})
         yield from generate(lm, options, labels, weights, ctx.num_samples, ctx.rng, ctx)
         if work is not None:
             shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
@@ -209,7 +211,7 @@ class DPFinetune:
                     p.grad = noisy[k].to(p.dtype)
                 optimizer.step()  # Adam on the noisy gradient: post-processing
                 optimizer.zero_grad(set_to_none=True)
-                ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
+                ctx.summary.add(Count.TRAINING_STEPS)
                 if (ctx.work_dir is not None and world.main
                         and ((step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps)):
                     adapter = {k: p.detach().cpu() for k, p in params.items()}

@@ -34,6 +34,7 @@ from synthdp.pipelines.finetune.plan import FinetunePlan
 from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import split_by_weights
+from synthdp.pipelines.summary import Count
 
 Weights = Callable[[], list[float]]
 
@@ -61,7 +62,7 @@ def run_sharded(pipeline: Any, records: list[Record], options: FinetuneOptions, 
             save_adapter(root, work / ADAPTER_DIR, options, labels, weights, plan, state_dict=full)
     root.eval()
     ctx.stage("texts", ctx.num_samples, "text")
-    ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
+    ctx.summary.set("label_counts", {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))})
     yield from generate(lockstep_lm(lm, root, ctx.world), options, labels, weights, ctx.num_samples, ctx.rng, ctx,
                         world=World())
     if work is not None:
@@ -94,7 +95,7 @@ def train_sharded(pipeline: Any, root: torch.nn.Module, lm: LocalLM, records: li
             set_grads(params, noisy)
             optimizer.step()  # Adam on each rank's slice of the noisy gradient: post-processing
             optimizer.zero_grad(set_to_none=True)
-            ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
+            ctx.summary.add(Count.TRAINING_STEPS)
             if (step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps:
                 adapter, optim = full_params(params), full_optimizer_state(optimizer)  # collectives: every rank
                 if ctx.work_dir is not None and world.main:
