@@ -28,6 +28,7 @@ from synthdp.distributed import World
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import noise_generator
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.pipelines.summary import RunSummary
 from synthdp.public_data import PublicData
 
@@ -41,7 +42,7 @@ class Target:
 
     epsilon: float
     delta: float
-    neighboring: str = "add_remove"
+    neighboring: Neighboring = Neighboring.ADD_REMOVE
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import attr
 import dp_accounting
@@ -21,16 +21,16 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from synthdp.errors import PrivacyParameterError
+from synthdp.privacy.neighboring import Neighboring
 
-Neighboring = Literal["add_remove", "replace_one"]
-NEIGHBORING_WORDS: dict[str, str] = {
-    "add_remove": (
+NEIGHBORING_WORDS: dict[Neighboring, str] = {
+    Neighboring.ADD_REMOVE: (
         "add or remove one record (the unit of privacy is one record): two data sets are neighbours when one is "
         "the other with one record added, and every quantity the ledger lists as public (the label set, the "
         "templates, the model, and any size listed there) is the same fixed input for both, so those are not "
         "protected while everything else about the records, their number and per-label counts included, is"
     ),
-    "replace_one": (
+    Neighboring.REPLACE_ONE: (
         "replace one record by another (the unit of privacy is one record): two data sets are neighbours when "
         "they have the same number of records n (the rows read: a row skipped as unusable counts in n and "
         "contributes nothing) and differ in one record (its text and its label may both change, and it may be "
@@ -79,7 +79,7 @@ def check_delta(delta: Any) -> float:
 
 def private_prediction_token_rho(
     *, clip: float, batch_size: int, temperature: float, svt_noise: float | None,
-    neighboring: Neighboring = "add_remove",
+    neighboring: Neighboring = Neighboring.ADD_REMOVE,
 ) -> float:
     """zCDP cost rho of one private token of private prediction (Amin et al. 2024).
 
@@ -94,7 +94,7 @@ def private_prediction_token_rho(
     """
     em = 0.5 * (clip / (batch_size * temperature)) ** 2
     svt = 0.0 if svt_noise is None else 2.0 / (batch_size * svt_noise) ** 2
-    if neighboring == "replace_one":
+    if neighboring == Neighboring.REPLACE_ONE:
         em, svt = 4.0 * em, 4.0 * svt
     return em + svt
 

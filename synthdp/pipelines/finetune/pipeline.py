@@ -40,6 +40,7 @@ from synthdp.pipelines.shared import label_histogram_event, parse_label_weights,
 from synthdp.pipelines.summary import Count
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
 
 
@@ -75,7 +76,7 @@ class DPFinetune:
     # ------------------------------------------------------------------ plan
 
     def plan(self, options: FinetuneOptions, target: Target, data: LoadedData, resources: Any) -> FinetunePlan:
-        if target.neighboring != "add_remove":
+        if target.neighboring != Neighboring.ADD_REMOVE:
             raise PrivacyParameterError("dp-finetune accounts Poisson-sampled DP-SGD, which dp_accounting supports for "
                                         "add/remove adjacency only. Use --neighboring add_remove.")
         if options.sharding == "fsdp2" and not launched():

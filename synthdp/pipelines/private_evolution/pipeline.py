@@ -180,7 +180,8 @@ class Evolution:
         generator, summary = self.res.generator, self.ctx.summary
         generator.cache.close()
         for counter, n in ((Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, stats.public_first),
-                           (Count.EMPTY_GENERATIONS, stats.empty_generations), (Count.DROPPED_EMPTY, stats.dropped_empty),
+                           (Count.EMPTY_GENERATIONS, stats.empty_generations),
+                           (Count.DROPPED_EMPTY, stats.dropped_empty),
                            (Count.GENERATION_REQUESTS, generator.new_requests - requests_before),
                            (Count.CACHED_ANSWERS_REUSED, generator.cache_hits)):
             summary.add(counter, n)
