@@ -20,9 +20,9 @@ from synthdp.privacy.neighboring import Neighboring
 KEYS = {
     "private-prediction": {"records", "requested", "truncated_texts", "batches_out_of_budget", "public_tokens",
                            "private_tokens", "dropped_texts", "short_texts", "batches_per_label_from_dp_histogram"},
-    "invisibleink": {"records", "requested", "cut_at_max_tokens", "empty_texts", "texts_per_batch", "clip",
+    "invisibleink": {"records", "requested", "cut_at_max_tokens", "dropped_texts", "texts_per_batch", "clip",
                      "batches_per_label"},
-    "private-evolution": {"records", "requested", "public_texts_in_first_population", "empty_generations",
+    "private-evolution": {"records", "requested", "public_texts_in_first_population", "dropped_texts",
                           "dropped_empty", "generation_requests", "cached_answers_reused", "samples_per_label"},
     "dp-finetune": {"records", "requested", "training_steps", "dropped_texts", "label_counts"},
 }
@@ -45,8 +45,8 @@ def test_counters_start_at_zero_and_only_the_pipeline_s_own_can_be_counted() -> 
     summary.add(Count.DROPPED_TEXTS)
     summary.add(Count.PRIVATE_TOKENS, 5)
     assert summary["dropped_texts"] == 1 and summary["private_tokens"] == 5
-    with pytest.raises(ValueError, match="empty_texts"):
-        summary.add(Count.EMPTY_TEXTS)
+    with pytest.raises(ValueError, match="short_texts"):
+        summary.add(Count.SHORT_TEXTS)
     with pytest.raises(ValueError, match="counter"):  # a name has one meaning: an extra value cannot take it
         summary.set("dropped_texts", 3)
     summary.set("texts_per_batch", 2)

@@ -19,9 +19,9 @@ SummaryValue = Union[int, float, str, dict[str, int]]  # a value of `extra`: pub
 class Count(StrEnum):
     """The summary's counters, each counting one thing in every pipeline that keeps it (the value is its key)."""
 
-    DROPPED_TEXTS = "dropped_texts"  # texts that came out empty: not released (private prediction, dp-finetune)
-    EMPTY_TEXTS = "empty_texts"  # the same, in InvisibleInk (the batch tries again while it has rounds left)
-    EMPTY_GENERATIONS = "empty_generations"  # the same, in Private Evolution (each empty answer, retries included)
+    # Texts that came out empty, each try counted: not released (the pipeline tries again where it can: private
+    # prediction while r lasts, InvisibleInk while the batch has rounds, the others up to their retries).
+    DROPPED_TEXTS = "dropped_texts"
     DROPPED_EMPTY = "dropped_empty"  # Private Evolution's requests still empty after every retry
     TRUNCATED_TEXTS = "truncated_texts"  # texts cut because their batch's private tokens (r) ran out
     CUT_AT_MAX_TOKENS = "cut_at_max_tokens"  # texts cut at `max_tokens` without an end

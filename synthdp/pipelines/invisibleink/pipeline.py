@@ -84,7 +84,7 @@ class InvisibleInk:
     supports_resume: ClassVar[bool] = True  # finished groups are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
-    counters: ClassVar[tuple[Count, ...]] = (Count.CUT_AT_MAX_TOKENS, Count.EMPTY_TEXTS)
+    counters: ClassVar[tuple[Count, ...]] = (Count.CUT_AT_MAX_TOKENS, Count.DROPPED_TEXTS)
     public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
                                       "the rows of that label by the public stream) and the default T (max_tokens)")
 
@@ -268,5 +268,5 @@ class InvisibleInk:
                     if text:
                         unit.made.append(text)
                     else:
-                        ctx.summary.add(Count.EMPTY_TEXTS)
+                        ctx.summary.add(Count.DROPPED_TEXTS)
             logits = decoder.rewind()

@@ -55,7 +55,7 @@ class PrivateEvolution:
     )
     options_class: ClassVar[type] = PrivateEvolutionOptions
     supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
-    counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.EMPTY_GENERATIONS,
+    counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.DROPPED_TEXTS,
                                              Count.DROPPED_EMPTY, Count.GENERATION_REQUESTS,
                                              Count.CACHED_ANSWERS_REUSED)
     public_data_use: ClassVar[str] = ("the first population (public texts of each label, drawn by the public stream; "
@@ -180,7 +180,7 @@ class Evolution:
         generator, summary = self.res.generator, self.ctx.summary
         generator.cache.close()
         for counter, n in ((Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, stats.public_first),
-                           (Count.EMPTY_GENERATIONS, stats.empty_generations),
+                           (Count.DROPPED_TEXTS, stats.empty_generations),
                            (Count.DROPPED_EMPTY, stats.dropped_empty),
                            (Count.GENERATION_REQUESTS, generator.new_requests - requests_before),
                            (Count.CACHED_ANSWERS_REUSED, generator.cache_hits)):
