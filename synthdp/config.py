@@ -13,6 +13,7 @@ from synthdp.pipelines.base import MAX_COUNT, ModelSpec
 from synthdp.privacy.accounting import check_delta, check_epsilon
 from synthdp.privacy.neighboring import Neighboring
 
+
 @dataclass
 class RunConfig:
     """The resolved configuration of a run (what config.toml holds)."""

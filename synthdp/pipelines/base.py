@@ -27,9 +27,9 @@ from synthdp.data import LoadedData, Record
 from synthdp.distributed import World
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import noise_generator
+from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
-from synthdp.pipelines.summary import RunSummary
 from synthdp.public_data import PublicData
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"

@@ -22,8 +22,8 @@ from synthdp.atomic import check_writable_dir, locked, read_only_mode, write_jso
 from synthdp.corpus import remove_run_partials
 from synthdp.errors import BudgetExceededError, OptionError, OutputError, UserError
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, EpsilonReport, check_delta, check_epsilon
-from synthdp.privacy.neighboring import Neighboring
 from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to_json
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.privacy.owner import current_owner, owner_gone, owner_words
 from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
 

@@ -130,9 +130,9 @@ class InvisibleInk:
         mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=plan.divisor_s,
                                   temperature=plan.temperature, neighboring=plan.neighboring),
                          plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
-        for name, value in (("texts_per_batch", m), ("clip", mech.clip),
-                            ("batches_per_label", {str(k): v for k, v in batches.items()})):
-            ctx.summary.set(name, value)
+        ctx.summary.set("texts_per_batch", m)
+        ctx.summary.set("clip", mech.clip)
+        ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
         wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
         pick = fork_public(ctx.rng, "examples") if ctx.public is not None else None
