@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Union
 
-SummaryValue = Union[int, float, str, dict[str, int]]  # a value of `extra`: public, JSON as it stands
+SummaryValue = int | float | str | dict[str, int]  # a value of `extra`: public, JSON as it stands
 
 
 class Count(StrEnum):
@@ -61,6 +60,7 @@ class RunSummary(Mapping[str, object]):
         return RunSummary.start(self.counts) if self.fixed is not None else RunSummary()
 
     def add(self, counter: Count, n: int = 1) -> None:
+        """Count n more of `counter` (one the pipeline keeps)."""
         if self.fixed is not None and counter not in self.fixed:
             raise ValueError(f"The run summary keeps no counter {counter.value!r}: add it to the pipeline's "
                              "`counters`.")
@@ -69,7 +69,7 @@ class RunSummary(Mapping[str, object]):
     def set(self, name: str, value: SummaryValue) -> None:
         """A pipeline's own public value (a batch layout, DP label counts, an endpoint's figures)."""
         if name in COUNT_NAMES or name in ("records", "requested"):
-            raise ValueError(f"{name!r} is a counter of the run summary, not an extra value.")
+            raise ValueError(f"{name!r} is the name of a counter of the run summary: an extra value needs its own.")
         self.extra[name] = value
 
     def merge(self, part: RunSummary | Mapping[str, object]) -> None:
