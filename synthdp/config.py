@@ -11,8 +11,7 @@ from typing import Any, Callable
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
 from synthdp.pipelines.base import MAX_COUNT, ModelSpec
 from synthdp.privacy.accounting import check_delta, check_epsilon
-
-NEIGHBORING = ("add_remove", "replace_one")
+from synthdp.privacy.neighboring import Neighboring
 
 
 @dataclass
@@ -33,7 +32,7 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     budget: str | None = None
     seed: int | None = None
-    neighboring: str = "add_remove"
+    neighboring: Neighboring = Neighboring.ADD_REMOVE  # any value until check_config parses it
     api_base: str | list[str] | None = None  # one endpoint, or several (requests are spread over them)
     api_key_env: str = "OPENAI_API_KEY"
     device: str | None = None
@@ -76,7 +75,7 @@ def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example:
 
 def check_config(cfg: RunConfig) -> None:
     """The run's own settings, types included (the library and config files can pass any value).
-    Converts `out` to a Path and `labels` to a list; raises a UserError subclass."""
+    Converts `out` to a Path, `neighboring` to a Neighboring and `labels` to a list; raises a UserError subclass."""
     cfg.out = _check_out_path(cfg.out)
     for name in ("epsilon", "delta"):
         if isinstance(getattr(cfg, name), bool):
@@ -95,8 +94,7 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.seed is not None and (not _is_int(cfg.seed) or not 0 <= cfg.seed <= MAX_SEED):
         raise OptionError(f"`seed` must be an integer from 0 to 2**63 - 1, or unset. Found {cfg.seed!r}. "
                           "Leave it unset for a release; a seed is for debugging.")
-    if cfg.neighboring not in NEIGHBORING:
-        raise OptionError(f"`neighboring` must be one of {', '.join(NEIGHBORING)}. Found {cfg.neighboring!r}.")
+    cfg.neighboring = Neighboring.parse(cfg.neighboring)
     for name in ("pipeline", "text_field", "api_key_env"):
         if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name).strip():
             raise OptionError(f"`{name}` must be a non-empty text. Found {getattr(cfg, name)!r}.")

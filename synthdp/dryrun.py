@@ -21,6 +21,7 @@ from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import PrivacyPlan, Target, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.public_data import run_public_data, with_public_defaults
 
 
@@ -40,7 +41,7 @@ class DryRun:
     """What a run would spend and need: its privacy plan, the epsilon dp_accounting gives it, its memory plan."""
 
     pipeline: str
-    neighboring: str
+    neighboring: Neighboring
     plan: PrivacyPlan
     epsilon: float
     delta: float

@@ -29,6 +29,7 @@ from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
+from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n, now
 from synthdp.privacy.owner import owner_words, record_end, record_failure
@@ -272,7 +273,7 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, keys: tuple[
     if not remove_private_dir(out):  # the keys and the checkpoint end with the run
         log.warning("Could not delete %s: it holds the run's secret keys. Delete it before sharing %s.",
                     private_dir(out), out)
-    summary = {"records": count, "requested": cfg.num_samples, **ctx.summary}
+    summary = {"records": count, "requested": cfg.num_samples, **ctx.summary.as_dict()}
     if p.budget is not None:
         try:
             p.budget.mark(ledger.run_id, "complete")
@@ -339,7 +340,7 @@ def _follow(world: distributed.World) -> GenerateResult:
 def _context(p: Prepared, rng: Any, noise_rng: Any, world: distributed.World, resume: bool) -> RunContext:
     return RunContext(rng=rng, noise_rng=noise_rng, seeded=p.cfg.seed is not None, num_samples=p.cfg.num_samples,
                       labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world,
-                      public=p.public)
+                      public=p.public, summary=RunSummary.start(getattr(p.pipeline, "counters", ())))
 
 
 def _public_lines(p: Prepared) -> list[str]:

@@ -27,7 +27,9 @@ from synthdp.data import LoadedData, Record
 from synthdp.distributed import World
 from synthdp.errors import OptionError
 from synthdp.mechanisms.randomness import noise_generator
+from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.public_data import PublicData
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"
@@ -40,7 +42,7 @@ class Target:
 
     epsilon: float
     delta: float
-    neighboring: str = "add_remove"
+    neighboring: Neighboring = Neighboring.ADD_REMOVE
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class RunContext:
     # the privacy spent so far or None. Without a `stage` call the bar counts texts (num_samples).
     progress: Callable[[int, dp_event.DpEvent | None], None] = lambda n, spent: None
     stage: Callable[[str, int, str], None] = lambda name, total, unit: None
-    summary: dict[str, Any] = field(default_factory=dict)  # run summary: public or DP-derived values only
+    summary: RunSummary = field(default_factory=RunSummary)  # public or DP-derived values only (pipelines/summary.py)
     # Exact statistics of the private data (not DP): shown to the operator on stderr, never written to --out.
     operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
     public: PublicData | None = None  # the run's public data (--public-data), for pipelines that use it
@@ -135,6 +137,8 @@ class Pipeline(Protocol):
     # Optional: `record_check(options, labels, resources) -> Callable[[Record], object]`: a function doing, for one
     # record, every operation of `run` that could fail on a record's content (its tokenization). It is called on
     # every record before the plan; a record it raises on is skipped and counted, so `run` never meets one.
+    # Optional: `counters: ClassVar[tuple[Count, ...]]`, the run-summary counters it keeps (pipelines/summary.py):
+    # each starts at 0, and counting any other raises.
     # Optional: `public_data_use: ClassVar[str]`, what the pipeline does with --public-data (the ledger names it);
     # without it --public-data is refused. Optional: `public_defaults(options, public, resources) -> dict`, option
     # values derived from the public data only (e.g. `max_tokens`), used where the user left the option unset.

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import attr
 import dp_accounting
@@ -22,16 +22,16 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from synthdp.errors import PrivacyParameterError
 from synthdp.privacy.costs import DiscreteGaussianRelease, DpSgdSteps
+from synthdp.privacy.neighboring import Neighboring
 
-Neighboring = Literal["add_remove", "replace_one"]
-NEIGHBORING_WORDS: dict[str, str] = {
-    "add_remove": (
+NEIGHBORING_WORDS: dict[Neighboring, str] = {
+    Neighboring.ADD_REMOVE: (
         "add or remove one record (the unit of privacy is one record): two data sets are neighbours when one is "
         "the other with one record added, and every quantity the ledger lists as public (the label set, the "
         "templates, the model, and any size listed there) is the same fixed input for both, so those are not "
         "protected while everything else about the records, their number and per-label counts included, is"
     ),
-    "replace_one": (
+    Neighboring.REPLACE_ONE: (
         "replace one record by another (the unit of privacy is one record): two data sets are neighbours when "
         "they have the same number of records n (the rows read: a row skipped as unusable counts in n and "
         "contributes nothing) and differ in one record (its text and its label may both change, and it may be "

@@ -23,6 +23,7 @@ from synthdp.corpus import remove_run_partials
 from synthdp.errors import BudgetExceededError, OptionError, OutputError, UserError
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, EpsilonReport, check_delta, check_epsilon
 from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to_json
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.privacy.owner import current_owner, owner_gone, owner_words
 from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
 
@@ -65,7 +66,7 @@ class Ledger:
     run_id: str
     pipeline: str
     delta: float
-    neighboring: str
+    neighboring: Neighboring
     events: list[LedgerEvent]
     public_assumptions: list[str]
     parameters: dict[str, Any]
@@ -142,7 +143,7 @@ class Ledger:
             run_id=data["run_id"],
             pipeline=data["pipeline"],
             delta=float(data["delta"]),
-            neighboring=data["neighboring"],
+            neighboring=Neighboring(data["neighboring"]),
             events=[LedgerEvent.from_json(e) for e in data["events"]],
             public_assumptions=list(data["public_assumptions"]),
             parameters=dict(data.get("parameters", {})),
@@ -220,20 +221,19 @@ class Budget:
     delta: float
     runs: list[dict[str, Any]]
     description: str = ""
-    neighboring: str | None = "add_remove"
+    neighboring: Neighboring | None = Neighboring.ADD_REMOVE
 
     @classmethod
-    def init(cls, path: Path, *, epsilon: float, delta: float, neighboring: str = "add_remove",
+    def init(cls, path: Path, *, epsilon: float, delta: float, neighboring: str = Neighboring.ADD_REMOVE,
              description: str = "") -> Budget:
         path = Path(path)
         epsilon, delta = check_epsilon(epsilon), check_delta(delta)
-        if neighboring not in NEIGHBORING_WORDS:
-            raise OptionError(f"`--neighboring` must be one of {', '.join(NEIGHBORING_WORDS)}. Found {neighboring!r}.")
+        relation = Neighboring.parse(neighboring, "`--neighboring`")
         if path.exists():
             raise OutputError(f"The budget file {path} already exists. Use another path, or `synthdp budget show {path}`.")
         if not path.parent.is_dir():
             raise OutputError(f"The folder {path.parent} does not exist. Create it first.")
-        budget = cls(path, epsilon, delta, [], description, neighboring)
+        budget = cls(path, epsilon, delta, [], description, relation)
         budget._write()
         return budget
 
@@ -247,7 +247,7 @@ class Budget:
                          f"Create one with `synthdp budget init {path} --epsilon E --delta D`.", BUDGET_FIX)
         validate_budget(data, path, BUDGET_FORMAT)
         budget = cls(path, float(data["epsilon"]), float(data["delta"]), list(data["runs"]),
-                     data.get("description", ""), data.get("neighboring"))
+                     data.get("description", ""), _relation(data.get("neighboring")))
         for run in budget.runs:
             if run["status"] == "running" and owner_gone(run.get("owner")):
                 run["status"] = _status_in_ledger(run)
@@ -268,7 +268,7 @@ class Budget:
         """Epsilon at the budget's delta of every run charged so far (crashed runs included)."""
         return epsilon_report(self.events(), self.delta)
 
-    def check_run(self, neighboring: str, delta: float) -> None:
+    def check_run(self, neighboring: Neighboring, delta: float) -> None:
         """Refuse a run this budget cannot be charged for: another neighbouring relation or delta, a budget
         file or folder that cannot be written."""
         if self.neighboring is None:
@@ -299,7 +299,7 @@ class Budget:
             )
         check_writable_dir(self.path.parent.absolute(), f"The budget file {self.path} cannot be charged")
 
-    def check(self, planned: list[dp_event.DpEvent], *, neighboring: str, delta: float,
+    def check(self, planned: list[dp_event.DpEvent], *, neighboring: Neighboring, delta: float,
               what: str = "this run") -> EpsilonReport:
         """Raise unless a run of relation `neighboring` at `delta` planning `planned` can be charged: see
         `check_run`, and `BudgetExceededError` with the numbers when its events would exceed the total."""
@@ -324,7 +324,7 @@ class Budget:
         return after
 
     def reserve(self, run_id: str, pipeline: str, out: str, events: list[LedgerEvent], *,
-                neighboring: str, delta: float) -> EpsilonReport:
+                neighboring: Neighboring, delta: float) -> EpsilonReport:
         """Write-ahead: check and append the run's planned events, fsynced, under a file lock, with the
         process that runs it."""
         with locked(self.path, "budget file"):
@@ -377,6 +377,11 @@ class Budget:
                 + (f"\n      Note: {run['recovered']}." if run.get("recovered") else "")
             )
         return "\n".join(lines)
+
+
+def _relation(value: str | None) -> Neighboring | None:
+    """A budget file's relation (checked by its schema); None in a file written before it was recorded."""
+    return None if value is None else Neighboring(value)
 
 
 def _status_in_ledger(run: dict[str, Any]) -> RunStatus:

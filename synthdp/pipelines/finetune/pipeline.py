@@ -33,7 +33,9 @@ from synthdp.pipelines.finetune.training import GradientStrategy, train_and_samp
 from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, epsilon_report
 from synthdp.privacy.costs import DpSgdSteps
+from synthdp.pipelines.summary import Count
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
 
 
@@ -47,6 +49,7 @@ class DPFinetune:
     options_class: ClassVar[type] = FinetuneOptions
     supports_resume: ClassVar[bool] = True  # training continues from the last checkpoint; the plan covers all T steps
     supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
+    counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.DROPPED_TEXTS)
     # Pretraining the adapter on the public data before the DP phase is not built: it could not be measured on a
     # CPU (a quarter epoch of DP-SGD already left the texts at the base model's).
     public_data_use: ClassVar[str] = "the default max_tokens of the sampled texts"
@@ -68,7 +71,7 @@ class DPFinetune:
     # ------------------------------------------------------------------ plan
 
     def plan(self, options: FinetuneOptions, target: Target, data: LoadedData, resources: Any) -> FinetunePlan:
-        if target.neighboring != "add_remove":
+        if target.neighboring != Neighboring.ADD_REMOVE:
             raise PrivacyParameterError("dp-finetune accounts Poisson-sampled DP-SGD, which dp_accounting supports for "
                                         "add/remove adjacency only. Use --neighboring add_remove.")
         if options.sharding == "fsdp2" and not launched():

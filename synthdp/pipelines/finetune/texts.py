@@ -24,6 +24,7 @@ from synthdp.pipelines.base import RunContext, SyntheticRecord
 from synthdp.pipelines.finetune.encoding import prompt_ids
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.shared import split_by_weights
+from synthdp.pipelines.summary import Count
 
 EMPTY_RETRIES = 3  # an empty text is drawn again, at most this many rounds per chunk
 
@@ -85,8 +86,8 @@ def generate(lm: LocalLM, options: FinetuneOptions, labels: tuple[str | None, ..
         world = ctx.world if ctx is not None else World()
     chunks = plan_chunks(labels, weights, total, options.sample_batch_size, rng)
     for i, (texts, dropped) in map_in_rounds(world, len(chunks), lambda i: sample_chunk(lm, options, chunks[i])):
-        if ctx is not None and dropped:
-            ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + dropped
+        if ctx is not None:
+            ctx.summary.add(Count.DROPPED_TEXTS, dropped)
         for text in texts:
             if ctx is not None:
                 ctx.progress(1, None)

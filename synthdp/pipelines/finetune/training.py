@@ -37,6 +37,7 @@ from synthdp.pipelines.finetune.plan import FinetunePlan
 from synthdp.pipelines.finetune.ranks import resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import split_by_weights
+from synthdp.pipelines.summary import Count
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (b, T) ids, (b, T) labels
 Whole = dict[str, torch.Tensor]  # trainable parameters by name, whole tensors on the CPU
@@ -97,7 +98,7 @@ def train_and_sample(strategy: GradientStrategy, records: list[Record], options:
             save_adapter(strategy.model, work / ADAPTER_DIR, options, labels, weights, plan, state_dict=whole)
     strategy.model.eval()
     ctx.stage("texts", ctx.num_samples, "text")
-    ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
+    ctx.summary.set("label_counts", {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))})
     sampler, world = strategy.sampler(lm, ctx.world)
     yield from generate(sampler, options, labels, weights, ctx.num_samples, ctx.rng, ctx, world=world)
     if work is not None:
@@ -130,7 +131,7 @@ def train(strategy: GradientStrategy, lm: LocalLM, records: list[Record], option
             strategy.noisy_step(micro, noise)
             optimizer.step()  # Adam on the noisy gradient: post-processing
             optimizer.zero_grad(set_to_none=True)
-            ctx.summary["training_steps"] = ctx.summary.get("training_steps", 0) + 1
+            ctx.summary.add(Count.TRAINING_STEPS)
             if (step + 1) % options.checkpoint_every == 0 or step + 1 == plan.steps:
                 adapter, optim = strategy.state_dict(optimizer)  # every rank: a gather under fsdp2
                 if ctx.work_dir is not None and world.main:

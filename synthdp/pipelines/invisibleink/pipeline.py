@@ -41,9 +41,10 @@ from synthdp.pipelines.invisibleink.decoding import (
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
-from synthdp.pipelines.private_prediction import add_counts, batches_per_label, hash_batch
+from synthdp.pipelines.private_prediction import batches_per_label, hash_batch
 from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
 from synthdp.privacy.costs import DifferenceClippedBatch
+from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
 
 PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
@@ -84,6 +85,7 @@ class InvisibleInk:
     supports_resume: ClassVar[bool] = True  # finished groups are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
+    counters: ClassVar[tuple[Count, ...]] = (Count.CUT_AT_MAX_TOKENS, Count.DROPPED_TEXTS)
     public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
                                       "the rows of that label by the public stream) and the default T (max_tokens)")
 
@@ -129,7 +131,9 @@ class InvisibleInk:
         mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=plan.divisor_s,
                                   temperature=plan.temperature, neighboring=plan.neighboring),
                          plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
-        ctx.summary.update(texts_per_batch=m, clip=mech.clip, batches_per_label={str(k): v for k, v in batches.items()})
+        ctx.summary.set("texts_per_batch", m)
+        ctx.summary.set("clip", mech.clip)
+        ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
         wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
         pick = fork_public(ctx.rng, "examples") if ctx.public is not None else None
@@ -148,9 +152,9 @@ class InvisibleInk:
 
         def decode(i: int) -> tuple[list[list[str]], dict[str, Any]]:
             """Group todo[i] (on rank i mod N under torchrun): its units' texts and its summary counts."""
-            part = dataclasses.replace(ctx, summary={})
+            part = dataclasses.replace(ctx, summary=ctx.summary.part())
             self.decode_group(prompts, groups[todo[i]], m, mech, widths, shape, part)
-            return [unit.made for unit in groups[todo[i]]], part.summary
+            return [unit.made for unit in groups[todo[i]]], part.summary.as_dict()
 
         # Each group depends only on its units (their records, quotas and noise streams), so the corpus is the
         # same whichever rank decodes a group, and whether an earlier start did; rank 0 yields the texts in order,
@@ -163,7 +167,7 @@ class InvisibleInk:
                 made, counts = next(decoded)[1]
                 first = k * shape.batches  # the group's batches: units[first:first + len(group)]
                 ckpt.append(k, {"units": [first, first + len(group)], "texts": made, "counts": counts})
-            add_counts(ctx.summary, counts)
+            ctx.summary.merge(counts)
             for unit, texts in zip(group, made):
                 for text in texts:
                     ctx.progress(1, spent)
@@ -258,12 +262,12 @@ class InvisibleInk:
                 if not any(active) or step == mech.max_tokens - 1:
                     break
                 logits = decoder.step(chosen)
-            ctx.summary["cut_at_max_tokens"] = ctx.summary.get("cut_at_max_tokens", 0) + sum(active)
+            ctx.summary.add(Count.CUT_AT_MAX_TOKENS, sum(active))
             for unit, ids in zip(units, tokens):
                 if len(unit.made) < unit.want:
                     text = prompts.finish(ids)
                     if text:
                         unit.made.append(text)
                     else:
-                        ctx.summary["empty_texts"] = ctx.summary.get("empty_texts", 0) + 1
+                        ctx.summary.add(Count.DROPPED_TEXTS)
             logits = decoder.rewind()

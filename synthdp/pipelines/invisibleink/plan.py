@@ -15,6 +15,7 @@ from synthdp.pipelines.private_prediction.batching import plan_hash_batches
 from synthdp.pipelines.shared import parse_label_weights, wants_dp_counts
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,7 @@ class InvisibleInkPlan(PrivacyPlan):
     max_tokens: int  # T: every text is charged T tokens
     temperature: float
     top_k: int | None
-    neighboring: str
+    neighboring: Neighboring
     batches_per_label: dict[str | None, int] | None  # None: from the DP label histogram, drawn at run time
     label_sizes: dict[str | None, float] | None  # public sizes (label_counts=dp uses them as weights)
     histogram_noise_multiplier: float | None  # the DP label histogram's, when it is drawn

@@ -42,6 +42,7 @@ from synthdp.pipelines.private_evolution.resources import (
 from synthdp.pipelines.private_evolution.state import STATE_DIR, EvolutionState, Label, Population
 from synthdp.pipelines.shared import split_by_weights
 from synthdp.privacy.costs import DiscreteGaussianRelease
+from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData, length_default
 
 
@@ -54,6 +55,9 @@ class PrivateEvolution:
     )
     options_class: ClassVar[type] = PrivateEvolutionOptions
     supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
+    counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.DROPPED_TEXTS,
+                                             Count.DROPPED_EMPTY, Count.GENERATION_REQUESTS,
+                                             Count.CACHED_ANSWERS_REUSED)
     public_data_use: ClassVar[str] = ("the first population (public texts of each label, drawn by the public stream; "
                                       "RANDOM_API for the rest), the examples of the prompts (max_examples per "
                                       "request) and the default max_tokens")
@@ -111,7 +115,7 @@ class Evolution:
         count_duplicates(records, ctx)
         total = o.population if o.population is not None else ctx.num_samples
         n_c = self.samples_per_label(records, labels, total, state)
-        ctx.summary["samples_per_label"] = {str(k): v for k, v in n_c.items()}
+        ctx.summary.set("samples_per_label", {str(k): v for k, v in n_c.items()})
         start = time.perf_counter()
         private = {lbl: self.res.embedder.embed([r.text for r in records if r.label == lbl]) for lbl in labels}
         stats.seconds["embedding"] += time.perf_counter() - start
@@ -175,13 +179,15 @@ class Evolution:
     def finish(self, stats: GenerationStats, requests_before: int) -> None:
         generator, summary = self.res.generator, self.ctx.summary
         generator.cache.close()
-        summary["public_texts_in_first_population"] = stats.public_first
-        summary["empty_generations"] = stats.empty_generations
-        summary["dropped_empty"] = stats.dropped_empty
-        summary["generation_requests"] = generator.new_requests - requests_before
-        summary["cached_answers_reused"] = generator.cache_hits
-        if isinstance(generator.backend, ApiGenerator):
-            summary.update(generator.backend.summary())
+        for counter, n in ((Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, stats.public_first),
+                           (Count.DROPPED_TEXTS, stats.empty_generations),
+                           (Count.DROPPED_EMPTY, stats.dropped_empty),
+                           (Count.GENERATION_REQUESTS, generator.new_requests - requests_before),
+                           (Count.CACHED_ANSWERS_REUSED, generator.cache_hits)):
+            summary.add(counter, n)
+        if isinstance(generator.backend, ApiGenerator):  # the endpoints' own figures
+            for name, value in generator.backend.summary().items():
+                summary.set(name, value)
         # Embedding time grows with the number of private records: for the operator only.
         self.ctx.operator_only_not_dp["seconds"] = {k: round(v, 3) for k, v in stats.seconds.items()}
 

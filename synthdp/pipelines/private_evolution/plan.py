@@ -22,6 +22,7 @@ from synthdp.pipelines.shared import label_histogram_event, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
 from synthdp.privacy.costs import VoteRounds, l2_sensitivity
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +35,7 @@ class PrivateEvolutionPlan(PrivacyPlan):
     histogram_noise: float | None  # sigma of the DP label histogram; None: the per-label counts are public
     label_weights: Mapping[str, float] | None  # public per-label weights; None: uniform (or the DP histogram)
     calibrated: bool  # sigma calibrated from the target (not given as `noise`)
-    neighboring: str
+    neighboring: Neighboring
 
     @property
     def noise_std(self) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
@@ -95,15 +95,5 @@ def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: Pr
     noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
                                          plan.histogram_noise, plan.neighboring, ctx.noise_rng)
     batches = batches_per_label(dict(zip(labels, noisy)), plan.s)
-    ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
+    ctx.summary.set("batches_per_label_from_dp_histogram", {str(k): v for k, v in batches.items()})
     return batches
-
-
-def add_counts(summary: dict[str, Any], counts: dict[str, Any]) -> None:
-    """Fold the summary of one part of a run (a chunk, a group of batches) into the run's: numbers add up,
-    anything else is taken as it is."""
-    for key, value in counts.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            summary[key] = summary.get(key, 0) + value
-        else:
-            summary[key] = value

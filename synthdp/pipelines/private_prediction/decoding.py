@@ -19,6 +19,7 @@ from synthdp.pipelines.base import RunContext
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.prompts import prompt_rows, prompt_width
 from synthdp.privacy.costs import zcdp_tokens
+from synthdp.pipelines.summary import Count
 
 
 def choose_token(
@@ -106,8 +107,8 @@ def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: 
     """Algorithm 1 on one batch: up to `quota` texts while fewer than r private tokens are spent.
 
     A text ends at a stop token or the length cap. A text cut because the batch's r ran out is released
-    as it stands (post-processing of DP tokens) and counted in `ctx.summary["truncated_texts"]`; an empty
-    text has nothing to release and is counted in `ctx.summary["dropped_texts"]`."""
+    as it stands (post-processing of DP tokens) and counted in the summary (`truncated_texts`); an empty
+    text has nothing to release and is counted there too (`dropped_texts`)."""
     if quota <= 0:
         return
     svt = SparseVector(o.svt_threshold, o.svt_noise, ctx.noise_rng) if o.svt else None
@@ -135,8 +136,8 @@ def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: 
             ctx.progress(1, zcdp_tokens(rho, spent) if spent else None)
             yield text
         else:
-            ctx.summary["dropped_texts"] = ctx.summary.get("dropped_texts", 0) + 1
+            ctx.summary.add(Count.DROPPED_TEXTS)
         logits = decoder.rewind()
-    for key, count in (("truncated_texts", truncated), ("batches_out_of_budget", int(spent >= r)),
-                       ("public_tokens", public), ("private_tokens", spent)):
-        ctx.summary[key] = ctx.summary.get(key, 0) + count
+    for key, count in ((Count.TRUNCATED_TEXTS, truncated), (Count.BATCHES_OUT_OF_BUDGET, int(spent >= r)),
+                       (Count.PUBLIC_TOKENS, public), (Count.PRIVATE_TOKENS, spent)):
+        ctx.summary.add(key, count)

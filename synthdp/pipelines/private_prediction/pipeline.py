@@ -18,13 +18,14 @@ from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.private_prediction.batching import (
-    add_counts, batch_counts, hash_batches, split_evenly, texts_by_label,
+    batch_counts, hash_batches, split_evenly, texts_by_label,
 )
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
 from synthdp.pipelines.private_prediction.prompts import private_slot, with_examples
 from synthdp.privacy.costs import zcdp_tokens
+from synthdp.pipelines.summary import Count
 
 
 @dataclass
@@ -50,6 +51,8 @@ class PrivatePrediction:
     supports_resume: ClassVar[bool] = True  # finished batches are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # chunks of hash batches spread over torchrun's ranks
+    counters: ClassVar[tuple[Count, ...]] = (Count.TRUNCATED_TEXTS, Count.BATCHES_OUT_OF_BUDGET, Count.PUBLIC_TOKENS,
+                                             Count.PRIVATE_TOKENS, Count.DROPPED_TEXTS, Count.SHORT_TEXTS)
     public_data_use: ClassVar[str] = ("the examples listed in every prompt (max_examples per label, drawn from the rows "
                                       "of that label by the public stream) and the default max_tokens")
 
@@ -166,7 +169,7 @@ class PrivatePrediction:
             ready: list[SyntheticRecord] = []
             while b in results:
                 texts, counts = results.pop(b)
-                add_counts(ctx.summary, counts)
+                ctx.summary.merge(counts)
                 if not live or b in restored:
                     spent = counts.get("private_tokens", 0)
                     ctx.progress(len(texts), zcdp_tokens(plan.rho_token, spent) if spent else None)
@@ -174,7 +177,7 @@ class PrivatePrediction:
                 owed = batches[b].want + owed - len(texts)
                 if b in last:
                     if owed:
-                        ctx.summary["short_texts"] = ctx.summary.get("short_texts", 0) + owed
+                        ctx.summary.add(Count.SHORT_TEXTS, owed)
                     owed = 0
                 b += 1
             yield ready
@@ -184,13 +187,13 @@ class PrivatePrediction:
                     plan: PrivatePredictionPlan, run_ctx: RunContext, live: bool) -> tuple[list[str], dict[str, Any]]:
         """Up to `quota` texts of one batch from its own streams, and its summary counts. `live`: the bar is told of
         each text as it is made."""
-        summary: dict[str, Any] = {}
+        summary = run_ctx.summary.part()
         if quota <= 0:
-            return [], summary
+            return [], summary.as_dict()
         ctx = dataclasses.replace(run_ctx, rng=batch.rng, noise_rng=batch.noise_rng, summary=summary,
                                   progress=run_ctx.progress if live else (lambda n, spent: None))
         decoder = batch_decoder(lm, batch.texts, batch.label, options)
-        return list(generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx)), summary
+        return list(generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx)), summary.as_dict()
 
 
 def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:

@@ -25,6 +25,7 @@ from synthdp.pipelines.private_prediction.options import PrivatePredictionOption
 from synthdp.privacy.accounting import max_count_within
 from synthdp.privacy.costs import ExponentialToken, PredictionBatch, SvtRound
 from synthdp.privacy.ledger import LedgerEvent
+from synthdp.privacy.neighboring import Neighboring
 
 # The share of a text's tokens that are private (and count against r). Without SVT every token is private.
 # With SVT, about two thirds of the tokens were free public ones with the embedded model at the default
@@ -41,7 +42,7 @@ class PrivatePredictionPlan(PrivacyPlan):
     s: int  # the fixed divisor of the aggregated logits (expected batch size)
     public_batches: dict[str | None, int] | None  # B per label when the sizes are public; None: DP histogram
     histogram_noise: float | None  # noise multiplier of the DP label histogram drawn in `run`; None: not drawn
-    neighboring: str
+    neighboring: Neighboring
 
     def published(self) -> dict[str, Any]:
         return {
