@@ -149,8 +149,8 @@ def test_run_sets_batches_from_the_noisy_counts(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(label_histogram, "noisy_counts", fake_noisy)
     ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=2, labels=("a", "b"), resources=None)
-    batches = batch_counts(records, ("a", "b"), plan, ctx)
-    assert seen == [([16, 8], plan.histogram_noise, "add_remove")]
+    batches = batch_counts(records, plan, ctx)
+    assert seen == [([16, 8], plan.labels.histogram_noise, "add_remove")]
     assert batches == {"a": 5, "b": 1}  # round(41 / 8), and at least one batch
 
 

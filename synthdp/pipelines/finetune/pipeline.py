@@ -24,7 +24,6 @@ from dp_accounting import dp_event
 from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.distributed import launched
 from synthdp.errors import OptionError, PrivacyParameterError
-from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.dpsgd import PerExampleGrads, dp_step
 from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
@@ -36,7 +35,7 @@ from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_words, public_size, schedule
 from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
-from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, dpsgd_event, epsilon_report
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.public_data import PublicData, length_default, tokenizer_counter
@@ -80,26 +79,16 @@ class DPFinetune:
             raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
                               "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
                               "generate ...`, or drop --set sharding=fsdp2.")
-        labels = data.labels or ()
         n, n_words = public_size(options, data)
         q, steps = schedule(options, n)
-        public = parse_label_weights(options.label_counts)
-        if public is not None and (not labels or set(public) - set(labels)):
-            raise OptionError(f"`label_counts` names label(s) {sorted(set(public) - set(labels)) or list(public)} that "
-                              f"are not in the label set ({', '.join(labels) or 'unlabelled data'}). Name labels of "
-                              "the set.")
-        events: list[LedgerEvent] = []
-        sigma_h = None
-        if wants_dp_counts(options.label_counts) and label_histogram.needs_histogram(len(labels), target.neighboring,
-                                                                                      uses_sizes=False):
-            sigma_h, event = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(labels),
-                                                   "sets the number of synthetic texts per label", "DP label histogram")
-            events.append(event)
-        sigma = self.noise_multiplier(options, target, q, steps, tuple(e.event for e in events))
+        policy = LabelPolicy.plan(target, data, counts=options.label_counts, event_name="DP label histogram",
+                                  purpose="sets the number of synthetic texts per label")
+        events: list[LedgerEvent] = list(policy.events)
+        sigma = self.noise_multiplier(options, target, q, steps, policy.dp_events)
         events.append(LedgerEvent("DP-SGD (LoRA)", dpsgd_words(options, sigma, q, steps), dpsgd_event(sigma, q, steps)))
-        counts_words = ("set from the DP label histogram" if sigma_h is not None else
-                        f"public: the weights {options.label_counts!r}" if public is not None else
-                        "public (split evenly across labels)")
+        counts_words = ("set from the DP label histogram" if policy.histogram is not None else
+                        f"public: the weights {as_text(options.label_counts)!r}" if isinstance(options.label_counts, dict)
+                        else "public (split evenly across labels)")
         assumptions = (
             f"{n_words}: it sets the sampling rate q = B/n and the number of steps T = {steps}",
             label_set_words(data),
@@ -108,7 +97,7 @@ class DPFinetune:
         )
         return FinetunePlan(events=tuple(events), public_assumptions=assumptions, noise_multiplier=sigma,
                             sampling_rate=q, steps=steps, expected_batch_size=options.batch_size, clip=options.clip,
-                            noise_calibrated=options.noise is None, histogram_noise=sigma_h)
+                            noise_calibrated=options.noise is None, labels=policy)
 
     @staticmethod
     def noise_multiplier(options: FinetuneOptions, target: Target, q: float, steps: int,
@@ -143,7 +132,7 @@ class DPFinetune:
             from synthdp.pipelines.finetune.sharded import run_sharded
 
             yield from run_sharded(self, records, options, plan, ctx,
-                                   lambda: self.label_weights(records, options, plan, labels, ctx))
+                                   lambda: self.label_weights(records, plan, ctx))
             return
         lm: LocalLM = ctx.resources
         work = Path(ctx.work_dir) if ctx.work_dir is not None and ctx.world.main else None
@@ -157,29 +146,22 @@ class DPFinetune:
             if state is not None and state.label_weights:  # drawn before the crash: never drawn (paid) twice
                 weights = state.label_weights
             else:
-                weights = self.label_weights(records, options, plan, labels, ctx)
+                weights = self.label_weights(records, plan, ctx)
             self.train(model, lm, records, options, plan, ctx, state, weights)
             if work is not None:
                 save_adapter(model, work / ADAPTER_DIR, options, labels, weights, plan)
         model.eval()
         ctx.stage("texts", ctx.num_samples, "text")
-        ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
+        ctx.summary["label_counts"] = {str(lbl): c for lbl, c in plan.labels.split(ctx.num_samples, weights).items()}
         yield from generate(lm, options, labels, weights, ctx.num_samples, ctx.rng, ctx)
         if work is not None:
             shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
 
     @staticmethod
-    def label_weights(records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
-                      labels: tuple[str | None, ...], ctx: RunContext) -> list[float]:
+    def label_weights(records: list[Record], plan: FinetunePlan, ctx: RunContext) -> list[float]:
         """How the texts split across labels: the DP label histogram's noisy counts (paid in the plan), the
         public weights of `label_counts`, or uniform."""
-        if plan.histogram_noise is not None:
-            exact = label_histogram.exact_counts((r.label for r in records), labels)
-            return label_histogram.noisy_counts(exact, plan.histogram_noise, "add_remove", ctx.noise_rng).tolist()
-        public = parse_label_weights(options.label_counts)
-        if public is not None:
-            return [public.get(str(label), 0.0) for label in labels]
-        return [1.0] * len(labels)
+        return plan.labels.weights(plan.labels.draw((r.label for r in records), ctx.noise_rng))
 
     def train(self, model: Any, lm: LocalLM, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
               ctx: RunContext, state: TrainingState | None, weights: list[float]) -> None:

@@ -33,7 +33,6 @@ from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan
 from synthdp.pipelines.finetune.ranks import lora_model, resumed_state
 from synthdp.pipelines.finetune.texts import generate
-from synthdp.pipelines.shared import split_by_weights
 
 Weights = Callable[[], list[float]]
 
@@ -61,7 +60,7 @@ def run_sharded(pipeline: Any, records: list[Record], options: FinetuneOptions, 
             save_adapter(root, work / ADAPTER_DIR, options, labels, weights, plan, state_dict=full)
     root.eval()
     ctx.stage("texts", ctx.num_samples, "text")
-    ctx.summary["label_counts"] = {str(lbl): c for lbl, c in zip(labels, split_by_weights(ctx.num_samples, weights))}
+    ctx.summary["label_counts"] = {str(lbl): c for lbl, c in plan.labels.split(ctx.num_samples, weights).items()}
     yield from generate(lockstep_lm(lm, root, ctx.world), options, labels, weights, ctx.num_samples, ctx.rng, ctx,
                         world=World())
     if work is not None:
