@@ -33,11 +33,13 @@ LabelCounts = str | dict[str, float]  # "uniform", "dp", or public weights {labe
 LabelSizes = str | int | dict[str, int]  # "dp", one public number (unlabelled data), or public sizes {label: size}
 
 LABEL_COUNTS_HELP = ("texts per label: uniform, dp (a DP label histogram paid from the budget; its noise costs 5% of "
-                     "epsilon alone), or public weights as a table {ham = 3, spam = 1} (--set label_counts=ham:3,spam:1)")
+                     "epsilon alone), or public weights as a table {ham = 3, spam = 1} "
+                     "(--set label_counts=ham:3,spam:1)")
 LABEL_SIZES_HELP = ("how many private records each label holds, which sets the batch counts: dp (a DP label histogram "
                     "paid from the budget), or public sizes as a table {ham = 300, spam = 100} (--set "
                     "label_sizes=ham:300,spam:100; unlabelled data: one number)")
-COUNTS_ERROR = "`label_counts` must be uniform, dp, or public weights like {{ham = 3, spam = 1}} ('ham:3,spam:1'). Found {!r}."
+COUNTS_ERROR = ("`label_counts` must be uniform, dp, or public weights like {{ham = 3, spam = 1}} ('ham:3,spam:1'). "
+                "Found {!r}.")
 SIZES_ERROR = ("`label_sizes` must be dp, public sizes like {{ham = 300, spam = 100}} ('ham:300,spam:100'), or one "
                "number for unlabelled data. Found {!r}.")
 

@@ -86,9 +86,10 @@ class DPFinetune:
         events: list[LedgerEvent] = list(policy.events)
         sigma = self.noise_multiplier(options, target, q, steps, policy.dp_events)
         events.append(LedgerEvent("DP-SGD (LoRA)", dpsgd_words(options, sigma, q, steps), dpsgd_event(sigma, q, steps)))
+        weights = options.label_counts
         counts_words = ("set from the DP label histogram" if policy.histogram is not None else
-                        f"public: the weights {as_text(options.label_counts)!r}" if isinstance(options.label_counts, dict)
-                        else "public (split evenly across labels)")
+                        f"public: the weights {as_text(weights)!r}" if isinstance(weights, dict) else
+                        "public (split evenly across labels)")
         assumptions = (
             f"{n_words}: it sets the sampling rate q = B/n and the number of steps T = {steps}",
             label_set_words(data),
