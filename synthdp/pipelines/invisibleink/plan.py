@@ -11,7 +11,7 @@ from synthdp.mechanisms.invisibleink import REPLACE_FACTOR, batch_event, calibra
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.labels import LabelPolicy, as_text
-from synthdp.pipelines.private_prediction.batching import batches_assumption, public_batches
+from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.privacy.ledger import LedgerEvent
 
 
@@ -46,7 +46,7 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
     """Reads no record: public sizes, or a DP label histogram drawn in `run` (after the write-ahead) and paid here."""
     s = options.batch_size
     labels = LabelPolicy.plan(target, data, counts=options.label_counts, sizes=options.label_sizes,
-                              purpose="sets the number of hash batches per label, B = max(1, round(noisy count / s))")
+                              purpose=BATCH_COUNTS_PURPOSE)
     rho = calibrate_batch_rho(target.epsilon, target.delta, labels.dp_events)
     factor = "" if REPLACE_FACTOR[target.neighboring] == 1 else " times 4 (replace-one: a term moves by up to 2C)"
     description = (

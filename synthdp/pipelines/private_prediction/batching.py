@@ -27,6 +27,10 @@ def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str |
     return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
 
 
+# What the DP label histogram is for, in the ledger, when it sets the batch counts.
+BATCH_COUNTS_PURPOSE = "sets the number of hash batches per label, B = max(1, round(noisy count / s))"
+
+
 def public_batches(labels: LabelPolicy, s: int) -> dict[str | None, int] | None:
     """B per label from the policy's public sizes; None when the DP label histogram sets them at run time."""
     return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None else None

@@ -19,7 +19,7 @@ from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.labels import LabelPolicy
-from synthdp.pipelines.private_prediction.batching import batches_assumption, public_batches
+from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.accounting import max_count_within, private_prediction_event, private_prediction_token_rho
 from synthdp.privacy.ledger import LedgerEvent
@@ -61,8 +61,7 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
     """Reads no record: the batch counts come from public sizes, or from a DP label histogram drawn in
     `run` (after the write-ahead) and paid here."""
     rho = token_rho(o, target)
-    labels = LabelPolicy.plan(target, data, sizes=o.label_sizes,
-                              purpose="sets the number of hash batches per label, B = max(1, round(noisy count / s))")
+    labels = LabelPolicy.plan(target, data, sizes=o.label_sizes, purpose=BATCH_COUNTS_PURPOSE)
     r = private_tokens_per_batch(o, target, rho, list(labels.dp_events))
     check_r_completes_a_text(o, r)
     assumptions = (
