@@ -309,7 +309,7 @@ def test_the_plan_is_typed_and_publishes_the_ledger_parameters_as_before() -> No
 
     _, plan = plan_for("dp")
     sigma_h = label_histogram.calibrate_noise(3.0, 1e-5)
-    assert plan.histogram_noise == sigma_h and plan.steps == 1 and plan.sampling_rate == 1.0
+    assert plan.labels.histogram_noise == sigma_h and plan.steps == 1 and plan.sampling_rate == 1.0
     assert plan.published() == {  # the keys and order of the ledger's parameters before the typed plan
         "noise_multiplier": plan.noise_multiplier, "sampling_rate": 1.0, "steps": 1, "expected_batch_size": 64,
         "clip": 1.0, "noise_calibrated": True, "label_histogram": label_histogram.plan_parameters(sigma_h, "add_remove")}
@@ -324,9 +324,9 @@ def test_public_label_weights_split_the_texts_and_cost_nothing() -> None:
     from synthdp.pipelines.shared import split_by_weights
 
     options, plan = plan_for("b:3,a:1")
-    assert [e.name for e in plan.events] == ["DP-SGD (LoRA)"] and plan.histogram_noise is None
+    assert [e.name for e in plan.events] == ["DP-SGD (LoRA)"] and plan.labels.histogram_noise is None
     ctx = RunContext(rng=None, seeded=False, num_samples=8, labels=("a", "b"), resources=None)  # type: ignore[arg-type]
-    weights = DPFinetune.label_weights([], options, plan, ("a", "b"), ctx)
+    weights = DPFinetune.label_weights([], plan, ctx)
     assert split_by_weights(8, weights) == [2, 6]
     from synthdp.errors import OptionError
 

@@ -150,8 +150,8 @@ def test_run_sets_batches_from_the_noisy_counts(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(label_histogram, "noisy_counts", fake_noisy)
     ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=2, labels=("a", "b"), resources=None)
-    batches = batch_counts(records, ("a", "b"), plan, ctx)
-    assert seen == [([16, 8], plan.histogram_noise, "add_remove")]
+    batches = batch_counts(records, plan, ctx)
+    assert seen == [([16, 8], plan.labels.histogram_noise, "add_remove")]
     assert batches == {"a": 5, "b": 1}  # round(41 / 8), and at least one batch
 
 
@@ -258,3 +258,51 @@ def test_cli_prints_exact_statistics_to_stderr_marked_not_dp(capsys: pytest.Capt
     captured = capsys.readouterr()
     assert "duplicate" not in captured.out and "private tokens: 5" in captured.out
     assert "NOT DP, do not publish" in captured.err and "duplicate private records: 3" in captured.err
+
+
+# ---------------------------------------------------------------- the one label policy
+
+POLICY_CASES = [  # (labels, neighboring, label_counts, label_sizes or None when unused, histogram drawn?)
+    (("a", "b"), "add_remove", "dp", None, True),  # proportions over two labels
+    (("a",), "add_remove", "dp", None, False),  # one label: nothing to release
+    (("a", "b"), "add_remove", "uniform", None, False),
+    (("a", "b"), "add_remove", {"a": 1.0, "b": 2.0}, None, False),  # public weights cost nothing
+    (("a",), "add_remove", "uniform", "dp", True),  # sizes: a DP count of n, n is private under add/remove
+    (("a",), "replace_one", "uniform", "dp", False),  # ... and public under replace-one
+    (("a", "b"), "replace_one", "dp", {"a": 3, "b": 4}, False),  # public sizes
+    (("a", "b"), "replace_one", "dp", "dp", True),  # one histogram sets the batch counts and the texts
+]
+
+
+@pytest.mark.parametrize(("labels", "neighboring", "counts", "sizes", "drawn"), POLICY_CASES)
+def test_one_label_policy_decides_when_the_histogram_is_paid(labels, neighboring, counts, sizes, drawn) -> None:
+    from synthdp.pipelines.labels import LabelPolicy
+
+    data = LoadedData(records_of({lbl: 5 for lbl in labels}), labels, False, {}, "test")
+    policy = LabelPolicy.plan(Target(3.0, 1e-5, neighboring), data, counts=counts, sizes=sizes, purpose="p")
+    assert (policy.histogram is not None) == drawn and len(policy.events) == int(drawn)
+    assert (policy.published() is not None) == drawn
+    if drawn:
+        assert policy.histogram_noise == label_histogram.calibrate_noise(3.0, 1e-5)
+    if sizes is not None and not drawn:  # the batch counts' sizes are public: given, or n under replace-one
+        assert policy.sizes == (sizes if isinstance(sizes, dict) else {"a": 5})
+        assert policy.draw(iter(()), noise_generator(0)) == {k: float(v) for k, v in policy.sizes.items()}
+
+
+def test_the_policy_splits_the_texts_by_sizes_weights_or_evenly() -> None:
+    from synthdp.pipelines.labels import LabelPolicy
+
+    data = LoadedData(records_of({"a": 3, "b": 1}), ("a", "b"), False, {}, "test")
+    target = Target(3.0, 1e-5, "replace_one")
+    sizes = {"a": 30, "b": 10}
+    split = {counts: LabelPolicy.plan(target, data, counts=counts, sizes=sizes, purpose="p")
+             for counts in ("dp", "uniform")}
+    drawn = split["dp"].draw(iter(()), noise_generator(0))
+    assert split["dp"].split(8, split["dp"].weights(drawn)) == {"a": 6, "b": 2}  # in proportion to the sizes
+    assert split["uniform"].split(8, split["uniform"].weights(drawn)) == {"a": 4, "b": 4}
+    weighted = LabelPolicy.plan(target, data, counts={"b": 1.0}, purpose="p")
+    assert weighted.split(8, weighted.weights(None)) == {"a": 0, "b": 8}
+    with pytest.raises(OptionError, match="not in the label set"):
+        LabelPolicy.plan(target, data, counts={"c": 1.0}, purpose="p")
+    with pytest.raises(OptionError, match="one size per label"):
+        LabelPolicy.plan(target, data, sizes={"a": 3}, purpose="p")

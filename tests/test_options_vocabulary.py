@@ -10,7 +10,8 @@ import pytest
 
 from synthdp.errors import OptionError
 from synthdp.pipelines.base import available_pipelines, option, parse_options
-from synthdp.pipelines.shared import parse_label_weights, split_by_weights
+from synthdp.pipelines.labels import label_counts_value, label_sizes_value
+from synthdp.pipelines.shared import split_by_weights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,16 +55,54 @@ def test_shared_option_names_mean_one_thing(name: str) -> None:
         assert old not in options, f"{name}: `{old}` is an old name; use max_tokens / max_record_tokens"
 
 
-def test_one_split_and_one_label_weights_syntax() -> None:
+def test_one_split_and_typed_label_values() -> None:
     assert split_by_weights(10, [1, 1, 1]) == [4, 3, 3]
     assert split_by_weights(5, [3, 0, 1]) == [4, 0, 1]
     assert split_by_weights(4, [-2.0, -1.0]) == [2, 2]  # noisy counts all <= 0: uniform
     assert sum(split_by_weights(1001, [0.3, 0.3, 0.4])) == 1001
-    assert parse_label_weights("ham:3, spam:1") == {"ham": 3.0, "spam": 1.0}
-    assert parse_label_weights("dp") is None and parse_label_weights("uniform") is None
-    for bad in ("ham", "ham:-1", "ham:1,ham:2", "ham:0,spam:0", ":3"):
+    # the --set syntax and a TOML table are one typed value
+    assert label_counts_value("ham:3, spam:1") == label_counts_value({"ham": 3, "spam": 1}) == {"ham": 3.0, "spam": 1.0}
+    assert (label_counts_value("dp"), label_counts_value(" uniform "), label_counts_value("dp_histogram")) == (
+        "dp", "uniform", "dp")
+    for bad in ("ham", "ham:-1", "ham:1,ham:2", "ham:0,spam:0", ":3", "ham:inf", {"ham": -1}, {"ham": True}, {"": 1},
+                {}, [1, 2], 3.0):
         with pytest.raises(ValueError, match="label_counts"):
-            parse_label_weights(bad)
+            label_counts_value(bad)
+    assert label_sizes_value("ham:300,spam:100") == label_sizes_value({"ham": 300, "spam": 100}) == {"ham": 300, "spam": 100}
+    assert (label_sizes_value("24"), label_sizes_value(24), label_sizes_value(" DP ")) == (24, 24, "dp")
+    for bad in ("ham:1.5", "-3", "80,90", "ham:3,ham:4", {"ham": 1.5}, {"ham": -1}, ":3", {"": 3}, True, "many"):
+        with pytest.raises(ValueError, match="label_sizes"):
+            label_sizes_value(bad)
+
+
+LABEL_OPTIONS = {  # pipeline -> (the --set syntax, the same values as TOML tables)
+    "invisibleink": ({"label_counts": "ham:3,spam:1", "label_sizes": "ham:30,spam:10"},
+                     {"label_counts": {"ham": 3, "spam": 1}, "label_sizes": {"ham": 30, "spam": 10}}),
+    "private-prediction": ({"label_sizes": "ham:30,spam:10"}, {"label_sizes": {"ham": 30, "spam": 10}}),
+    "private-evolution": ({"label_counts": "ham:3,spam:1"}, {"label_counts": {"ham": 3, "spam": 1}}),
+    "dp-finetune": ({"label_counts": "ham:3,spam:1", "label_sizes": "40"}, {"label_counts": {"ham": 3, "spam": 1},
+                                                                            "label_sizes": 40}),
+}
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_label_options_are_typed_whatever_the_syntax_and_config_toml_keeps_the_tables(name: str, tmp_path) -> None:
+    import tomllib
+
+    from synthdp.config import RunConfig
+    from synthdp.corpus import write_config
+
+    options_class = available_pipelines()[name].options_class
+    as_set, as_tables = LABEL_OPTIONS[name]
+    options = parse_options(options_class, as_set)
+    assert options == parse_options(options_class, as_tables)
+    for key, value in as_tables.items():
+        assert getattr(options, key) == value and not isinstance(getattr(options, key), str)
+    cfg = RunConfig(out=tmp_path / "out", epsilon=1, delta=1e-5, num_samples=1, pipeline=name)
+    write_config(tmp_path / "config.toml", cfg.to_toml_dict(options))
+    written = tomllib.loads((tmp_path / "config.toml").read_text(encoding="utf-8"))["options"]
+    assert {key: written[key] for key in as_tables} == as_tables  # tables in the file, not the --set strings
+    assert parse_options(options_class, written) == options
 
 
 def test_the_bundled_sample_names_its_own_domain(tmp_path) -> None:

@@ -336,6 +336,8 @@ def check_option_values(options: Any) -> None:
         value, kinds = getattr(options, f.name), _kinds(hints[f.name])
         if value is None or not kinds & {int, float}:
             continue
+        if not isinstance(value, (int, float)) and not kinds <= {int, float}:
+            continue  # a word or a table where the field allows one (label_sizes): the field's own check reads it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"`{f.name}` must be a number. Found {value!r}.")
         if isinstance(value, float) and int in kinds and float not in kinds:

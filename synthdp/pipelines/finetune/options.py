@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, check_template, option
-from synthdp.pipelines.shared import LABEL_COUNTS_HELP, parse_label_sizes, parse_label_weights
+from synthdp.pipelines.labels import LABEL_COUNTS_HELP, LabelCounts, label_counts_value, label_sizes_value
 
 MAX_EPOCHS = 10_000  # Yue et al. train 50 epochs
 MAX_STEPS = 1_000_000  # DP-SGD steps T a plan may have (Yue et al.: about 23,000); calibration time grows with T
@@ -50,12 +50,12 @@ class FinetuneOptions:
                                   "public control prompt; {domain}, {label_name}, {label}")
     domain: str = option("short text", "what kind of text is wanted (public), e.g. SMS message; in the control prompt")
     label_name: str = option("Label", "what the label is called in the control prompt")
-    label_counts: str = option("uniform", LABEL_COUNTS_HELP)
-    label_sizes: str = option("", "how many private records the data holds, public, which sets the sampling rate "
-                              "q = batch_size / n and the steps T = ceil(epochs n / batch_size): one number, or "
-                              "public sizes like 'ham:300,spam:100' (their sum); needed under add/remove, where the "
-                              "true n is private (the bundled public sample uses its own size); not checked against "
-                              "the data")
+    label_counts: LabelCounts = option("uniform", LABEL_COUNTS_HELP)
+    label_sizes: int | dict[str, int] | None = option(
+        None, "how many private records the data holds, public, which sets the sampling rate q = batch_size / n and "
+              "the steps T = ceil(epochs n / batch_size): one number, or public sizes as a table {ham = 300, spam = "
+              "100} (--set label_sizes=ham:300,spam:100; their sum); needed under add/remove, where the true n is "
+              "private (the bundled public sample uses its own size); not checked against the data")
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
     temperature: float = option(1.0, "sampling temperature")
@@ -90,8 +90,10 @@ class FinetuneOptions:
         if "{text}" in self.prompt_template:
             raise ValueError("`prompt_template` is the public control prompt: it must not contain {text}.")
         check_template("prompt_template", self.prompt_template, ("label_name", "label", "domain"))
-        parse_label_weights(self.label_counts)  # raises ValueError on a bad syntax
-        if self.label_sizes.strip() and parse_label_sizes(self.label_sizes) is None:
+        object.__setattr__(self, "label_counts", label_counts_value(self.label_counts))  # typed, whatever the syntax
+        sizes = None if self.label_sizes is None else label_sizes_value(self.label_sizes)
+        object.__setattr__(self, "label_sizes", sizes)
+        if sizes == "dp":
             raise ValueError("`label_sizes` must be public sizes for dp-finetune: one number, or 'ham:300,spam:100'. "
                              "Found 'dp'. DP-SGD's sampling rate and number of steps are part of its privacy event, "
                              "which is charged before any record is read, so they cannot come from a DP count drawn "

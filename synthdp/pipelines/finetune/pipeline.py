@@ -20,7 +20,6 @@ from dp_accounting import dp_event
 from synthdp.data import LoadedData, Record, label_set_words
 from synthdp.distributed import launched
 from synthdp.errors import OptionError, PrivacyParameterError
-from synthdp.mechanisms import label_histogram
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.finetune.encoding import encode_example
@@ -30,7 +29,7 @@ from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_cost, public_siz
 from synthdp.pipelines.finetune.ranks import lora_model
 from synthdp.pipelines.finetune.replicated import Replicated
 from synthdp.pipelines.finetune.training import GradientStrategy, train_and_sample
-from synthdp.pipelines.shared import label_histogram_event, parse_label_weights, wants_dp_counts
+from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, epsilon_report
 from synthdp.privacy.costs import DpSgdSteps
 from synthdp.pipelines.summary import Count
@@ -78,26 +77,17 @@ class DPFinetune:
             raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
                               "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
                               "generate ...`, or drop --set sharding=fsdp2.")
-        labels = data.labels or ()
         n, n_words = public_size(options, data)
         q, steps = schedule(options, n)
-        public = parse_label_weights(options.label_counts)
-        if public is not None and (not labels or set(public) - set(labels)):
-            raise OptionError(f"`label_counts` names label(s) {sorted(set(public) - set(labels)) or list(public)} that "
-                              f"are not in the label set ({', '.join(labels) or 'unlabelled data'}). Name labels of "
-                              "the set.")
-        events: list[LedgerEvent] = []
-        sigma_h = None
-        if wants_dp_counts(options.label_counts) and label_histogram.needs_histogram(len(labels), target.neighboring,
-                                                                                      uses_sizes=False):
-            sigma_h, event = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(labels),
-                                                   "sets the number of synthetic texts per label", "DP label histogram")
-            events.append(event)
-        sigma = self.noise_multiplier(options, target, q, steps, tuple(e.event for e in events))
+        policy = LabelPolicy.plan(target, data, counts=options.label_counts, event_name="DP label histogram",
+                                  purpose="sets the number of synthetic texts per label")
+        events: list[LedgerEvent] = list(policy.events)
+        sigma = self.noise_multiplier(options, target, q, steps, policy.dp_events)
         sgd = dpsgd_cost(options, sigma, q, steps)
         events.append(LedgerEvent(sgd.NAME, sgd.words, sgd.event))
-        counts_words = ("set from the DP label histogram" if sigma_h is not None else
-                        f"public: the weights {options.label_counts!r}" if public is not None else
+        weights = options.label_counts
+        counts_words = ("set from the DP label histogram" if policy.histogram is not None else
+                        f"public: the weights {as_text(weights)!r}" if isinstance(weights, dict) else
                         "public (split evenly across labels)")
         assumptions = (
             f"{n_words}: it sets the sampling rate q = B/n and the number of steps T = {steps}",
@@ -107,7 +97,7 @@ class DPFinetune:
         )
         return FinetunePlan(events=tuple(events), public_assumptions=assumptions, noise_multiplier=sigma,
                             sampling_rate=q, steps=steps, expected_batch_size=options.batch_size, clip=options.clip,
-                            noise_calibrated=options.noise is None, histogram_noise=sigma_h)
+                            noise_calibrated=options.noise is None, labels=policy)
 
     @staticmethod
     def noise_multiplier(options: FinetuneOptions, target: Target, q: float, steps: int,
@@ -135,7 +125,6 @@ class DPFinetune:
         """Every rank trains its share of each batch and samples its share of the texts; only rank 0 writes
         into the run folder (synthdp/pipelines/finetune/ranks.py). The loop is pipelines/finetune/training.py,
         over the gradient strategy of `sharding`."""
-        labels: tuple[str | None, ...] = ctx.labels or (None,)
         lm: LocalLM = ctx.resources
         model = lora_model(lm, options, ctx)  # the same initial adapter on every rank
         strategy: GradientStrategy
@@ -146,17 +135,11 @@ class DPFinetune:
         else:
             strategy = Replicated(model, options, plan, ctx.world)
         yield from train_and_sample(strategy, records, options, plan, ctx,
-                                    lambda: self.label_weights(records, options, plan, labels, ctx), self.after_step)
+                                    lambda: self.label_weights(records, plan, ctx), self.after_step)
 
     @staticmethod
-    def label_weights(records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
-                      labels: tuple[str | None, ...], ctx: RunContext) -> list[float]:
+    def label_weights(records: list[Record], plan: FinetunePlan, ctx: RunContext) -> list[float]:
         """How the texts split across labels: the DP label histogram's noisy counts (paid in the plan), the
         public weights of `label_counts`, or uniform."""
-        if plan.histogram_noise is not None:
-            exact = label_histogram.exact_counts((r.label for r in records), labels)
-            return label_histogram.noisy_counts(exact, plan.histogram_noise, "add_remove", ctx.noise_rng).tolist()
-        public = parse_label_weights(options.label_counts)
-        if public is not None:
-            return [public.get(str(label), 0.0) for label in labels]
-        return [1.0] * len(labels)
+        return plan.labels.weights(plan.labels.draw((r.label for r in records), ctx.noise_rng))
+

@@ -12,6 +12,7 @@ cannot wait for a DP count of n drawn in the run, because every event is charged
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,9 @@ from dp_accounting import dp_event
 
 from synthdp.data import BUNDLED_SOURCE, LoadedData
 from synthdp.errors import OptionError
-from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan
 from synthdp.pipelines.finetune.options import MAX_STEPS, FinetuneOptions
-from synthdp.pipelines.shared import check_label_sizes, parse_label_sizes
+from synthdp.pipelines.labels import LabelPolicy, as_text, public_sizes
 from synthdp.privacy.costs import DpSgdLora, DpSgdSteps
 
 
@@ -38,14 +38,12 @@ class FinetunePlan(PrivacyPlan):
     expected_batch_size: int  # B: the noisy sum is divided by it
     clip: float  # C
     noise_calibrated: bool  # sigma calibrated from epsilon (False: given as `noise`)
-    histogram_noise: float | None  # noise multiplier of the DP label histogram; None: no histogram
+    labels: LabelPolicy  # texts per label: uniform, public weights or the DP label histogram
 
     def published(self) -> dict[str, Any]:
-        out = super().published()
-        sigma_h = out.pop("histogram_noise")
-        out["label_histogram"] = (None if sigma_h is None
-                                  else label_histogram.plan_parameters(sigma_h, "add_remove"))
-        return out
+        skip = {"events", "public_assumptions", "labels"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        return out | {"label_histogram": self.labels.published()}
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed under this plan."""
@@ -62,14 +60,13 @@ class FinetunePlan(PrivacyPlan):
 def public_size(options: FinetuneOptions, data: LoadedData) -> tuple[int, str]:
     """(n, the ledger's words for it): the public size given with `label_sizes`, or the bundled public sample's
     rows. Anything else is refused (OptionError, before anything is spent): the true n is private."""
-    text = options.label_sizes.strip()
-    if text:
-        sizes = parse_label_sizes(text)
-        assert sizes is not None  # "dp" is refused by the options
-        if set(sizes) != {None}:
-            check_label_sizes(text, data.labels)
-        n = sum(sizes.values())
-        return n, f"the number of records n = {n} given with label_sizes ({text}) is public (not checked against the data)"
+    sizes = options.label_sizes
+    if sizes is not None:
+        if isinstance(sizes, dict):  # one size per label; one number is n itself, whatever the labels
+            public_sizes(sizes, data.labels)
+        n = sizes if isinstance(sizes, int) else sum(sizes.values())
+        return n, (f"the number of records n = {n} given with label_sizes ({as_text(sizes)}) is public (not checked "
+                   "against the data)")
     if data.source == BUNDLED_SOURCE:
         return data.rows_read, f"the number of records n = {data.rows_read} of the bundled public sample is public"
     raise OptionError(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, check_template, option
-from synthdp.pipelines.shared import parse_label_sizes, parse_label_weights
+from synthdp.pipelines.labels import (
+    LABEL_SIZES_HELP, LabelCounts, LabelSizes, label_counts_value, label_sizes_value,
+)
 
 PROMPT_FIELDS = ("domain", "label_name", "label", "text")
 DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Please give me another {domain} like it."
@@ -59,11 +61,10 @@ class InvisibleInkOptions:
     public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt; "
                                                           "{domain}, {label_name}, {label}")
     assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
-    label_sizes: str = option("dp", "how many private records each label holds, which sets the batch counts: dp (a DP "
-                                    "label histogram paid from the budget), or public sizes like 'ham:300,spam:100' "
-                                    "(unlabelled data: one number)")
-    label_counts: str = option("dp", "texts per label: dp (in proportion to the label sizes that set the batch "
-                                     "counts: no extra cost), uniform, or public weights like 'ham:3,spam:1'")
+    label_sizes: LabelSizes = option("dp", LABEL_SIZES_HELP)
+    label_counts: LabelCounts = option("dp", "texts per label: dp (in proportion to the label sizes that set the batch "
+                                             "counts: no extra cost), uniform, or public weights as a table "
+                                             "{ham = 3, spam = 1} (--set label_counts=ham:3,spam:1)")
     batches_per_step: int | None = option(None, "hash batches decoded together in one forward pass (public); "
                                                 "default: as many as the device's row budget holds", maximum=MAX_BATCH)
 
@@ -93,9 +94,6 @@ class InvisibleInkOptions:
         from synthdp.pipelines.invisibleink.prompts import read_public_examples
 
         read_public_examples(self.public_examples)  # a missing or malformed file is refused before any spending
-        self.public_label_sizes()  # validates the syntax
-        parse_label_weights(self.label_counts)
-
-    def public_label_sizes(self) -> dict[str | None, int] | None:
-        """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
-        return parse_label_sizes(self.label_sizes)
+        # the typed values, whatever the input syntax (frozen: set once, here)
+        object.__setattr__(self, "label_sizes", label_sizes_value(self.label_sizes))
+        object.__setattr__(self, "label_counts", label_counts_value(self.label_counts))

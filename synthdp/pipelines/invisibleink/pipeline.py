@@ -28,7 +28,6 @@ import torch
 
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
-from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.invisibleink import choose_token, clip_for
 from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
@@ -42,7 +41,7 @@ from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 from synthdp.pipelines.private_prediction import batches_per_label, hash_batch
-from synthdp.pipelines.shared import parse_label_weights, split_by_weights, wants_dp_counts
+from synthdp.pipelines.shared import split_by_weights
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
@@ -122,9 +121,10 @@ class InvisibleInk:
         assert isinstance(plan, InvisibleInkPlan)
         lm: LocalLM = ctx.resources
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        sizes = self.label_sizes(records, labels, plan, ctx)
+        sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)  # public, or the DP label histogram
+        assert sizes is not None  # the batch counts always have sizes
         batches = batches_per_label(sizes, plan.divisor_s)
-        quotas = self.texts_per_label(ctx.num_samples, labels, sizes, options)
+        quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))
         m = max((math.ceil(q / batches[lbl]) for lbl, q in quotas.items()), default=0)
         if m == 0:
             return
@@ -172,28 +172,6 @@ class InvisibleInk:
                 for text in texts:
                     ctx.progress(1, spent)
                     yield SyntheticRecord(text, unit.label)
-
-    @staticmethod
-    def label_sizes(records: list[Record], labels: tuple[str | None, ...], plan: InvisibleInkPlan,
-                    ctx: RunContext) -> dict[str | None, float]:
-        """Sizes per label: public (from the plan), or the DP label histogram drawn now (paid in the plan)."""
-        if plan.label_sizes is not None:
-            return dict(plan.label_sizes)
-        assert plan.histogram_noise_multiplier is not None
-        noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
-                                             plan.histogram_noise_multiplier, plan.neighboring, ctx.noise_rng)
-        return {label: float(n) for label, n in zip(labels, noisy)}
-
-    @staticmethod
-    def texts_per_label(total: int, labels: tuple[str | None, ...], sizes: dict[str | None, float],
-                        options: InvisibleInkOptions) -> dict[str | None, int]:
-        """label_counts: dp (in proportion to the sizes), uniform, or public weights."""
-        weights = parse_label_weights(options.label_counts)
-        if wants_dp_counts(options.label_counts):
-            shares = [max(0.0, sizes[label]) for label in labels]
-        else:
-            shares = [1.0 if weights is None else weights.get(str(label), 0.0) for label in labels]
-        return dict(zip(labels, split_by_weights(total, shares)))
 
     @staticmethod
     def units(records: list[Record], labels: tuple[str | None, ...], batches: dict[str | None, int],

@@ -5,14 +5,14 @@ calibrated by dp_accounting before any record is read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from synthdp.data import LoadedData, label_set_words
-from synthdp.errors import OptionError
 from synthdp.mechanisms.invisibleink import calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
-from synthdp.pipelines.private_prediction.batching import plan_hash_batches
-from synthdp.pipelines.shared import parse_label_weights, wants_dp_counts
+from synthdp.pipelines.labels import LabelPolicy, as_text
+from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
@@ -29,39 +29,39 @@ class InvisibleInkPlan(PrivacyPlan):
     temperature: float
     top_k: int | None
     neighboring: Neighboring
-    batches_per_label: dict[str | None, int] | None  # None: from the DP label histogram, drawn at run time
-    label_sizes: dict[str | None, float] | None  # public sizes (label_counts=dp uses them as weights)
-    histogram_noise_multiplier: float | None  # the DP label histogram's, when it is drawn
+    labels: LabelPolicy  # sizes for the batch counts (public, or the DP label histogram drawn at run time), texts
 
+    @property
+    def batches_per_label(self) -> dict[str | None, int] | None:
+        """B per label where the sizes are public; None: from the DP label histogram, drawn at run time."""
+        return public_batches(self.labels, self.divisor_s)
 
-
-def check_weights(options: InvisibleInkOptions, labels: tuple[str, ...]) -> None:
-    weights = parse_label_weights(options.label_counts)
-    unknown = sorted(set(weights or ()) - set(labels))
-    if unknown:
-        raise OptionError(f"`label_counts` names label(s) {unknown} that are not in the label set {list(labels)}. "
-                          "Use the labels of --labels or of the data.")
+    def published(self) -> dict[str, Any]:
+        batches, sizes = self.batches_per_label, self.labels.sizes
+        return {"rho_batch": self.rho_batch, "divisor_s": self.divisor_s, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_k": self.top_k, "neighboring": self.neighboring,
+                "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
+                "label_sizes": None if sizes is None else {str(k): float(v) for k, v in sizes.items()},
+                "histogram_noise_multiplier": self.labels.histogram_noise}
 
 
 def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) -> InvisibleInkPlan:
     """Reads no record: public sizes, or a DP label histogram drawn in `run` (after the write-ahead) and paid here."""
-    check_weights(options, data.labels)
     s = options.batch_size
-    hb = plan_hash_batches(options.label_sizes, target, data, s)
-    rho = calibrate_batch_rho(target.epsilon, target.delta, (hb.histogram.event,) if hb.histogram is not None else ())
+    labels = LabelPolicy.plan(target, data, counts=options.label_counts, sizes=options.label_sizes,
+                              purpose=BATCH_COUNTS_PURPOSE)
+    rho = calibrate_batch_rho(target.epsilon, target.delta, labels.dp_events)
     cost = DifferenceClippedBatch(rho_batch=rho, max_tokens=options.max_tokens, divisor=s,
                                   temperature=options.temperature, top_k=options.top_k, neighboring=target.neighboring)
-    counts_words = ("in proportion to the label sizes that set the batch counts" if wants_dp_counts(options.label_counts)
-                    else f"set by label_counts = {options.label_counts!r}")
+    counts_words = ("in proportion to the label sizes that set the batch counts" if options.label_counts == "dp"
+                    else f"set by label_counts = {as_text(options.label_counts)!r}")
     assumptions = (
-        hb.assumption,
+        batches_assumption(labels, s),
         label_set_words(data),
         "the prompt templates, the domain, the public placeholder prompt and the model are public",
         f"the number of synthetic texts is public; the texts per label are {counts_words}",
     )
-    events = ((hb.histogram,) if hb.histogram is not None else ()) + (LedgerEvent(cost.NAME, cost.words, cost.event),)
+    events = labels.events + (LedgerEvent(cost.NAME, cost.words, cost.event),)
     return InvisibleInkPlan(events=events, public_assumptions=assumptions, rho_batch=rho, divisor_s=s,
                             max_tokens=options.max_tokens, temperature=options.temperature, top_k=options.top_k,
-                            neighboring=target.neighboring, batches_per_label=hb.batches,
-                            label_sizes={k: float(v) for k, v in hb.sizes.items()} if hb.sizes is not None else None,
-                            histogram_noise_multiplier=hb.histogram_noise)
+                            neighboring=target.neighboring, labels=labels)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from synthdp.pipelines.base import MAX_COUNT, MAX_TOKENS, check_option_values, check_template, option
-from synthdp.pipelines.shared import LABEL_COUNTS_HELP, parse_label_weights
+from synthdp.pipelines.labels import LABEL_COUNTS_HELP, LabelCounts, label_counts_value
 
 RANDOM_PROMPT = ('Write one {domain} whose {label_name} is "{label}", about {keyword}. Reply with the {domain} '
                  "itself only: no title, no introduction, no explanation.")
@@ -46,7 +46,7 @@ class PrivateEvolutionOptions:
     selection: Literal["rank", "sample"] = option("rank", "rank: keep the top n_c; sample: draw prop. to votes")
     variation: Literal["paraphrase", "blanks"] = option("paraphrase", "VARIATION_API: paraphrase or fill in the blanks")
     variation_degree: float = option(0.5, "fill-in-the-blanks: probability that a word is masked")
-    label_counts: str = option("uniform", LABEL_COUNTS_HELP)
+    label_counts: LabelCounts = option("uniform", LABEL_COUNTS_HELP)
     concurrency: int = option(8, "API requests in flight at once, per endpoint (--api-base)", maximum=1024)
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
@@ -94,7 +94,7 @@ class PrivateEvolutionOptions:
         check_template("list_header", self.list_header, PROMPT_FIELDS[:3])
         if self.max_examples < 0:
             raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
-        self.label_weights()  # validates the syntax
+        object.__setattr__(self, "label_counts", label_counts_value(self.label_counts))  # typed, whatever the syntax
 
     def _check_sizes(self) -> None:
         at_least_one = {"iterations": self.iterations, "variations": self.variations, "votes": self.votes,
@@ -127,7 +127,3 @@ class PrivateEvolutionOptions:
     @property
     def keyword_list(self) -> list[str]:
         return [k.strip() for k in self.keywords.split(",") if k.strip()] or ["any topic"]
-
-    def label_weights(self) -> dict[str, float] | None:
-        """Public per-label weights given as 'a:3,b:1'; None for 'uniform' or 'dp'."""
-        return parse_label_weights(self.label_counts)

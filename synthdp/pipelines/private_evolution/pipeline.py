@@ -29,7 +29,6 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from synthdp.data import LoadedData, Record
-from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.nn_histogram import dp_nn_histogram, rank_select, sample_select
 from synthdp.models.api import ApiGenerator
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
@@ -141,16 +140,9 @@ class Evolution:
                           state: EvolutionState) -> dict[Label, int]:
         """n_c: public weights or uniform, or drawn from the DP label histogram (checkpointed before use)."""
         if state.label_counts is None:
-            if self.plan.histogram_noise is not None:
-                exact = label_histogram.exact_counts((r.label for r in records), labels)
-                noisy = label_histogram.noisy_counts(exact, self.plan.histogram_noise, self.plan.neighboring,
-                                                     self.ctx.noise_rng)
-                counts = split_by_weights(total, list(noisy))
-            else:
-                weights = self.plan.label_weights
-                counts = split_by_weights(total, [weights.get(str(lbl), 0.0) for lbl in labels] if weights
-                                          else [1.0] * len(labels))
-            state.record_label_counts(counts)
+            policy = self.plan.labels
+            sizes = policy.draw((r.label for r in records), self.ctx.noise_rng)  # the DP label histogram, if any
+            state.record_label_counts(list(policy.split(total, policy.weights(sizes)).values()))
         assert state.label_counts is not None
         return dict(zip(labels, state.label_counts))
 

@@ -9,16 +9,14 @@ accounted with their zCDP bound (`VoteRounds` of `synthdp.privacy.costs`: the ev
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import OptionError, PrivacyParameterError
-from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
+from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
-from synthdp.pipelines.shared import label_histogram_event, wants_dp_counts
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
 from synthdp.privacy.costs import VoteRounds, l2_sensitivity
 from synthdp.privacy.ledger import LedgerEvent
@@ -32,8 +30,7 @@ class PrivateEvolutionPlan(PrivacyPlan):
     noise_multiplier: float  # sigma of the votes (std = sigma * l2_sensitivity)
     l2_sensitivity: float  # of one record's votes under the neighbouring relation
     iterations: int  # T: rounds of DP voting and selection, each one Gaussian release
-    histogram_noise: float | None  # sigma of the DP label histogram; None: the per-label counts are public
-    label_weights: Mapping[str, float] | None  # public per-label weights; None: uniform (or the DP histogram)
+    labels: LabelPolicy  # samples per label: uniform, public weights or the DP label histogram
     calibrated: bool  # sigma calibrated from the target (not given as `noise`)
     neighboring: Neighboring
 
@@ -43,33 +40,23 @@ class PrivateEvolutionPlan(PrivacyPlan):
 
     @property
     def dp_label_histogram(self) -> bool:
-        return self.histogram_noise is not None
+        return self.labels.histogram is not None
 
     def published(self) -> dict[str, Any]:
         """The ledger's `parameters` (the public weights are in the options beside them)."""
-        histogram = (label_histogram.plan_parameters(self.histogram_noise, self.neighboring)
-                     if self.histogram_noise is not None else None)
         return {"noise_multiplier": self.noise_multiplier, "noise_std": self.noise_std,
                 "l2_sensitivity": self.l2_sensitivity, "iterations": self.iterations,
                 "gaussian_releases": self.iterations + int(self.dp_label_histogram),
-                "dp_label_histogram": self.dp_label_histogram, "label_histogram": histogram,
+                "dp_label_histogram": self.dp_label_histogram, "label_histogram": self.labels.published(),
                 "calibrated": self.calibrated, "neighboring": self.neighboring}
 
 
 def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> PrivateEvolutionPlan:
     """The DpEvents and calibrated noise of a run; refuses a `noise` that does not fit the target."""
-    labels = list(data.labels)
-    weights = public_weights(o, labels)
-    dp_labels = wants_dp_counts(o.label_counts) and label_histogram.needs_histogram(
-        len(labels), target.neighboring, uses_sizes=False)
-    events: list[LedgerEvent] = []
-    sigma_h: float | None = None
-    if dp_labels:
-        sigma_h, event = label_histogram_event(target.epsilon, target.delta, target.neighboring, len(labels),
-                                               "sets how many synthetic texts each label gets",
-                                               "private-evolution label histogram")
-        events.append(event)
-    others = tuple(e.event for e in events)
+    labels = LabelPolicy.plan(target, data, counts=o.label_counts, event_name="private-evolution label histogram",
+                              purpose="sets how many synthetic texts each label gets")
+    events: list[LedgerEvent] = list(labels.events)
+    others = labels.dp_events
     calibrated = calibrate_gaussian_compositions(target.epsilon, target.delta, o.iterations, other_events=others,
                                                  discrete=True) if o.noise is None else None
     sigma = o.noise if o.noise is not None else calibrated
@@ -81,20 +68,9 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     if o.noise is not None:
         check_noise_fits(o, target, events, others)
     return PrivateEvolutionPlan(
-        events=tuple(events), public_assumptions=assumptions(o, data, dp_labels, weights), noise_multiplier=sigma,
-        l2_sensitivity=sensitivity, iterations=o.iterations, histogram_noise=sigma_h, label_weights=weights,
-        calibrated=o.noise is None, neighboring=target.neighboring)
-
-
-def public_weights(o: PrivateEvolutionOptions, labels: Sequence[str]) -> dict[str, float] | None:
-    """The public `label_counts` weights, checked against the label set."""
-    weights = o.label_weights()
-    if weights is not None:
-        unknown = sorted(set(weights) - set(labels))
-        if unknown or not labels:
-            raise OptionError(f"`label_counts` names label(s) {unknown or list(weights)} that are not in the label "
-                              f"set ({', '.join(labels) or 'unlabelled data'}). Name labels of the set.")
-    return weights
+        events=tuple(events), public_assumptions=assumptions(o, data, labels), noise_multiplier=sigma,
+        l2_sensitivity=sensitivity, iterations=o.iterations, labels=labels, calibrated=o.noise is None,
+        neighboring=target.neighboring)
 
 
 def check_noise_fits(o: PrivateEvolutionOptions, target: Target, events: list[LedgerEvent],
@@ -111,12 +87,11 @@ def check_noise_fits(o: PrivateEvolutionOptions, target: Target, events: list[Le
             "unset to calibrate it, or raise --epsilon.")
 
 
-def assumptions(o: PrivateEvolutionOptions, data: LoadedData, dp_labels: bool,
-                weights: Mapping[str, float] | None) -> tuple[str, ...]:
-    if dp_labels:
+def assumptions(o: PrivateEvolutionOptions, data: LoadedData, labels: LabelPolicy) -> tuple[str, ...]:
+    if labels.histogram is not None:
         counts_words = "drawn from a DP label histogram (in the ledger) in proportion to the noisy counts"
-    elif weights is not None:
-        counts_words = f"given by the user as public weights {o.label_counts!r}"
+    elif isinstance(o.label_counts, dict):
+        counts_words = f"given by the user as public weights {as_text(o.label_counts)!r}"
     else:
         counts_words = "split evenly across labels"
     return (

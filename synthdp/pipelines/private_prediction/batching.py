@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from synthdp.data import LoadedData, Record
-from synthdp.mechanisms import label_histogram
-from synthdp.pipelines.base import RunContext, Target
-from synthdp.pipelines.shared import check_label_sizes, label_histogram_event, split_by_weights
-from synthdp.privacy.ledger import LedgerEvent
+from synthdp.data import Record
+from synthdp.pipelines.base import RunContext
+from synthdp.pipelines.labels import LabelPolicy
+from synthdp.pipelines.shared import split_by_weights
 
 if TYPE_CHECKING:
     from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan
@@ -29,40 +28,21 @@ def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str |
     return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
 
 
-@dataclass(frozen=True)
-class HashBatchPlan:
-    """How the batch counts of a run are known: public sizes (given with `label_sizes`, or n under replace-one
-    with one label) or a DP label histogram drawn at run time (its noise and ledger event)."""
-
-    sizes: dict[str | None, int] | None  # public sizes, or None when the histogram sets them
-    batches: dict[str | None, int] | None  # B per label from the public sizes, or None
-    histogram_noise: float | None
-    histogram: LedgerEvent | None
-    assumption: str  # the ledger's words for it
+# What the DP label histogram is for, in the ledger, when it sets the batch counts.
+BATCH_COUNTS_PURPOSE = "sets the number of hash batches per label, B = max(1, round(noisy count / s))"
 
 
-def plan_hash_batches(label_sizes: str, target: Target, data: LoadedData, s: int) -> HashBatchPlan:
-    """The batch counts' part of a plan (reads no record; OptionError for bad `label_sizes`)."""
-    labels: tuple[str | None, ...] = data.labels or (None,)
-    sizes = check_label_sizes(label_sizes, data.labels)
-    sigma_h, histogram = None, None
-    if sizes is not None:
-        words = f"the per-label sizes given with label_sizes ({label_sizes}) are public (they are not checked against the data)"
-    elif not label_histogram.needs_histogram(len(labels), target.neighboring, uses_sizes=True):
-        # replace-one with one label: neighbouring data sets have the same number of rows, skipped rows included
-        sizes = {labels[0]: data.rows_read}
-        words = (f"the number of rows read n = {data.rows_read} is public under replace-one adjacency (rows skipped "
-                 "as unusable count in n and contribute nothing, so one row replaced by any other leaves n as it is)")
-    else:
-        sigma_h, histogram = label_histogram_event(
-            target.epsilon, target.delta, target.neighboring, len(data.labels),
-            "sets the number of hash batches per label, B = max(1, round(noisy count / s))")
-        words = "the sizes come from the DP label histogram (an event of this ledger), drawn at run time"
-    batches = batches_per_label(dict(sizes), s) if sizes is not None else None
-    assumption = ("the number of hash batches per label is B = max(1, round(size / s)); " + words
-                  + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
-                  + "; each record goes to a batch by a salted hash of its own content")
-    return HashBatchPlan(sizes, batches, sigma_h, histogram, assumption)
+def public_batches(labels: LabelPolicy, s: int) -> dict[str | None, int] | None:
+    """B per label from the policy's public sizes; None when the DP label histogram sets them at run time."""
+    return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None else None
+
+
+def batches_assumption(labels: LabelPolicy, s: int) -> str:
+    """The ledger's words on how the batch counts are known."""
+    batches = public_batches(labels, s)
+    return ("the number of hash batches per label is B = max(1, round(size / s)); " + labels.sizes_words
+            + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
+            + "; each record goes to a batch by a salted hash of its own content")
 
 
 def hash_batches(texts: list[str], label: str | None, salt: bytes, b: int) -> list[list[str]]:
@@ -85,15 +65,12 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return split_by_weights(total, [1.0] * parts)
 
 
-def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: PrivatePredictionPlan,
-                 ctx: RunContext) -> dict[str | None, int]:
-    """B per label: public (from the plan), or from the DP label histogram drawn now (post-processing)."""
-    if plan.public_batches is not None:
-        return {label: plan.public_batches[label] for label in labels}
-    if plan.histogram_noise is None:
-        raise ValueError("The plan has neither public batch counts nor a DP label histogram.")
-    noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
-                                         plan.histogram_noise, plan.neighboring, ctx.noise_rng)
-    batches = batches_per_label(dict(zip(labels, noisy)), plan.s)
-    ctx.summary.set("batches_per_label_from_dp_histogram", {str(k): v for k, v in batches.items()})
+def batch_counts(records: list[Record], plan: PrivatePredictionPlan, ctx: RunContext) -> dict[str | None, int]:
+    """B per label: from the public sizes, or from the DP label histogram drawn now (post-processing)."""
+    sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)
+    if sizes is None:
+        raise ValueError("The plan has neither public sizes nor a DP label histogram.")
+    batches = batches_per_label(sizes, plan.s)
+    if plan.labels.sizes is None:
+        ctx.summary.set("batches_per_label_from_dp_histogram", {str(k): v for k, v in batches.items()})
     return batches

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synthdp.pipelines.shared import parse_label_sizes
+from synthdp.pipelines.labels import LABEL_SIZES_HELP, LabelSizes, label_sizes_value
 from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, check_template, option
 
 # The prompt of Amin et al. (section 5: "Here are texts with News Type: Business. Text: <record> Please give
@@ -50,9 +50,7 @@ class PrivatePredictionOptions:
     public_placeholder: str = option(DEFAULT_PLACEHOLDER, "stands for {text} in the public prompt; {domain}, "
                                                           "{label_name}, {label}")
     assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
-    label_sizes: str = option("dp", "how many private records each label holds, which sets the batch counts: dp (a DP "
-                                    "label histogram paid from the budget), or public sizes like 'ham:300,spam:100' "
-                                    "(unlabelled data: one number)")
+    label_sizes: LabelSizes = option("dp", LABEL_SIZES_HELP)
 
     def __post_init__(self) -> None:
         check_option_values(self)
@@ -74,8 +72,4 @@ class PrivatePredictionOptions:
             raise ValueError(f"`max_examples` must be >= 0. Found {self.max_examples}.")
         if not self.domain.strip():
             raise ValueError(f"`domain` must name a kind of text, e.g. 'SMS message'. Found {self.domain!r}.")
-        self.public_label_sizes()  # validates the syntax
-
-    def public_label_sizes(self) -> dict[str | None, int] | None:
-        """Public sizes given as 'a:300,b:100' (or one number for unlabelled data); None for 'dp'."""
-        return parse_label_sizes(self.label_sizes)
+        object.__setattr__(self, "label_sizes", label_sizes_value(self.label_sizes))  # typed, whatever the syntax

@@ -96,9 +96,9 @@ class PrivatePrediction:
         N. What N does not change: the salt, the batch counts and so every batch's records, its streams, the plan,
         the ledger and the guarantee: the batches are disjoint and each is charged r private tokens."""
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        per_label = split_evenly(ctx.num_samples, len(labels))  # public: texts per label
+        per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None)).values()  # public: uniform
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
-        b_by_label = batch_counts(records, labels, plan, ctx)  # public sizes, or the DP label histogram
+        b_by_label = batch_counts(records, plan, ctx)  # public sizes, or the DP label histogram
         records_by_label = texts_by_label(records)
         prompted = {label: options for label in labels}
         if ctx.public is not None:  # a public draw per label (its own stream: the chunks' streams stay as they were)

@@ -18,9 +18,9 @@ from dp_accounting import dp_event
 
 from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
-from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import PrivacyPlan, Target
-from synthdp.pipelines.private_prediction.batching import plan_hash_batches
+from synthdp.pipelines.labels import LabelPolicy
+from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.accounting import max_count_within
 from synthdp.privacy.costs import ExponentialToken, PredictionBatch, SvtRound
@@ -40,17 +40,15 @@ class PrivatePredictionPlan(PrivacyPlan):
     r: int  # private tokens per hash batch
     rho_token: float  # zCDP of one private token (exponential mechanism, plus SVT when on)
     s: int  # the fixed divisor of the aggregated logits (expected batch size)
-    public_batches: dict[str | None, int] | None  # B per label when the sizes are public; None: DP histogram
-    histogram_noise: float | None  # noise multiplier of the DP label histogram drawn in `run`; None: not drawn
+    labels: LabelPolicy  # the batch counts' sizes (public, or the DP label histogram drawn in `run`); texts uniform
     neighboring: Neighboring
 
     def published(self) -> dict[str, Any]:
+        batches = public_batches(self.labels, self.s)
         return {
             "private_tokens_per_batch": self.r, "rho_per_private_token": self.rho_token, "divisor_s": self.s,
-            "batches_per_label": None if self.public_batches is None else {
-                str(k): v for k, v in self.public_batches.items()},
-            "label_histogram": None if self.histogram_noise is None else label_histogram.plan_parameters(
-                self.histogram_noise, self.neighboring),
+            "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
+            "label_histogram": self.labels.published(),
             "neighboring": self.neighboring,
         }
 
@@ -66,21 +64,20 @@ def batch_cost(o: PrivatePredictionOptions, target: Target, r: int) -> Predictio
 def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> PrivatePredictionPlan:
     """Reads no record: the batch counts come from public sizes, or from a DP label histogram drawn in
     `run` (after the write-ahead) and paid here."""
-    hb = plan_hash_batches(o.label_sizes, target, data, o.batch_size)
-    cost = private_tokens_per_batch(o, target, [hb.histogram.event] if hb.histogram is not None else [])
+    labels = LabelPolicy.plan(target, data, sizes=o.label_sizes, purpose=BATCH_COUNTS_PURPOSE)
+    cost = private_tokens_per_batch(o, target, list(labels.dp_events))
     r, rho = cost.tokens, cost.rho_token
     check_r_completes_a_text(o, r)
     assumptions = (
-        hb.assumption,
+        batches_assumption(labels, o.batch_size),
         label_set_words(data),
         "the prompt templates, the public placeholder prompt and the model are public",
         "the number of synthetic texts per label is public (split evenly across labels)",
     )
     batch = LedgerEvent(cost.NAME, cost.words, cost.event)
     return PrivatePredictionPlan(
-        events=((hb.histogram,) if hb.histogram is not None else ()) + (batch,), public_assumptions=assumptions,
-        r=r, rho_token=rho, s=o.batch_size, public_batches=hb.batches, histogram_noise=hb.histogram_noise,
-        neighboring=target.neighboring)
+        events=labels.events + (batch,), public_assumptions=assumptions, r=r, rho_token=rho, s=o.batch_size,
+        labels=labels, neighboring=target.neighboring)
 
 
 def private_tokens_per_batch(o: PrivatePredictionOptions, target: Target,
