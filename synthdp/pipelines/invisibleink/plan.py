@@ -10,7 +10,7 @@ from synthdp.errors import OptionError
 from synthdp.mechanisms.invisibleink import REPLACE_FACTOR, batch_event, calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
-from synthdp.pipelines.private_prediction.batching import plan_hash_batches
+from synthdp.pipelines.batching import plan_hash_batches
 from synthdp.pipelines.shared import parse_label_weights, wants_dp_counts
 from synthdp.privacy.ledger import LedgerEvent
 

@@ -11,15 +11,14 @@ import numpy as np
 
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
+from synthdp.mechanisms import label_histogram
 from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.public_data import PublicData, choose, length_default, longest_examples, tokenizer_counter
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.batching import add_counts, batches_per_label, hash_batches, split_evenly, texts_by_label
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
-from synthdp.pipelines.private_prediction.batching import (
-    add_counts, batch_counts, hash_batches, split_evenly, texts_by_label,
-)
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
@@ -200,3 +199,17 @@ def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:
         if j == len(batches) or batches[j].label != batches[first].label:
             yield batches[first].label, first, j - first
             first = j
+
+
+def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: PrivatePredictionPlan,
+                 ctx: RunContext) -> dict[str | None, int]:
+    """B per label: public (from the plan), or from the DP label histogram drawn now (post-processing)."""
+    if plan.public_batches is not None:
+        return {label: plan.public_batches[label] for label in labels}
+    if plan.histogram_noise is None:
+        raise ValueError("The plan has neither public batch counts nor a DP label histogram.")
+    noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
+                                         plan.histogram_noise, plan.neighboring, ctx.noise_rng)
+    batches = batches_per_label(dict(zip(labels, noisy)), plan.s)
+    ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
+    return batches

@@ -1,21 +1,19 @@
-"""Hash batching (Amin et al. 2024, Assumption 1): each record goes to one of B disjoint batches of its
-label by a salted hash of its own content, B = max(1, round(n / s)), so that a record's batch never
-depends on another record and the batches compose in parallel. Also how many texts each batch writes."""
+"""Hash batching (Amin et al. 2024, Assumption 1), shared by the pipelines that prompt with batches of records
+(private prediction, InvisibleInk): each record goes to one of B disjoint batches of its label by a salted hash
+of its own content, B = max(1, round(n / s)), so that a record's batch never depends on another record and the
+batches compose in parallel. Also how many texts each batch writes, and the summary of a run done in parts."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from synthdp.data import LoadedData, Record
 from synthdp.mechanisms import label_histogram
-from synthdp.pipelines.base import RunContext, Target
+from synthdp.pipelines.base import Target
 from synthdp.pipelines.shared import check_label_sizes, label_histogram_event, split_by_weights
 from synthdp.privacy.ledger import LedgerEvent
-
-if TYPE_CHECKING:
-    from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan
 
 
 def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
@@ -83,20 +81,6 @@ def texts_by_label(records: list[Record]) -> dict[str | None, list[str]]:
 def split_evenly(total: int, parts: int) -> list[int]:
     """`total` texts over `parts` (labels, or the batches of a label), the earlier parts taking the remainder."""
     return split_by_weights(total, [1.0] * parts)
-
-
-def batch_counts(records: list[Record], labels: tuple[str | None, ...], plan: PrivatePredictionPlan,
-                 ctx: RunContext) -> dict[str | None, int]:
-    """B per label: public (from the plan), or from the DP label histogram drawn now (post-processing)."""
-    if plan.public_batches is not None:
-        return {label: plan.public_batches[label] for label in labels}
-    if plan.histogram_noise is None:
-        raise ValueError("The plan has neither public batch counts nor a DP label histogram.")
-    noisy = label_histogram.noisy_counts(label_histogram.exact_counts((r.label for r in records), labels),
-                                         plan.histogram_noise, plan.neighboring, ctx.noise_rng)
-    batches = batches_per_label(dict(zip(labels, noisy)), plan.s)
-    ctx.summary["batches_per_label_from_dp_histogram"] = {str(k): v for k, v in batches.items()}
-    return batches
 
 
 def add_counts(summary: dict[str, Any], counts: dict[str, Any]) -> None:
