@@ -1,8 +1,8 @@
 """The privacy plan of Private Evolution, built before any record is read (no I/O).
 
-Each round releases the votes of all labels at once with Gaussian noise; labels partition the records,
-so a round is one Gaussian release (parallel composition) and the run is
-SelfComposedDpEvent(GaussianDpEvent(sigma), T), accounted with the discrete Gaussian's zCDP bound. With
+Each round releases the votes of all labels at once with exact discrete Gaussian noise; labels partition the
+records, so a round is one release (parallel composition) and the run's T rounds are one zCDP event,
+ZCDpEvent(T / (2 sigma^2)) (`privacy.accounting.discrete_gaussian_event`), accounted by RDP. With
 `label_counts=dp` and more than one label, the shared DP label histogram
 (mechanisms/label_histogram.py) comes first and sigma of the votes is calibrated on the composition.
 """
