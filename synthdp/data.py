@@ -161,6 +161,11 @@ def label_set_words(data: LoadedData) -> str:
     return "the label set is public (given with --labels)"
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: every run of whitespace (line breaks included) becomes one space."""
+    return " ".join(text.split())
+
+
 def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tuple[str, ...] | None:
     if labels is None:
         return None

@@ -13,6 +13,7 @@ counted). `synthdp:NAME` names a file shipped in synthdp/resources (the bundled 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from synthdp.data import LoadedData, Record, field_names, load_records
+from synthdp.data import LoadedData, Record, field_names, load_records, one_line
 from synthdp.errors import DataError, OptionError
 
 RESOURCE_PREFIX = "synthdp:"
@@ -31,6 +32,8 @@ BUNDLED_PUBLIC_DATA = "synthdp:sms_public_examples.jsonl"  # the bundled sample'
 LENGTH_QUANTILE = 0.9  # max_tokens defaults to this quantile of the public texts' token lengths, plus one end token
 LENGTH_SAMPLE = 2_000  # texts measured for it at most (a fixed, public subsample of larger public data)
 MIN_LENGTH = 4
+MAX_EXAMPLE_CHARS = 2_000  # of one text in the old `public_examples` file
+MAX_EXAMPLES_FILE = 10_000  # texts in it at most
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def length_default(texts: Sequence[str], count_tokens: Callable[[list[str]], lis
     picked = list(texts)
     if len(picked) > LENGTH_SAMPLE:
         picked = [picked[int(i)] for i in np.random.default_rng(0).choice(len(picked), LENGTH_SAMPLE, replace=False)]
-    lengths = count_tokens([" ".join(t.split()) for t in picked])
+    lengths = count_tokens([one_line(t) for t in picked])
     if not lengths:
         raise ValueError("length_default needs at least one text.")
     return max(MIN_LENGTH, math.ceil(float(np.quantile(lengths, LENGTH_QUANTILE))) + 1)
@@ -141,12 +144,41 @@ def legacy_public_data(options: Any) -> tuple[str, PublicData] | None:
             texts = [t.strip() for t in value.split("||") if t.strip()]
             return name, PublicData(f"option examples ({len(texts)} texts)", tuple(Record(t, None) for t in texts),
                                     False, {})
-        from synthdp.pipelines.invisibleink.prompts import read_public_examples
-
         rows = read_public_examples(value)
         return name, PublicData(f"option public_examples ({value})", tuple(Record(t, lbl) for t, lbl in rows),
                                 any(label is not None for _, label in rows), {})
     return None
+
+
+def read_public_examples(spec: str) -> list[tuple[str, str | None]]:
+    """(text, label or None) per line of the JSONL file `spec`; [] for "". ValueError says what is wrong."""
+    if not spec:
+        return []
+    path = resolve(spec)
+    fix = 'Give a JSONL file of public texts, one {"text": ..., "label": ...} per line (label optional), or "".'
+    if not path.is_file():
+        raise ValueError(f"`public_examples`: no file at {path}. {fix}")
+    examples: list[tuple[str, str | None]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`public_examples`: line {number} of {path} is not JSON ({err.msg}). {fix}") from None
+        text, label = (row.get("text"), row.get("label")) if isinstance(row, dict) else (None, None)
+        if not isinstance(text, str) or not one_line(text) or len(text) > MAX_EXAMPLE_CHARS:
+            raise ValueError(f"`public_examples`: line {number} of {path} needs a non-empty \"text\" of at most "
+                             f"{MAX_EXAMPLE_CHARS:,} characters. {fix}")
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"`public_examples`: line {number} of {path}: \"label\" must be text. {fix}")
+        examples.append((one_line(text), label))
+        if len(examples) > MAX_EXAMPLES_FILE:
+            raise ValueError(f"`public_examples`: {path} has more than {MAX_EXAMPLES_FILE:,} examples; a prompt "
+                             f"shows at most `max_examples` of them. Keep a few dozen per label.")
+    if not examples:
+        raise ValueError(f"`public_examples`: {path} holds no example. {fix}")
+    return examples
 
 
 def check_not_both(option: str, spec: str | None) -> None:

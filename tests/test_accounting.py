@@ -109,7 +109,7 @@ def test_bad_delta(bad: object) -> None:
 
 
 def test_nearly_noiseless_mechanisms_use_rdp_only_and_do_not_exhaust_memory() -> None:
-    # A huge epsilon (the "no noise" arm of a benchmark) once made PLD allocate tens of GB.
+    # A huge epsilon (the "no noise" arm of a benchmark) must not make PLD allocate tens of GB.
     from synthdp.privacy.accounting import PLD_MAX_EPSILON, calibrate_gaussian_compositions
 
     sigma = calibrate_gaussian_compositions(1e6, 1e-5, 4)

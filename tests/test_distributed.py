@@ -1,4 +1,4 @@
-"""torchrun (issue 13): private prediction and InvisibleInk on 2 ranks, in real processes on CPU (gloo).
+"""torchrun: private prediction and InvisibleInk on 2 ranks, in real processes on CPU (gloo).
 
 Each run is `python -m torch.distributed.run --nproc-per-node 2 -m synthdp generate ...` (one thread per process)
 with a tiny random Llama model, against a plain one-process `python -m synthdp generate ...`. A sitecustomize on

@@ -12,8 +12,8 @@ from synthdp.pipelines.base import parse_options
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions
 from synthdp.pipelines.invisibleink.pipeline import Unit
 from synthdp.data import Record
-from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools, read_public_examples
-from synthdp.public_data import PublicData
+from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
+from synthdp.public_data import PublicData, read_public_examples
 
 
 def examples_file(tmp_path: Path, rows: list[object]) -> Path:

@@ -26,7 +26,7 @@ from synthdp.mechanisms.randomness import noise_generator
 from synthdp.models.generator import CachedGenerator
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.private_evolution import PrivateEvolutionResources
-from synthdp.pipelines.private_prediction.batching import batch_counts
+from synthdp.pipelines.private_prediction.pipeline import batch_counts
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, epsilon_report
 from synthdp.privacy.costs import DiscreteGaussianRelease, l2_sensitivity
 from synthdp.privacy.ledger import Ledger

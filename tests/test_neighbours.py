@@ -37,7 +37,7 @@ from synthdp.models.embedder import Embedder
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import available_pipelines
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
-from synthdp.pipelines.invisibleink.prompts import read_public_examples
+from synthdp.public_data import read_public_examples
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.ledger import Budget
 

@@ -21,6 +21,7 @@ from synthdp.errors import OptionError, PrivacyParameterError
 from synthdp.mechanisms.randomness import secure_generator
 from synthdp.mechanisms.sparse_vector import SparseVector
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
+from synthdp.pipelines.batching import batches_per_label, hash_batch, hash_batches
 from synthdp.pipelines.private_prediction import decoding, prompts
 from synthdp.privacy.ledger import Budget
 from synthdp.run import prepare_run
@@ -138,18 +139,17 @@ def test_svt_public_tokens_come_from_the_public_row() -> None:
 def test_hash_batches_depend_only_on_the_record_and_are_balanced() -> None:
     salt = b"0123456789abcdef"
     texts = [f"record {i}" for i in range(4000)]
-    batches = [pp.hash_batch(salt, "a", t, 8) for t in texts]
+    batches = [hash_batch(salt, "a", t, 8) for t in texts]
     # Adding or removing one record changes only the batch that record lands in: every other batch is the same.
-    from synthdp.pipelines.private_prediction.batching import hash_batches
     full = hash_batches(texts, "a", salt, 8)
     without = hash_batches(texts[:17] + texts[18:], "a", salt, 8)
     changed = [i for i in range(8) if full[i] != without[i]]
     assert changed == [batches[17]] and texts[17] not in without[batches[17]]
     counts = np.bincount(batches, minlength=8)
     assert stats.chisquare(counts).pvalue > 1e-7
-    other = [pp.hash_batch(b"another salt 123", "a", t, 8) for t in texts]
+    other = [hash_batch(b"another salt 123", "a", t, 8) for t in texts]
     assert np.mean(np.array(other) == np.array(batches)) < 0.2  # a fresh salt reshuffles
-    assert pp.batches_per_label({"a": 1000, "b": 10}, 255) == {"a": 4, "b": 1}
+    assert batches_per_label({"a": 1000, "b": 10}, 255) == {"a": 4, "b": 1}
 
 
 # ---------------------------------------------------------------- spend nothing for nothing

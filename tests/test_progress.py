@@ -1,4 +1,4 @@
-"""Progress that moves (issue 12): stages with their own totals, and the privacy spent so far from
+"""Progress that moves: stages with their own totals, and the privacy spent so far from
 dp_accounting at most once per second."""
 
 from __future__ import annotations

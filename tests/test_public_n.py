@@ -62,8 +62,8 @@ def test_finetune_needs_a_public_n_under_add_remove(tmp_path: Path) -> None:
 
 
 def test_finetune_schedule_and_noise_do_not_depend_on_the_records(tmp_path: Path) -> None:
-    """48 rows, then the same rows plus one record: the ledger's q, T and calibrated sigma are the same (they used to
-    be q = 8/48, 6 steps and q = 8/49, 7 steps)."""
+    """48 rows, then the same rows plus one record: the ledger's q, T and calibrated sigma are the same (from the rows
+    read they would be q = 8/48, 6 steps and q = 8/49, 7 steps)."""
     sizes = "ham:70,spam:30"
     base = plan_of("dp-finetune", ROWS, tmp_path, "add_remove", ["ham", "spam"], batch_size="8", label_sizes=sizes)
     for extra in ({"text": "\ufeff", "label": "ham"}, {"text": "{label}", "label": "spam"}):

@@ -59,8 +59,8 @@ def test_a_lone_surrogate_or_bytes_that_are_not_utf8_skip_the_row_with_a_count(t
 
 
 def test_a_json_line_python_cannot_read_is_skipped_and_a_json_list_refused(tmp_path: Path) -> None:
-    """Valid JSON that json.loads cannot read (RecursionError, or ValueError for an int of over 4,300 digits) used to
-    end the run with a traceback; a JSON line is one row, a JSON list the whole file."""
+    """Valid JSON that json.loads cannot read (RecursionError, or ValueError for an int of over 4,300 digits) ends no
+    run with a traceback: a JSON line is one row (skipped), a JSON list the whole file (refused)."""
     deep = b'{"text": "a", "label": "ham", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     long_number = b'{"text": "b", "label": ' + b"9" * 5000 + b"}"
     path = tmp_path / "d.jsonl"
@@ -88,8 +88,8 @@ def test_labels_given_must_be_utf8(tmp_path: Path) -> None:
 
 def test_a_run_on_data_with_a_lone_surrogate_completes_and_spends_as_without_it(
         tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The issue's reproduction: 24 rows with and without "call me \\ud83d later"; the second run used to fail
-    after the write-ahead (ledger `failed`, only config.toml and ledger.json left)."""
+    """24 rows with and without "call me \\ud83d later": the second run must not fail after the write-ahead (a
+    ledger `failed`, only config.toml and ledger.json left), but complete and spend as the first."""
     for name, rows in (("clean", PRIVATE_ROWS), ("hostile", [*PRIVATE_ROWS, {"text": "call me \ud83d later",
                                                                              "label": "ham"}])):
         out = tmp_path / name
@@ -193,7 +193,7 @@ def test_a_spliced_prompt_is_the_whole_prompt_tokenized_for_ordinary_records() -
 def test_invisibleink_prompts_hold_no_special_id_from_a_record(style: str, tiny_lm: LocalLM) -> None:
     o = parse_options(InvisibleInkOptions, {**FAST_OPTIONS["invisibleink"], "prompt_style": style,
                                             "max_record_tokens": 64})
-    prompts = Prompts.build(tiny_lm, o)
+    prompts = Prompts.build(tiny_lm, o, {})
     clean = InvisibleInk.prompt(prompts, "ok bye", Unit("ham", [], 1, None, 0), 200)  # type: ignore[arg-type]
     row = InvisibleInk.prompt(prompts, MARKUP, Unit("ham", [], 1, None, 0), 200)  # type: ignore[arg-type]
     specials = special_ids(tiny_lm.tokenizer)

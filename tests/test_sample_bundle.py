@@ -1,4 +1,4 @@
-"""`synthdp sample` writes the same release bundle as `generate`, marked as post-processing (issue 12)."""
+"""`synthdp sample` writes the same release bundle as `generate`, marked as post-processing."""
 
 from __future__ import annotations
 

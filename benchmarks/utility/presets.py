@@ -2,7 +2,7 @@
 
 An arm is a registered pipeline name plus what the table says about it; a pipeline that is not
 installed is reported as "not installed" in the table instead of failing the benchmark. Options are
-given in the option vocabulary of issue 10 (max_tokens, max_record_tokens, domain, label_name); an
+given in the shared option vocabulary (max_tokens, max_record_tokens, domain, label_name); an
 option the installed pipeline does not know is dropped with a note (older or newer option sets).
 
 epsilon = inf: the library refuses a non-finite epsilon (`check_epsilon`), so every pipeline runs its

@@ -24,12 +24,10 @@ the discrete mechanism, and so is any accountant given the event of `DiscreteGau
 The PLD accountant's value for `GaussianDpEvent` is NOT a valid bound for the discrete mechanism: it is
 the continuous Gaussian's privacy curve, and the discrete one is slightly worse at some points. For
 sensitivity 1 the hockey-stick divergence delta(eps) of (N_Z(0, s^2), N_Z(1, s^2)) exceeds that of
-(N(0, s^2), N(1, s^2)): at s = 10, eps = 0.5 it is 6.93e-9 against 6.86e-9; at s = 0.5, eps = 1 it is
-0.603 against 0.510 (exact sums, benchmarks/discrete_gaussian.py). Composed over a Private Evolution run,
-dp_accounting's own discrete-Gaussian PLD gives epsilons within about 0.5% of the continuous ones, on
-either side (e.g. nm = 20, 20 rounds, 4 votes, delta 1e-5: 0.8237 discrete against 0.8197 continuous;
-RDP 0.8970). synthdp therefore never ledgers a discrete Gaussian release as `GaussianDpEvent`: it
-ledgers the zCDP event, whose epsilon dp_accounting computes by RDP (the proven bound).
+(N(0, s^2), N(1, s^2)) at some points (exact sums: benchmarks/discrete_gaussian.py; figures in
+docs/benchmarks.md, "The discrete Gaussian against the continuous one"). synthdp therefore never ledgers a
+discrete Gaussian release as `GaussianDpEvent`: it ledgers the zCDP event, whose epsilon dp_accounting
+computes by RDP (the proven bound).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The GGUF conversion of `models/local.py` in a process of its own.
+"""A GGUF model file de-quantised into a Hugging Face folder (for `models/local.py`), in a process of its own.
 
-Converting leaves the converting process about 0.4 GB larger once it is done (the de-quantised model, the
-tokenizer's conversion: memory the allocator keeps). A child process gives it all back to the OS when it ends, and
+Converting leaves the converting process larger once it is done (the de-quantised model, the tokenizer's
+conversion: memory the allocator keeps). A child process gives it all back to the OS when it ends, and
 its error (a file that is no GGUF model) becomes one line of a ModelError instead of a traceback.
 
     python -m synthdp.models.convert GGUF TARGET
@@ -9,12 +9,19 @@ its error (a file that is no GGUF model) becomes one line of a ModelError instea
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import torch
+
 from synthdp.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 FAILED = "conversion failed: "  # the child's last line of stdout on an error
 
@@ -33,14 +40,40 @@ def convert_in_child(gguf: Path, target: Path) -> None:
                          "model, or a Hugging Face model folder.")
 
 
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF file once with transformers and save it as a plain HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s (first use; cached in %s)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model loaded from GGUF ("not serializable" quantizer); the
+    # weights are already de-quantised, so drop the quantizer record before saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
-    from synthdp.models.local import _convert_gguf
-
     hf_logging.disable_progress_bar()  # as in the parent (LocalLM.load)
     try:
-        _convert_gguf(Path(argv[0]), Path(argv[1]))
+        convert_gguf(Path(argv[0]), Path(argv[1]))
     except Exception as err:  # any failure to read the file: one line for the parent's error message
         print(f"{FAILED}{type(err).__name__}: {err}".replace("\n", " "), flush=True)
         return 3

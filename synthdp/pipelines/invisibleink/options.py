@@ -8,6 +8,7 @@ from synthdp.pipelines.base import MAX_BATCH, MAX_TOKENS, check_option_values, c
 from synthdp.pipelines.labels import (
     LABEL_SIZES_HELP, LabelCounts, LabelSizes, label_counts_value, label_sizes_value,
 )
+from synthdp.public_data import read_public_examples
 
 PROMPT_FIELDS = ("domain", "label_name", "label", "text")
 DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Please give me another {domain} like it."
@@ -21,16 +22,12 @@ class InvisibleInkOptions:
     """Knobs of InvisibleInk (Vinod, Pillutla & Thakurta, NeurIPS 2025). The paper uses s + 1 = 4 to 32 rows per
     batch, tau about 1 (1.1 in its code), k = 50 to 100, T up to 500.
 
-    Ours, by measurement (benchmarks/tune_invisibleink.py, epsilon 3, bundled SMS sample and AG News, 48
-    private rows, 16 texts per run, two repeats each; docs/benchmarks.md, "Defaults by measurement", has the table and the command):
-    tau 0.7 with k 20 (and T 32) against the paper's tau 1 with k 50 (T 64) gave the same TF-IDF+LR accuracy within the spread
-    of repeats on both data sets, and more fluent texts (NLL per token under the public model 2.16 against
-    2.79 on AG News, 2.55 against 2.83 on SMS), so tau = 0.7, k = 20. T = 64 kept: at T = 32, 66% of the news
-    texts were cut mid-sentence (38% at 64). s = 8 (the paper's range) was not varied: the one-factor grid
-    did not fit the shared CPU in the session.
+    Ours (benchmarks/tune_invisibleink.py; docs/benchmarks.md, "Defaults by measurement (tau, k, T)"): tau = 0.7
+    with k = 20 gives the paper's settings' utility with more fluent text; T = 64, since a shorter cap cuts many
+    texts mid-sentence; s = 8, from the paper's range.
 
     Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
-    record, since the 135M model answered the paper's chat request with echoes and emoji (docs/benchmarks.md, "The first
+    record, since small models answer the paper's chat request with echoes of it (docs/benchmarks.md, "The first
     run"); `chat` keeps that request for models that follow it."""
 
     batch_size: int = option(8, "expected batch size s: records per hash batch, the fixed divisor of the "
@@ -91,8 +88,6 @@ class InvisibleInkOptions:
         for name in ("domain", "label_name", "assistant_prefix", "public_examples"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"`{name}` must be text. Found {getattr(self, name)!r}.")
-        from synthdp.pipelines.invisibleink.prompts import read_public_examples
-
         read_public_examples(self.public_examples)  # a missing or malformed file is refused before any spending
         # the typed values, whatever the input syntax (frozen: set once, here)
         object.__setattr__(self, "label_sizes", label_sizes_value(self.label_sizes))

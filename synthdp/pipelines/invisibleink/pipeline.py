@@ -33,6 +33,7 @@ from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.batching import batches_per_label, hash_batches, split_evenly, texts_by_label
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import (
     MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
@@ -40,13 +41,11 @@ from synthdp.pipelines.invisibleink.decoding import (
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
-from synthdp.pipelines.private_prediction import batches_per_label, hash_batch
-from synthdp.pipelines.shared import split_by_weights
+from synthdp.pipelines.prompting import fixed_width
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
 
-PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
 MAX_EXAMPLE_SETS = 256  # distinct sets of public examples per label at most (the fixed width is a max over them)
 
 
@@ -178,15 +177,13 @@ class InvisibleInk:
               quotas: dict[str | None, int], ctx: RunContext) -> list[Unit]:
         """The hash batches in a fixed order (label, then index), each with its quota and its own noise stream."""
         salt = ctx.noise_rng.bytes(16)  # secret (a ChaCha20 stream), and the same on every rank of a torchrun run
-        texts: dict[str | None, list[list[str]]] = {label: [[] for _ in range(batches[label])] for label in labels}
-        for rec in records:
-            if rec.label in texts:
-                texts[rec.label][hash_batch(salt, rec.label, rec.text, batches[rec.label])].append(rec.text)
-        units = []
+        by_label = texts_by_label(records)
+        units: list[Unit] = []
         for label in labels:
-            wants = split_by_weights(quotas[label], [1.0] * batches[label])
-            units += [Unit(label, rows, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i)
-                      for i, (rows, want) in enumerate(zip(texts[label], wants))]
+            rows = hash_batches(by_label.get(label, []), label, salt, batches[label])
+            wants = split_evenly(quotas[label], batches[label])
+            units += [Unit(label, texts, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i)
+                      for i, (texts, want) in enumerate(zip(rows, wants))]
         return units
 
     # ------------------------------------------------------------------ decoding
@@ -198,18 +195,18 @@ class InvisibleInk:
     @staticmethod
     def widths(prompts: Prompts, labels: tuple[str | None, ...], o: InvisibleInkOptions) -> tuple[int, int]:
         """(private, public) fixed widths over all labels and sets of examples: public quantities only. A private
-        prompt gets the prompt with an empty record plus `max_record_tokens`, PROMPT_SLACK tokens for merges at
-        the record's edges and one padding column."""
+        prompt gets `prompting.fixed_width` of the longest prompt with an empty record, the public one a padding
+        column."""
         private = max(len(prompts.private(label, j, "")) for label in labels for j in prompts.rotations(label))
         public = max(len(prompts.public(label, j)) for label in labels for j in prompts.rotations(label))
-        return private + o.max_record_tokens + PROMPT_SLACK + 1, public + 1
+        return fixed_width(private, o.max_record_tokens), public + 1
 
     @staticmethod
     def prompt(prompts: Prompts, text: str, unit: Unit, width: int) -> list[int]:
         """A record's prompt, the record spliced in as data and cut to `max_record_tokens` tokens (further in the rare
         case the prompt would leave no padding column in `width`): it depends on the record and the unit's public
         index alone."""
-        return prompts.private(unit.label, unit.index, text, room=width - 1)
+        return prompts.private(unit.label, unit.index, text, width=width)
 
     @torch.no_grad()
     def decode_group(self, prompts: Prompts, units: list[Unit], m: int, mech: Mechanism,

@@ -12,7 +12,7 @@ from synthdp.mechanisms.invisibleink import calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.pipelines.labels import LabelPolicy, as_text
-from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
+from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring

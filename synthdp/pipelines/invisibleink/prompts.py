@@ -1,7 +1,8 @@
 """InvisibleInk's prompts: a numbered list the model continues (default), or a chat turn.
 
-`list` (measured better with small models, docs/benchmarks.md): the model sees a header and a numbered list of
-texts, the last item being the record, and writes the next item; a text ends at its first line break.
+`list` (small models continue a list more faithfully than they answer a request; docs/benchmarks.md): the model
+sees a header and a numbered list of texts, the last item being the record, and writes the next item; a text ends
+at its first line break.
 
     Examples of SMS text messages (label: spam):      <- list_header
     1. <public example>                               <- up to max_examples public examples of the label
@@ -20,29 +21,18 @@ depends on its public index only, and the same examples go to its private rows a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from synthdp.data import one_line
 from synthdp.models.records import SLOT, Slot, chat_slot, text_slot
-
-if TYPE_CHECKING:
-    from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
-    from synthdp.public_data import PublicData
-
-RESOURCE_PREFIX = "synthdp:"
-MAX_EXAMPLE_CHARS = 2_000
-MAX_EXAMPLES_FILE = 10_000
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
+from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
+from synthdp.pipelines.prompting import fill_fixed, template_fields
+from synthdp.public_data import PublicData, choose
 
 
 def cut_tokens(lm: Any, text: str, cap: int) -> str:
@@ -51,49 +41,10 @@ def cut_tokens(lm: Any, text: str, cap: int) -> str:
     return text if len(ids) <= cap else str(lm.decode(ids[:cap])).strip()
 
 
-def example_path(spec: str) -> Path:
-    if spec.startswith(RESOURCE_PREFIX):
-        return Path(str(resources.files("synthdp.resources") / spec.removeprefix(RESOURCE_PREFIX)))
-    return Path(spec).expanduser()
-
-
-def read_public_examples(spec: str) -> list[tuple[str, str | None]]:
-    """(text, label or None) per line of the JSONL file `spec`; [] for "". ValueError says what is wrong."""
-    if not spec:
-        return []
-    path = example_path(spec)
-    fix = 'Give a JSONL file of public texts, one {"text": ..., "label": ...} per line (label optional), or "".'
-    if not path.is_file():
-        raise ValueError(f"`public_examples`: no file at {path}. {fix}")
-    examples: list[tuple[str, str | None]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"`public_examples`: line {number} of {path} is not JSON ({err.msg}). {fix}") from None
-        text, label = (row.get("text"), row.get("label")) if isinstance(row, dict) else (None, None)
-        if not isinstance(text, str) or not one_line(text) or len(text) > MAX_EXAMPLE_CHARS:
-            raise ValueError(f"`public_examples`: line {number} of {path} needs a non-empty \"text\" of at most "
-                             f"{MAX_EXAMPLE_CHARS:,} characters. {fix}")
-        if label is not None and not isinstance(label, str):
-            raise ValueError(f"`public_examples`: line {number} of {path}: \"label\" must be text. {fix}")
-        examples.append((one_line(text), label))
-        if len(examples) > MAX_EXAMPLES_FILE:
-            raise ValueError(f"`public_examples`: {path} has more than {MAX_EXAMPLES_FILE:,} examples; a prompt "
-                             f"shows at most `max_examples` of them. Keep a few dozen per label.")
-    if not examples:
-        raise ValueError(f"`public_examples`: {path} holds no example. {fix}")
-    return examples
-
-
 def example_pools(public: PublicData | None, wanted: dict[str | None, int],
                   rng: np.random.Generator) -> dict[str | None, list[str]]:
     """Per label, `wanted[label]` public texts that serve it (fewer if the public data holds fewer), drawn from the
     public stream `rng`: the examples its prompts show."""
-    from synthdp.public_data import choose
-
     if public is None:
         return {}
     return {label: choose(public.pool(label), count, rng) for label, count in wanted.items()}
@@ -133,8 +84,7 @@ class Prompts:
         return range(max(1, len(self.examples.get(label) or [])))
 
     def _fields(self, label: str | None) -> dict[str, str]:
-        o = self.options
-        return {"domain": o.domain, "label_name": o.label_name, "label": label if label is not None else "any"}
+        return template_fields(self.options.domain, self.options.label_name, label)
 
     def _list_text(self, label: str | None, items: list[str]) -> str:
         lines = [self.options.list_header.format(**self._fields(label))]
@@ -161,10 +111,11 @@ class Prompts:
         """What of a record goes into its prompt: in `list`, the text on one line."""
         return one_line(text) if self.options.prompt_style == "list" else text
 
-    def private(self, label: str | None, index: int, text: str, *, room: int | None = None) -> list[int]:
-        """The private prompt of a record, the record cut to `max_record_tokens` tokens (and to fit `room` tokens)."""
-        return self.slot(label, index).fill(self.lm.tokenizer, self.record(text),
-                                            cap=self.options.max_record_tokens, room=room)
+    def private(self, label: str | None, index: int, text: str, *, width: int | None = None) -> list[int]:
+        """The private prompt of a record, the record cut to `max_record_tokens` tokens (and, with `width`, to leave a
+        padding column in the fixed width: `prompting.fill_fixed`)."""
+        return fill_fixed(self.slot(label, index), self.lm.tokenizer, self.record(text),
+                          cap=self.options.max_record_tokens, width=width)
 
     def public(self, label: str | None, index: int) -> list[int]:
         o = self.options

@@ -11,8 +11,9 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
         S_c = keep + (L-1) x VARIATION_API(keep)                     (not after the last round)
     release keep
 
-Privacy (plan.py): each round is one Gaussian release of the votes of all labels at once (labels
-partition the records: parallel composition), so the run is T discrete Gaussian releases (`VoteRounds`).
+Privacy (plan.py): each round releases the votes of all labels at once with exact discrete Gaussian noise (labels
+partition the records: parallel composition), so the run's T rounds are one zCDP event, ZCDpEvent(T / (2 sigma^2))
+(`VoteRounds` of `synthdp.privacy.costs`; Canonne, Kamath & Steinke 2020).
 Per-label sample counts n_c come from a public choice (uniform or given weights) or from the shared DP
 label histogram. See docs/pipelines/private-evolution.md.
 """

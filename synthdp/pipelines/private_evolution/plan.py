@@ -1,8 +1,9 @@
 """The privacy plan of Private Evolution, built before any record is read (no I/O).
 
-Each round releases the votes of all labels at once with Gaussian noise; labels partition the records,
-so a round is one Gaussian release (parallel composition) and the run is T discrete Gaussian releases,
-accounted with their zCDP bound (`VoteRounds` of `synthdp.privacy.costs`: the event and the ledger's words). With
+Each round releases the votes of all labels at once with exact discrete Gaussian noise; labels partition the
+records, so a round is one release (parallel composition) and the run's T rounds are one zCDP event,
+ZCDpEvent(T / (2 sigma^2)) (`VoteRounds` of `synthdp.privacy.costs`: the event and the ledger's words), accounted by
+RDP. With
 `label_counts=dp` and more than one label, the shared DP label histogram
 (mechanisms/label_histogram.py) comes first and sigma of the votes is calibrated on the composition.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synthdp.data import LoadedData, label_set_words
-from synthdp.errors import OptionError, PrivacyParameterError
+from synthdp.errors import PrivacyParameterError
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions

@@ -28,7 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from synthdp.data import one_line
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+from synthdp.pipelines.prompting import template_fields
 
 
 def public_rng(salt: str, purpose: str) -> np.random.Generator:
@@ -39,11 +41,7 @@ def public_rng(salt: str, purpose: str) -> np.random.Generator:
 
 
 def _label_words(o: PrivateEvolutionOptions, label: str | None) -> dict[str, str]:
-    return {"domain": o.domain.strip(), "label_name": o.label_name, "label": label if label is not None else "any"}
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
+    return template_fields(o.domain.strip(), o.label_name, label)
 
 
 def examples_for(o: PrivateEvolutionOptions, pool: Sequence[str], prng: np.random.Generator) -> list[str]:

@@ -7,14 +7,14 @@ that the public prompt already predicts well be sampled from the public predicti
 - `options.py`: the options, the default prompts and the paper's defaults;
 - `plan.py`: the typed privacy plan (r per batch, rho per token, batch counts) and the refusal of a run
   whose r cannot pay for one text;
-- `batching.py`: hash batches (Assumption 1), batch counts, texts per batch;
 - `prompts.py`: private and public prompts at a fixed width;
 - `decoding.py`: Algorithm 1 on one batch (`choose_token`, `generate_batch`);
 - `pipeline.py`: the registered pipeline, whose `run` walks chunks of each label's batches (spread over the
-  ranks under torchrun).
+  ranks under torchrun), and the batch counts drawn at run time.
+
+Hash batches (Assumption 1) are shared with InvisibleInk: `synthdp/pipelines/batching.py`.
 """
 
-from synthdp.pipelines.private_prediction.batching import batches_per_label, hash_batch
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, choose_token, generate_batch, rows_decoder
 from synthdp.pipelines.private_prediction.options import (
     DEFAULT_PLACEHOLDER,
@@ -27,6 +27,5 @@ from synthdp.pipelines.private_prediction.prompts import fill_prompt, prompt_row
 
 __all__ = [
     "DEFAULT_PLACEHOLDER", "DEFAULT_PROMPT", "PrivatePrediction", "PrivatePredictionOptions", "PrivatePredictionPlan",
-    "batch_decoder", "batches_per_label", "choose_token", "fill_prompt", "generate_batch", "hash_batch",
-    "prompt_rows", "prompt_width", "rows_decoder",
+    "batch_decoder", "choose_token", "fill_prompt", "generate_batch", "prompt_rows", "prompt_width", "rows_decoder",
 ]

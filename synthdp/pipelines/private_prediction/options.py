@@ -19,11 +19,9 @@ PLACEHOLDER_FIELDS = ("domain", "label_name", "label")
 class PrivatePredictionOptions:
     """Knobs of private prediction. Defaults: Amin et al. 2024, section 5 (s = 255, c = 10,
     tau = 2, SVT (theta, sigma) = (0.5, 0.2), public top-1024 candidates), except tau_public = 1
-    instead of their 1.5 (with Gemma 2B): with the embedded 135M model, 1.5 made the free public
-    tokens (about two thirds of all tokens) visibly less coherent. In benchmarks/utility.py on AG News
-    (a public data set) at epsilon 3, embedding-LR accuracy was 0.394 in one run at 1.5 and 0.585 and
-    0.415 in two runs at 1.0: the run-to-run spread is as large as the difference, so this default is
-    a judgement of the text, not a measured win. Public tokens cost nothing at either temperature."""
+    instead of their 1.5 (with Gemma 2B): small models write the free public tokens less coherently
+    at 1.5, and utility could not tell the two apart (docs/benchmarks.md, "The public temperature").
+    Public tokens cost nothing at either temperature."""
 
     batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits",
                              maximum=MAX_BATCH)

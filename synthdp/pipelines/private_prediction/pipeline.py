@@ -16,10 +16,8 @@ from synthdp.public_data import PublicData, choose, length_default, longest_exam
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
+from synthdp.pipelines.batching import batches_per_label, hash_batches, split_evenly, texts_by_label
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
-from synthdp.pipelines.private_prediction.batching import (
-    batch_counts, hash_batches, split_evenly, texts_by_label,
-)
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
@@ -203,3 +201,16 @@ def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:
         if j == len(batches) or batches[j].label != batches[first].label:
             yield batches[first].label, first, j - first
             first = j
+
+
+def batch_counts(records: list[Record], plan: PrivatePredictionPlan, ctx: RunContext) -> dict[str | None, int]:
+    """B per label: from the public sizes, or from the DP label histogram drawn now (post-processing)."""
+    sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)
+    if sizes is None:
+        raise ValueError("The plan has neither public sizes nor a DP label histogram.")
+    batches = batches_per_label(sizes, plan.s)
+    if plan.labels.sizes is None:
+        ctx.summary.set("batches_per_label_from_dp_histogram", {str(k): v for k, v in batches.items()})
+    return batches
+
+

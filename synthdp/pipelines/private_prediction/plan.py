@@ -20,16 +20,16 @@ from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.labels import LabelPolicy
-from synthdp.pipelines.private_prediction.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
+from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.accounting import max_count_within
 from synthdp.privacy.costs import ExponentialToken, PredictionBatch, SvtRound
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
 
-# The share of a text's tokens that are private (and count against r). Without SVT every token is private.
-# With SVT, about two thirds of the tokens were free public ones with the embedded model at the default
-# settings (see PrivatePredictionOptions), so a text is expected to spend a third of its tokens from r.
+# The share of a text's tokens that are private (and count against r). Without SVT every token is private;
+# with SVT the embedded model at the default settings takes most tokens free from the public prediction
+# (docs/benchmarks.md, "The public temperature"), so a text is expected to spend a third of its tokens from r.
 PRIVATE_SHARE_SVT = Fraction(1, 3)
 
 

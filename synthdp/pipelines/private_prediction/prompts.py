@@ -1,33 +1,28 @@
 """The prompts of one hash batch: one private prompt per record, then the public prompt, as token ids.
 
 Every private prompt is cut to fit one fixed width set by public quantities only (template, label, cap,
-tokenizer), so a prompt depends on its own record alone (tests/test_row_independence.py). The record is
-tokenized on its own as data and spliced into the prompt (synthdp/models/records.py).
+tokenizer; synthdp/pipelines/prompting.py), so a prompt depends on its own record alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from synthdp.data import one_line
 from synthdp.models.local import LocalLM
 from synthdp.models.records import SLOT, Slot, chat_slot
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
-
-PROMPT_SLACK = 8  # tokens of room in the fixed prompt width for merges where the record meets the template
-
-
-def _label_words(label: str | None) -> str:
-    return label if label is not None else "any"
+from synthdp.pipelines.prompting import fill_fixed, fixed_width, label_words, template_fields
 
 
 def fill_prompt(o: PrivatePredictionOptions, label: str | None, text: str) -> str:
     """The user turn for one record (or for the placeholder, in the public prompt)."""
-    return o.prompt_template.format(domain=o.domain, label_name=o.label_name, label=_label_words(label), text=text)
+    return o.prompt_template.format(**template_fields(o.domain, o.label_name, label), text=text)
 
 
 def fill_placeholder(o: PrivatePredictionOptions, label: str | None) -> str:
     """What stands for a record in the public prompt."""
-    return o.public_placeholder.format(domain=o.domain, label_name=o.label_name, label=_label_words(label))
+    return o.public_placeholder.format(**template_fields(o.domain, o.label_name, label))
 
 
 def with_examples(o: PrivatePredictionOptions, label: str | None, examples: list[str]) -> PrivatePredictionOptions:
@@ -35,17 +30,16 @@ def with_examples(o: PrivatePredictionOptions, label: str | None, examples: list
     label, private and public, starts with the same list."""
     if not examples:
         return o
-    head = f"Examples of {o.domain}s ({o.label_name}: {_label_words(label)}):"
-    lines = [head] + [f"{i}. {' '.join(t.split())}" for i, t in enumerate(examples, 1)]
+    head = f"Examples of {o.domain}s ({o.label_name}: {label_words(label)}):"
+    lines = [head] + [f"{i}. {one_line(t)}" for i, t in enumerate(examples, 1)]
     block = "\n".join(lines).replace("{", "{{").replace("}", "}}")
     return dataclasses.replace(o, prompt_template=block + "\n\n" + o.prompt_template)
 
 
 def prompt_width(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> int:
-    """The fixed width every private prompt of `label` is left-padded to: the prompt with an empty
-    record, plus `max_record_tokens`, plus PROMPT_SLACK tokens for merges at the record's edges,
-    plus one padding column. Set by public quantities only (template, label, cap, tokenizer)."""
-    return len(lm.chat_ids(fill_prompt(o, label, ""), o.assistant_prefix)) + o.max_record_tokens + PROMPT_SLACK + 1
+    """The fixed width every private prompt of `label` is left-padded to (`prompting.fixed_width` of the prompt
+    with an empty record). Set by public quantities only (template, label, cap, tokenizer)."""
+    return fixed_width(len(lm.chat_ids(fill_prompt(o, label, ""), o.assistant_prefix)), o.max_record_tokens)
 
 
 def private_slot(lm: LocalLM, label: str | None, o: PrivatePredictionOptions) -> Slot:
@@ -60,6 +54,6 @@ def prompt_rows(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePred
     would not fit `prompt_width` with a padding column) and spliced in: each prompt depends on its record alone.
     """
     width, slot = prompt_width(lm, label, o), private_slot(lm, label, o)
-    rows = [slot.fill(lm.tokenizer, text, cap=o.max_record_tokens, room=width - 1) for text in texts]
+    rows = [fill_fixed(slot, lm.tokenizer, text, cap=o.max_record_tokens, width=width) for text in texts]
     rows.append(lm.chat_ids(fill_prompt(o, label, fill_placeholder(o, label)), o.assistant_prefix))
     return rows

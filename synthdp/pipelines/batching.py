@@ -1,20 +1,15 @@
-"""Hash batching (Amin et al. 2024, Assumption 1): each record goes to one of B disjoint batches of its
-label by a salted hash of its own content, B = max(1, round(n / s)), so that a record's batch never
-depends on another record and the batches compose in parallel. Also how many texts each batch writes."""
+"""Hash batching (Amin et al. 2024, Assumption 1), shared by the pipelines that prompt with batches of records
+(private prediction, InvisibleInk): each record goes to one of B disjoint batches of its label by a salted hash
+of its own content, B = max(1, round(n / s)), so that a record's batch never depends on another record and the
+batches compose in parallel. Also how many texts each batch writes, and the summary of a run done in parts."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from synthdp.data import Record
-from synthdp.pipelines.base import RunContext
 from synthdp.pipelines.labels import LabelPolicy
 from synthdp.pipelines.shared import split_by_weights
-
-if TYPE_CHECKING:
-    from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan
 
 
 def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
@@ -63,14 +58,3 @@ def texts_by_label(records: list[Record]) -> dict[str | None, list[str]]:
 def split_evenly(total: int, parts: int) -> list[int]:
     """`total` texts over `parts` (labels, or the batches of a label), the earlier parts taking the remainder."""
     return split_by_weights(total, [1.0] * parts)
-
-
-def batch_counts(records: list[Record], plan: PrivatePredictionPlan, ctx: RunContext) -> dict[str | None, int]:
-    """B per label: from the public sizes, or from the DP label histogram drawn now (post-processing)."""
-    sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)
-    if sizes is None:
-        raise ValueError("The plan has neither public sizes nor a DP label histogram.")
-    batches = batches_per_label(sizes, plan.s)
-    if plan.labels.sizes is None:
-        ctx.summary.set("batches_per_label_from_dp_histogram", {str(k): v for k, v in batches.items()})
-    return batches
