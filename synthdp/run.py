@@ -30,8 +30,8 @@ from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
 from synthdp.pipelines.summary import RunSummary
-from synthdp.privacy.accounting import epsilon_report
-from synthdp.privacy.ledger import Budget, Ledger, check_delta_against_n, now
+from synthdp.privacy.accounting import check_delta_against_n, epsilon_report
+from synthdp.privacy.ledger import Budget, Ledger, now
 from synthdp.privacy.owner import owner_words, record_end, record_failure
 from synthdp.progress import ProgressDisplay
 from synthdp.public_data import PublicData, run_public_data, with_public_defaults

@@ -27,7 +27,7 @@ from synthdp.privacy.neighboring import Neighboring
 from synthdp.privacy.owner import RunStatus, current_owner, owner_gone, owner_words
 from synthdp.privacy.schema import BUDGET_FIX, LEDGER_FIX, read_json, validate_budget, validate_ledger
 
-__all__ = ["Budget", "Ledger", "LedgerEvent", "check_delta_against_n"]
+__all__ = ["Budget", "Ledger", "LedgerEvent"]
 
 LEDGER_FORMAT = "synthdp-ledger/1"
 BUDGET_FORMAT = "synthdp-budget/1"
@@ -390,14 +390,3 @@ def _status_in_ledger(run: dict[str, Any]) -> RunStatus:
     except UserError:
         return "failed"
     return "complete" if ledger.run_id == run["run_id"] and ledger.status == "complete" else "failed"
-
-
-def check_delta_against_n(delta: float, n: int) -> str | None:
-    """A warning when delta >= 1/n (a mechanism could then release one record outright)."""
-    if n > 0 and delta >= 1.0 / n:
-        return (
-            f"`delta` = {delta:g} is not below 1/n = {1.0 / n:.3g} for n = {n} records: such a delta "
-            f"allows releasing a record outright. Typical: delta <= 1/(10 n) = {1.0 / (10 * n):.3g}."
-        )
-    return None
-
