@@ -147,33 +147,21 @@ class PredictionBatch:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DifferenceClippedToken:
+class DifferenceClippedToken(ExponentialToken):
     """One private token of InvisibleInk (Vinod, Pillutla & Thakurta 2025; docs/pipelines/invisibleink.md,
     "Privacy"): a draw from softmax(z_bar / tau) on the public top-k+ set, z_bar = z_pub + (1/s) sum_i
     clip(z_i - z_pub, -C, C).
 
     Sensitivity: adding or removing one record adds or removes one term in [-C, C] per coordinate, so every score
     moves by at most C/s: (2C/(s tau))-bounded range, rho = C^2/(2 s^2 tau^2) -zCDP. Replace-one moves a term by
-    up to 2C: 4 rho. The top-k+ set and z_pub depend on the public prompt only (free).
+    up to 2C: 4 rho. The top-k+ set and z_pub depend on the public prompt only (free). The bound is the
+    `ExponentialToken`'s with c = C, so the cost is computed there once.
     """
 
-    clip: float  # C
-    divisor: int  # s
-    temperature: float  # tau
-    neighboring: str = "add_remove"
-
     @property
-    def bounded_range(self) -> float:
-        """eps0 = 2 Delta / tau, Delta = C/s (2C/s under replace-one): the pure epsilon the audits test."""
-        return 2.0 * score_move(self.clip, self.divisor, self.neighboring) / self.temperature
-
-    @property
-    def rho(self) -> float:
-        return replace_factor(self.neighboring) * self.clip**2 / (2.0 * self.divisor**2 * self.temperature**2)
-
-    @property
-    def event(self) -> dp_event.DpEvent:
-        return dp_event.ZCDpEvent(self.rho)
+    def words(self) -> str:
+        return (f"the exponential mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, "
+                f"C = {self.clip:g}, tau = {self.temperature:g}")
 
 
 @dataclass(frozen=True, kw_only=True)
