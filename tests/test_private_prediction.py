@@ -223,7 +223,7 @@ def test_runs_on_the_bundled_sample_ask_for_sms_messages(tmp_path: Path, tiny_mo
 def test_generate_on_the_embedded_default_model(tmp_path: Path) -> None:
     out = tmp_path / "release"
     result = CliRunner().invoke(app, ["generate", "--pipeline", "private-prediction", "--epsilon", "3", "--delta",
-                                      "1e-5", "--num-samples", "2", "--set", "max_tokens=8", "--set", "top_k=50", "--set", "batch_size=63",
+                                      "1e-5", "--num-samples", "2", "--set", "max_tokens=8", "--set", "top_k=50", "--set", "batch_size=31",
                                       "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
