@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import FAST_OPTIONS, PRIVATE_ROWS, write_jsonl
+from pe_helpers import free_port
 from typer.testing import CliRunner
 
 from synthdp.cli import app
@@ -78,12 +78,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "private.jsonl", PRIVATE_ROWS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def synthdp(site: Path, args: list[str], *, ranks: int = 1, kill_after: int | None = None) -> subprocess.CompletedProcess[str]:
