@@ -24,6 +24,8 @@ def generate(
     text_field: str | None = None,
     label_field: str | None = None,
     labels: Sequence[str] | None = None,
+    user_field: str | None = None,
+    max_records_per_user: int | None = None,
     model: str | Path | None = None,
     options: dict[str, Any] | None = None,
     budget: str | Path | None = None,
@@ -45,7 +47,8 @@ def generate(
     you declare public (same formats and fields as `data`), used for prompt examples, Private Evolution's first
     population and the default length; never checked against `data` (the ledger names it as public).
     `label_field=""` reads unlabelled data. `labels` is a list of names (a bare string is refused: write
-    labels=["ham"]). `options` are the pipeline's options by name (see `synthdp pipelines`); they update the
+    labels=["ham"]). `user_field` makes the unit of privacy one user (all records with the same value of that
+    field; add/remove neighbours), of whom at most `max_records_per_user` records are used. `options` are the pipeline's options by name (see `synthdp pipelines`); they update the
     config file's. With a `budget` file, `delta` defaults to the budget's. `api_base` (one
     URL or a list) and `api_key_env` are for `model="openai:NAME"`; `device` is cuda or cpu. `resume`
     continues an interrupted run in that folder under the plan it recorded (every other argument unset).
@@ -64,6 +67,7 @@ def generate(
         "out": out, "epsilon": epsilon, "delta": delta, "num_samples": num_samples, "pipeline": pipeline, "data": data,
         "public_data": public_data,
         "text_field": text_field, "label_field": label_field, "labels": labels, "model": model, "budget": budget,
+        "user_field": user_field, "max_records_per_user": max_records_per_user,
         "seed": seed, "neighboring": neighboring, "api_base": api_base, "api_key_env": api_key_env, "device": device,
     }
     if resume is not None:

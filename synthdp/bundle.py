@@ -16,7 +16,8 @@ from synthdp.release import release_markdown
 from synthdp.verify import file_digests
 
 if TYPE_CHECKING:
-    from synthdp.privacy.ledger import Budget, Ledger
+    from synthdp.privacy.budget import Budget
+    from synthdp.privacy.ledger import Ledger
 
 
 @dataclass(frozen=True)

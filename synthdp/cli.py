@@ -61,6 +61,8 @@ def generate(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder for the release bundle (must not hold a run).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Local model folder or .gguf file. Default: embedded SmolLM2-135M-Instruct.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="The public label set, comma-separated. Default: read from the data (the ledger says so).")] = None,
+    user_field: Annotated[Optional[str], typer.Option(help="Field holding a user id: the unit of privacy becomes one user, all records with the same id (add/remove neighbours).")] = None,
+    max_records_per_user: Annotated[Optional[int], typer.Option(help="With --user-field: records used per user, chosen by a keyed hash of the user's own records. Default: 8.")] = None,
     # No [brackets] in help texts: typer reads them as rich markup and drops them.
     config: Annotated[Optional[Path], typer.Option(help="A config.toml: a run table and an options table, as in examples/configs/; flags override it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Pipeline option KEY=VALUE (repeatable).")] = None,
@@ -92,6 +94,7 @@ def generate(
         "budget": None if budget is None else str(budget), "seed": seed, "neighboring": neighboring,
         "api_base": api_base or None, "api_key_env": api_key_env, "device": device,
         "labels": None if labels is None else [x.strip() for x in labels.split(",")],
+        "user_field": user_field, "max_records_per_user": max_records_per_user,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     values["options"].update(parse_set_pairs(set_ or []))
@@ -189,23 +192,26 @@ def budget_init(
     delta: DeltaOpt = None,
     neighboring: Annotated[str, typer.Option(help="The neighbouring relation of every run charged to it: add_remove or replace_one.")] = "add_remove",
     description: Annotated[str, typer.Option(help="Which dataset this budget protects.")] = "",
+    user_field: Annotated[Optional[str], typer.Option(help="The unit of privacy of every run charged to it is one user, by this field (runs pass the same --user-field). Default: one record.")] = None,
 ) -> None:
-    """Create a budget file holding a dataset's total (epsilon, delta) and its neighbouring relation."""
-    from synthdp.privacy.ledger import Budget
+    """Create a budget file holding a dataset's total (epsilon, delta), neighbouring relation and unit of privacy."""
+    from synthdp.privacy.budget import Budget
 
     if epsilon is None or delta is None:
         raise UserError("`synthdp budget init FILE` needs --epsilon and --delta, e.g. --epsilon 8 --delta 1e-6.")
-    budget = Budget.init(file, epsilon=epsilon, delta=delta, neighboring=neighboring, description=description)
+    budget = Budget.init(file, epsilon=epsilon, delta=delta, neighboring=neighboring, description=description,
+                         user_field=user_field)
+    unit = f" --user-field {user_field}," if user_field else ""
     typer.echo(f"Created {budget.path}: total ({budget.epsilon:g}, {budget.delta:g})-DP for runs under the "
-               f"{budget.neighboring} relation (every run charged to it must use --neighboring {budget.neighboring} "
-               f"and --delta {budget.delta:g}); nothing spent.")
+               f"{budget.neighboring} relation (every run charged to it must use --neighboring {budget.neighboring},"
+               f"{unit} and --delta {budget.delta:g}); nothing spent.")
 
 
 @budget_app.command("show")
 @user_errors
 def budget_show(file: Annotated[Path, typer.Argument(help="Budget file.")]) -> None:
     """Show a budget: total, spent (composed over runs by dp_accounting), and each run."""
-    from synthdp.privacy.ledger import Budget
+    from synthdp.privacy.budget import Budget
 
     typer.echo(Budget.load(file).describe())
 

@@ -12,6 +12,7 @@ from synthdp.errors import OptionError, OutputError, PrivacyParameterError, User
 from synthdp.pipelines.base import MAX_COUNT, ModelSpec
 from synthdp.privacy.accounting import check_delta, check_epsilon
 from synthdp.privacy.neighboring import Neighboring
+from synthdp.privacy.unit import DEFAULT_MAX_RECORDS, PrivacyUnit, check_unit
 
 
 @dataclass
@@ -36,6 +37,12 @@ class RunConfig:
     api_base: str | list[str] | None = None  # one endpoint, or several (requests are spread over them)
     api_key_env: str = "OPENAI_API_KEY"
     device: str | None = None
+    user_field: str | None = None  # the unit of privacy is one user: all records with the same value (privacy/unit.py)
+    max_records_per_user: int = DEFAULT_MAX_RECORDS  # k: records used per user (user level only)
+
+    @property
+    def unit(self) -> PrivacyUnit:
+        return PrivacyUnit(self.user_field, self.max_records_per_user)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(model=self.model, api_base=endpoints(self.api_base), api_key_env=self.api_key_env, device=self.device,
@@ -46,6 +53,8 @@ class RunConfig:
         run["out"] = str(self.out)
         if self.label_field is None:  # TOML has no null: '' says unlabelled (a missing key would mean "label")
             run["label_field"] = ""
+        if self.user_field is None:
+            run.pop("user_field")
         return {"run": run, "options": dataclasses.asdict(resolved_options)}
 
 
@@ -61,7 +70,7 @@ def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example:
     values = {k: v for k, v in values.items() if v is not None}
     budget = values.get("budget")
     if budget is not None and "delta" not in values:
-        from synthdp.privacy.ledger import Budget
+        from synthdp.privacy.budget import Budget
 
         if not isinstance(budget, (str, os.PathLike)):
             raise OptionError(f"`budget` must be the path of a budget file or unset. Found {budget!r}.")
@@ -110,6 +119,7 @@ def check_config(cfg: RunConfig) -> None:
             raise OptionError(f"`{name}` must be text or unset. Found {getattr(cfg, name)!r}.")
     if cfg.label_field == "":  # unlabelled data, as --label-field '' and config.toml say it
         cfg.label_field = None
+    _check_user_field(cfg)
     cfg.labels = _check_labels(cfg.labels)
     if not isinstance(cfg.options, dict) or not all(isinstance(k, str) for k in cfg.options):
         raise OptionError(f"`options` must be a dict of option names to values, e.g. {{'clip': 10}}. "
@@ -166,6 +176,24 @@ def _check_labels(labels: Any) -> list[str] | None:
     if not all(isinstance(name, str) for name in labels):
         raise OptionError(f"`labels` must be label names (text). Found {list(labels)!r}.")
     return list(labels)
+
+
+def _check_user_field(cfg: RunConfig) -> None:
+    """User-level privacy: a user field that is not the text or label field, and add/remove neighbours."""
+    if cfg.user_field == "":  # as config.toml writes "unset"
+        cfg.user_field = None
+    unit = check_unit(cfg.user_field, cfg.max_records_per_user)
+    if unit.user_field is None:
+        return
+    cfg.user_field = unit.user_field.strip()
+    taken = {"text_field": cfg.text_field, "label_field": cfg.label_field}
+    for name, value in taken.items():
+        if cfg.user_field == value:
+            raise OptionError(f"`user_field` must differ from `{name}`. Found {value!r} for both. Pass the field "
+                              "that holds the user id, e.g. --user-field patient_id.")
+    if cfg.neighboring != Neighboring.ADD_REMOVE:
+        raise OptionError(f"`user_field` needs `neighboring` add_remove. Found {cfg.neighboring}. User-level privacy "
+                          "adds or removes a whole user; drop --neighboring replace_one.")
 
 
 def _check_device(device: str | None) -> None:

@@ -1,8 +1,8 @@
 """Load the private data set: a file or saved `datasets` folder of texts with optional labels.
 
 `load_records` reads JSON lines, a JSON list, CSV/TSV, Parquet or a folder written by
-`datasets.Dataset.save_to_disk`, keeps the rows with a usable text (and label), and counts the rows
-it skips by reason. It never prints; the caller reports `LoadedData.skipped`.
+`datasets.Dataset.save_to_disk` (synthdp/readers.py), keeps the rows with a usable text (and label, and user id
+with `user_field`), and counts the rows it skips by reason. It never prints; the caller reports `LoadedData.skipped`.
 
 Records are checked here, once, so that no code after the write-ahead can fail on one: a text or label
 must be valid Unicode that encodes as UTF-8 (bytes that are not UTF-8 are read as lone surrogates, as is
@@ -13,38 +13,31 @@ are loaded (synthdp/run.py). A row that cannot be parsed at all (a line that is 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Callable
 
 from synthdp.errors import DataError
+from synthdp.readers import UNREADABLE, Row, open_rows
 
 BUNDLED_SOURCE = "bundled SMS Spam sample"
 # Public facts about the bundled sample that its runs use as option defaults where a pipeline has the option and
 # the user did not set it: what kind of text it is (the default prompts name it). Its public examples are the
 # default public data of its runs (synthdp/public_data.py).
 BUNDLED_OPTIONS: dict[str, str] = {"domain": "SMS text message"}
-SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, or a folder written by datasets' save_to_disk"
 
-Row = dict[str, Any]
 MAX_LABEL_CHARS = 1_000  # a label longer than this is not a label (it goes into every prompt of its batches)
-# Bytes that are not UTF-8 are decoded to lone surrogates ("surrogateescape") and the row is skipped by
-# `_to_record`, like a JSON escape of a lone surrogate: neither can be encoded, hashed or tokenized.
-DECODE_ERRORS = "surrogateescape"
-UNREADABLE = "\x00synthdp: unreadable row"  # key of the stand-in for a JSON line Python cannot read (a valid one)
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
     text: str
     label: str | None  # None when there is no label field
+    user: str | None = None  # the user id (`--user-field`): None when the unit of privacy is one record
 
 
 @dataclass(frozen=True)
@@ -75,15 +68,18 @@ def load_records(
     label_field: str | None = "label",
     labels: Sequence[str] | None = None,
     max_chars: int = 100_000,
+    user_field: str | None = None,
 ) -> LoadedData:
-    """Read `path` (None: the bundled sample) into records, skipping and counting unusable rows."""
+    """Read `path` (None: the bundled sample) into records, skipping and counting unusable rows. With
+    `user_field`, each record carries the user id in that field (text or integer); a row without one is skipped."""
     wanted = _check_labels(labels, label_field)
     if max_chars < 1:
         raise DataError(f"`max_chars` must be positive. Found {max_chars}.")
     file = bundled_sample_path() if path is None else Path(path)
     source = BUNDLED_SOURCE if path is None else str(path)
-    columns, rows = _open_rows(file, source)
-    fields = [text_field] if label_field is None else [text_field, label_field]
+    columns, rows = open_rows(file, source)
+    fields = {"text_field": text_field} | ({} if label_field is None else {"label_field": label_field})
+    fields |= {} if user_field is None else {"user_field": user_field}
     if columns is not None:
         _check_fields(fields, columns, source, "column")
 
@@ -96,6 +92,8 @@ def load_records(
         if columns is None:
             seen.update(dict.fromkeys(k for k in row if k != UNREADABLE))
         reason, record = _to_record(row, text_field, label_field, wanted, max_chars)
+        if record is not None and user_field is not None:
+            reason, record = _with_user(row, user_field, record)
         if record is None:
             skipped[reason] += 1
         else:
@@ -109,7 +107,7 @@ def load_records(
         why = "; ".join(f"{n} for {reason}" for reason, n in skipped.items())
         raise DataError(
             f"no usable records in {source}: 0 of {n_rows} rows are usable; skipped {why}. "
-            "Check --text-field, --label-field and --labels."
+            "Check --text-field, --label-field, --labels" + (" and --user-field." if user_field else ".")
         )
     if label_field is None:
         label_set: tuple[str, ...] = ()
@@ -185,8 +183,8 @@ def _check_labels(labels: Sequence[str] | None, label_field: str | None) -> tupl
     return names
 
 
-def _check_fields(fields: list[str], found: list[str], source: str, kind: str) -> None:
-    for option, field in zip(("text_field", "label_field"), fields, strict=False):
+def _check_fields(fields: dict[str, str], found: list[str], source: str, kind: str) -> None:
+    for option, field in fields.items():
         if field not in found:
             listing = ", ".join(_shown(str(f)) for f in found) or "(none)"
             extra = ", or no label field for unlabelled data" if option == "label_field" else ""
@@ -225,6 +223,19 @@ def _to_record(
     return "", Record(text, label)
 
 
+def _with_user(row: Row, user_field: str, record: Record) -> tuple[str, Record | None]:
+    """`record` with its user id from `row` (text or an integer, as text), or (reason, None) to skip the row."""
+    value = row.get(user_field)
+    user = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not user:
+        return f"missing, empty or non-text value in '{user_field}'", None
+    if not _is_utf8(user):
+        return _not_utf8_reason(user_field), None
+    if len(user) > MAX_LABEL_CHARS:
+        return f"user id longer than {MAX_LABEL_CHARS:,} characters", None
+    return "", dataclasses.replace(record, user=user)
+
+
 def _is_utf8(text: str) -> bool:
     """Whether `text` encodes as UTF-8: False for a lone surrogate (an escape such as "\\ud83d", or a byte that was
     not UTF-8 in the file)."""
@@ -243,144 +254,3 @@ def _shown(text: str) -> str:
 def _not_utf8_reason(field: str) -> str:
     return (f"value in '{field}' is not UTF-8 text (bytes that are not UTF-8, or an escaped lone surrogate such as "
             "\\ud83d); save the file as UTF-8")
-
-
-def _open_rows(file: Path, source: str) -> tuple[list[str] | None, Iterator[Row]]:
-    """Return (column names, or None for JSON rows whose keys vary; an iterator over rows)."""
-    if file.is_dir():
-        return _dataset_rows(file, source)
-    if not file.exists():
-        raise DataError(f"{source} does not exist. Pass the path of a data file ({SUPPORTED}).")
-    suffix = file.suffix.lower()
-    if suffix not in {".jsonl", ".json", ".csv", ".tsv", ".parquet"}:
-        raise DataError(f"{source} has an unsupported format '{suffix}'. Supported: {SUPPORTED}.")
-    try:
-        if file.stat().st_size == 0:
-            raise DataError(f"{source} is empty. Pass a file with one record per row.")
-        if suffix == ".parquet":
-            return _parquet_rows(file, source)
-        handle = file.open("rb")
-    except OSError as e:
-        raise DataError(f"{source} cannot be read: {e.strerror or e}. Check the path and its permissions.") from e
-    if suffix in {".csv", ".tsv"}:
-        return _csv_rows(handle, source, "excel-tab" if suffix == ".tsv" else "excel")
-    is_list = handle.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-    return None, (_json_list_rows if is_list else _json_lines_rows)(handle, source)
-
-
-def _json_lines_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8", DECODE_ERRORS)  # -sig: drop a byte-order mark
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{source} line {number} is not valid JSON ({e.msg}). Fix or remove it.") from e
-            except (RecursionError, ValueError):  # valid JSON that Python cannot read: skipped like any bad row
-                yield {UNREADABLE: "a JSON value nested too deeply, or a number too long, to read"}
-                continue
-            if not isinstance(row, dict):
-                raise DataError(f"{source} line {number} is not a JSON object. Write one {{...}} per line.")
-            yield row
-
-
-def _json_list_rows(handle: BinaryIO, source: str) -> Iterator[Row]:
-    with handle:
-        try:
-            items = json.loads(handle.read().decode("utf-8-sig", DECODE_ERRORS))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source} is not valid JSON (line {e.lineno}: {e.msg}). Fix the file.") from e
-        except (RecursionError, ValueError) as e:
-            raise DataError(f"{source} holds a JSON value nested too deeply, or a number too long, to read. Write one "
-                            "JSON object per line (such a line is skipped) or fix the file.") from e
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise DataError(f"{source} must hold a list of JSON objects, or one JSON object per line.")
-    yield from items
-
-
-def _csv_rows(handle: BinaryIO, source: str, dialect: str) -> tuple[list[str], Iterator[Row]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors=DECODE_ERRORS, newline="")
-    reader = csv.DictReader(text, dialect=dialect)
-    try:
-        columns = list(reader.fieldnames or [])
-    except csv.Error as e:
-        text.close()
-        raise DataError(f"{source} header row cannot be parsed: {e}. Fix the file.") from e
-    if not columns:
-        text.close()
-        raise DataError(f"{source} has no header row. Its first line must name the columns.")
-
-    def rows() -> Iterator[Row]:
-        with text:
-            try:
-                yield from reader
-            except csv.Error as e:
-                raise DataError(f"{source} line {reader.line_num} cannot be parsed: {e}. Fix the file.") from e
-
-    return columns, rows()
-
-
-def _parquet_rows(file: Path, source: str) -> tuple[list[str], Iterator[Row]]:
-    import pyarrow
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.ParquetFile(file)
-    except pyarrow.ArrowException as e:
-        raise DataError(f"{source} is not a readable Parquet file: {e}.") from e
-
-    def rows() -> Iterator[Row]:
-        for batch in table.iter_batches():
-            yield from batch.to_pylist()
-
-    return list(table.schema_arrow.names), rows()
-
-
-def _dataset_rows(folder: Path, source: str) -> tuple[list[str], Iterator[Row]]:
-    if not any((folder / name).is_file() for name in ("state.json", "dataset_dict.json")):
-        raise DataError(
-            f"{source} is a folder but not a dataset saved by datasets' save_to_disk "
-            f"(no state.json or dataset_dict.json). Pass a data file instead ({SUPPORTED})."
-        )
-    import datasets
-
-    try:
-        data = datasets.load_from_disk(str(folder))
-    except (OSError, ValueError) as e:  # FileNotFoundError for missing shards, ValueError for bad metadata
-        raise DataError(f"{source} cannot be loaded as a saved dataset: {e}.") from e
-    if isinstance(data, datasets.DatasetDict):
-        if "train" not in data:
-            splits = ", ".join(data)
-            raise DataError(
-                f"{source} holds the splits {splits} and no 'train' split. "
-                f"Pass the folder of the split you want, e.g. {folder / next(iter(data))}."
-            )
-        data = data["train"]
-    # ClassLabel columns hold ints; give their names instead (-1 means no label).
-    names = {c: f.names for c, f in data.features.items() if isinstance(f, datasets.ClassLabel)}
-
-    def rows() -> Iterator[Row]:
-        for row in data:
-            for column, label_names in names.items():
-                index = row[column]
-                row[column] = label_names[index] if isinstance(index, int) and index >= 0 else None
-            yield row
-
-    return list(data.column_names), rows()
-
-
-def field_names(path: str | Path, source: str | None = None) -> list[str]:
-    """The columns of a data file or saved dataset (for JSON rows: every key of any row), in first-seen order."""
-    columns, rows = _open_rows(Path(path), source or str(path))
-    if columns is not None:
-        for _ in rows:  # opens and closes the file (CSV): nothing else is read
-            break
-        if hasattr(rows, "close"):
-            rows.close()
-        return columns
-    seen: dict[str, None] = {}
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    return list(seen)

@@ -18,9 +18,9 @@ from synthdp.corpus import check_out_dir
 from synthdp.data import BUNDLED_SOURCE, LoadedData
 from synthdp.errors import UserError
 from synthdp.models.memory import MemoryPlan
-from synthdp.pipelines.base import PrivacyPlan, Target, get_pipeline, parse_options
+from synthdp.pipelines.base import PrivacyPlan, Target, check_unit_supported, get_pipeline, parse_options
 from synthdp.privacy.accounting import epsilon_report
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 from synthdp.privacy.neighboring import Neighboring
 from synthdp.public_data import run_public_data, with_public_defaults
 
@@ -75,6 +75,7 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
 
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
+    check_unit_supported(pipeline, cfg.unit)
     options = parse_options(pipeline.options_class, options_values)
     check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
@@ -84,10 +85,10 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     public = run_public_data(cfg, pipeline, options, data, lambda message: None)  # public text: read in a dry run too
     if resources is not None:  # the options the real run derives from the public data (max_tokens)
         options = with_public_defaults(pipeline, options, public, resources, cfg)
-    plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
+    plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring, cfg.unit), data, resources)
     events = [e.event for e in plan.events]
     if budget is not None:
-        budget.check(events, neighboring=cfg.neighboring, delta=cfg.delta)
+        budget.check(events, neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
     report = epsilon_report(events, cfg.delta)
     memory = memory_plan(options, data.labels, resources, public) if memory_plan is not None else None
     return DryRun(pipeline.name, cfg.neighboring, plan, report.epsilon, cfg.delta, report.accountant, memory)

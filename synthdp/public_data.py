@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from synthdp.data import LoadedData, Record, field_names, load_records, one_line
+from synthdp.data import LoadedData, Record, load_records, one_line
+from synthdp.readers import field_names
 from synthdp.errors import DataError, OptionError
 
 RESOURCE_PREFIX = "synthdp:"

@@ -28,15 +28,18 @@ from synthdp.dryrun import DryRun, dry_run
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
-from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, get_pipeline, parse_options
+from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, check_unit_supported
+from synthdp.pipelines.base import get_pipeline, parse_options
 from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.accounting import check_delta_against_n, epsilon_report
-from synthdp.privacy.ledger import Budget, Ledger, now
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger, now
 from synthdp.privacy.owner import owner_words, record_end, record_failure
 from synthdp.progress import ProgressDisplay
 from synthdp.public_data import PublicData, run_public_data, with_public_defaults
 from synthdp.release import GENERATE_RERUN, data_lines, release_blockers
 from synthdp.run_state import RunState, check_same, fingerprints, read_state, write_state
+from synthdp.users import bound_records
 from synthdp.workdir import private_dir, remove_private_dir
 
 log = logging.getLogger(__name__)
@@ -82,14 +85,15 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     """Every check that can fail on user input, then the plan. Writes nothing, spends nothing."""
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
+    check_unit_supported(pipeline, cfg.unit)
     options = parse_options(pipeline.options_class, _with_data_defaults(pipeline.options_class, cfg))
     if not resuming:
         check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
     if budget is not None and not resuming:
-        budget.check([], neighboring=cfg.neighboring, delta=cfg.delta)  # refuse before reading anything
+        budget.check([], neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)  # before reading anything
     # Data (validation only: no mechanism sees it yet) and models.
-    data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    data = _load(cfg)
     public = run_public_data(cfg, pipeline, options, data, warn)
     resources = pipeline.load_resources(options, cfg.model_spec())
     options = with_public_defaults(pipeline, options, public, resources, cfg)
@@ -105,12 +109,12 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     if message:
         warn(message)
     # Plan and budget check: refuse before any mechanism touches the data.
-    plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring), data, resources)
+    plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring, cfg.unit), data, resources)
     planned = epsilon_report([e.event for e in plan.events], cfg.delta)
     if planned.epsilon > cfg.epsilon * (1 + 1e-9):
         raise AssertionError(f"pipeline {cfg.pipeline} planned epsilon {planned.epsilon} > target {cfg.epsilon}")
     if budget is not None and not resuming:
-        budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta)
+        budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
     memory_plan = getattr(pipeline, "memory_plan", None)
     if memory_plan is not None:  # the model and one step's caches must fit the device: refused before any spending
         memory_plan(options, data.labels, resources, public).check()
@@ -164,6 +168,7 @@ def generate_run(
             budget_file=str(Path(cfg.budget).resolve()) if cfg.budget else None,
             synthdp_version=__version__,
             release_blockers=release_blockers(p.data),
+            unit=cfg.unit,
         )
         keys = None if cfg.seed is not None else fresh_keys()  # the run's two streams (seeded: from the seed)
         state = RunState(ledger.run_id, keys, _fingerprints(p)) if _keeps_keys(p.pipeline) else None
@@ -171,7 +176,7 @@ def generate_run(
         out = cfg.out
         if p.budget is not None:
             p.budget.reserve(ledger.run_id, p.pipeline.name, str(out.resolve()), p.plan.events,
-                             neighboring=cfg.neighboring, delta=cfg.delta)
+                             neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
         try:
             out.mkdir(parents=True, exist_ok=True)
             ledger.write(out / "ledger.json")
@@ -264,7 +269,7 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, keys: tuple[
         ctx.progress, ctx.stage = bar.progress, bar.stage
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
                       data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget)
-                      + _public_lines(p))
+                      + [f"- Unit of privacy: {cfg.unit.words}."] + _public_lines(p))
     try:
         corpus, count = write_bundle(out, ledger, _records(p, ctx), info, p.budget)
     finally:
@@ -325,7 +330,7 @@ def _follow(world: distributed.World) -> GenerateResult:
     assert isinstance(shared, _Shared)
     cfg = shared.cfg
     pipeline = get_pipeline(cfg.pipeline)
-    data = load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels)
+    data = _load(cfg)
     public = run_public_data(cfg, pipeline, shared.options, data, lambda message: None)
     resources = pipeline.load_resources(shared.options, cfg.model_spec())
     data = checked_records(pipeline, shared.options, data, resources)  # the records rank 0 kept
@@ -340,7 +345,7 @@ def _follow(world: distributed.World) -> GenerateResult:
 def _context(p: Prepared, rng: Any, noise_rng: Any, world: distributed.World, resume: bool) -> RunContext:
     return RunContext(rng=rng, noise_rng=noise_rng, seeded=p.cfg.seed is not None, num_samples=p.cfg.num_samples,
                       labels=p.data.labels, resources=p.resources, work_dir=p.cfg.out, resume=resume, world=world,
-                      public=p.public, summary=RunSummary.start(getattr(p.pipeline, "counters", ())))
+                      public=p.public, summary=RunSummary.start(getattr(p.pipeline, "counters", ())), unit=p.cfg.unit)
 
 
 def _public_lines(p: Prepared) -> list[str]:
@@ -361,8 +366,19 @@ def _public_words(p: Prepared) -> list[str]:
 
 def _records(p: Prepared, ctx: RunContext) -> Iterator[SyntheticRecord]:
     """The pipeline's records, its `run` called at the first one: inside write_bundle's failure handling, so a
-    `run` that fails as it is called (not written as a generator) is recorded as failed like any crash."""
-    yield from p.pipeline.run(p.data.records, p.options, p.plan, ctx)
+    `run` that fails as it is called (not written as a generator) is recorded as failed like any crash. A
+    user-level run's records are bounded first, by a keyed hash under a salt from the noise stream (the same on
+    every rank and on a resume)."""
+    records = p.data.records
+    if ctx.unit.per_user:
+        records, left_out = bound_records(records, ctx.unit, ctx.noise_rng.bytes(16))
+        ctx.operator_only_not_dp["user_bounding"] = left_out
+    yield from p.pipeline.run(records, p.options, p.plan, ctx)
+
+
+def _load(cfg: RunConfig) -> LoadedData:
+    return load_records(cfg.data, text_field=cfg.text_field, label_field=cfg.label_field, labels=cfg.labels,
+                        user_field=cfg.user_field)
 
 
 def _warn(message: str) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from synthdp.errors import UserError
 from synthdp.privacy.accounting import event_to_json
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 from synthdp.workdir import private_dir
 
 # Files a run writes besides ledger.json; the ledger records the digest of each one it wrote.
@@ -85,6 +86,8 @@ def _check_budget(ledger: Ledger, budget_path: Path) -> list[str]:
     relation = budget.neighboring
     if relation != ledger.neighboring:
         problems.append(f"the budget's neighbouring relation {relation} differs from the ledger's {ledger.neighboring}")
+    if budget.unit != ledger.unit.key:
+        problems.append(f"the budget's unit of privacy {budget.unit} differs from the ledger's {ledger.unit.key}")
     return problems
 
 

@@ -16,7 +16,8 @@ from synthdp.config import RunConfig, check_config
 from synthdp.errors import ModelError, OptionError
 from synthdp.models.api import ApiGenerator
 from synthdp.models.generator import Request
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
 FAST = {"retry_base": 0.01, "max_retries": 3}

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from conftest import fast_flags
 from synthdp.cli import app
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
 FAST = fast_flags("private-prediction")

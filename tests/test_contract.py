@@ -31,7 +31,8 @@ from synthdp.errors import BudgetExceededError, UserError
 from synthdp.pipelines.base import ModelSpec, _kinds, available_pipelines, parse_options
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.costs import zcdp_tokens
-from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger, LedgerEvent
 from synthdp.run import resume_run
 
 runner = CliRunner()

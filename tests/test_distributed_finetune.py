@@ -33,7 +33,8 @@ from synthdp.models.local import LocalLM
 from synthdp.pipelines.finetune import FinetuneOptions
 from synthdp.pipelines.finetune.encoding import collate, encode_example
 from synthdp.pipelines.finetune.lora import attach_lora
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 
 from conftest import PRIVATE_ROWS, fast_flags
 

@@ -22,7 +22,8 @@ from synthdp.pipelines.finetune.encoding import collate, encode_example, prompt_
 from synthdp.pipelines.finetune.lora import attach_lora
 from synthdp.privacy.accounting import calibrate_dpsgd_noise
 from synthdp.privacy.costs import DiscreteGaussianRelease, DpSgdSteps
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 
 runner = CliRunner()
 Z = 5.5  # two-sided normal tail at 5.5 sigma: about 4e-8, below the 1e-6 false-failure rate

@@ -19,7 +19,7 @@ import synthdp
 from conftest import FAST_OPTIONS, PRIVATE_ROWS, write_jsonl
 from synthdp.cli import app
 from synthdp.errors import UserError
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 
 runner = CliRunner()
 PP, PE, FT = "private-prediction", "private-evolution", "dp-finetune"

@@ -15,7 +15,8 @@ from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.costs import zcdp_tokens
 from synthdp.atomic import write_json_atomic
 from synthdp.errors import OutputError
-from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 
 OPTS = {**FAST_OPTIONS["private-prediction"], "max_tokens": 3}  # r = 1 at epsilon 1.2 pays for 3 tokens

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 from conftest import fast_flags
 from synthdp.cli import app
 from synthdp.privacy.accounting import epsilon_report
-from synthdp.privacy.ledger import Budget, Ledger, LedgerEvent
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger, LedgerEvent
 from synthdp.privacy.owner import current_owner
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import synthdp
 from synthdp.cli import app
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 
 # CLI parameter name -> library argument, where they differ
 TWINS = {"set_": "options", "progress": "show_progress"}
@@ -97,6 +97,8 @@ def examples(tmp_path: Path) -> dict[str, tuple[list[str], dict[str, Any]]]:
         "out": (["--out", "elsewhere"], {"out": "elsewhere"}),
         "model": (["--model", "my-model"], {"model": "my-model"}),
         "labels": (["--labels", "ham, spam"], {"labels": ["ham", "spam"]}),
+        "user_field": (["--user-field", "patient_id"], {"user_field": "patient_id"}),
+        "max_records_per_user": (["--max-records-per-user", "3"], {"max_records_per_user": 3}),
         "config": (["--config", str(config)], {"config": config}),
         "set_": (["--set", "clip=2", "--set", "epochs=4"], {"options": {"clip": "2", "epochs": "4"}}),
         "budget": (["--budget", str(budget)], {"budget": budget}),  # delta from the budget

@@ -39,7 +39,7 @@ from synthdp.pipelines.base import available_pipelines
 from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
 from synthdp.public_data import read_public_examples
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 
 
 def registered_pipelines() -> list[str]:

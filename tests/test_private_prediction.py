@@ -23,7 +23,7 @@ from synthdp.mechanisms.sparse_vector import SparseVector
 from synthdp.pipelines.base import RunContext, Target, get_pipeline, parse_options
 from synthdp.pipelines.batching import batches_per_label, hash_batch, hash_batches
 from synthdp.pipelines.private_prediction import decoding, prompts
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 from synthdp.run import prepare_run
 
 V, STOP = 12, 0

@@ -15,7 +15,7 @@ from conftest import fast_flags, write_jsonl
 from synthdp.cli import app
 from synthdp.data import Record
 from synthdp.errors import DataError
-from synthdp.privacy.ledger import Budget
+from synthdp.privacy.budget import Budget
 from synthdp.public_data import (
     LENGTH_QUANTILE, PublicData, length_default, load_public_data, tokenizer_counter, word_counter,
 )

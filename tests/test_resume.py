@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 
 from synthdp.cli import app
 from synthdp.corpus import read_corpus
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 from synthdp.workdir import PRIVATE_DIR, LineLog
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import synthdp
 from synthdp.config import RunConfig, check_config
 from synthdp.errors import OptionError
 from synthdp.pipelines.summary import Count, RunSummary
-from synthdp.privacy.ledger import Budget, Ledger
+from synthdp.privacy.budget import Budget
+from synthdp.privacy.ledger import Ledger
 from synthdp.privacy.neighboring import Neighboring
 
 # The summary keys of every run of each built-in pipeline (the option settings of FAST_OPTIONS, no API endpoint):

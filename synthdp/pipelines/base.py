@@ -30,6 +30,7 @@ from synthdp.mechanisms.randomness import noise_generator
 from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
+from synthdp.privacy.unit import PrivacyUnit
 from synthdp.public_data import PublicData
 
 ENTRY_POINT_GROUP = "synthdp.pipelines"
@@ -43,6 +44,7 @@ class Target:
     epsilon: float
     delta: float
     neighboring: Neighboring = Neighboring.ADD_REMOVE
+    unit: PrivacyUnit = PrivacyUnit()  # one record, or one user (records carry `user`): privacy/unit.py
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class RunContext:
     # Exact statistics of the private data (not DP): shown to the operator on stderr, never written to --out.
     operator_only_not_dp: dict[str, Any] = field(default_factory=dict)
     public: PublicData | None = None  # the run's public data (--public-data), for pipelines that use it
+    # The unit of privacy. At user level every record has its `user`, and the records are already bounded (one
+    # label, at most k records per user: synthdp/users.py); the pipeline sums one term per user.
+    unit: PrivacyUnit = field(default_factory=PrivacyUnit)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class Pipeline(Protocol):
     supports_resume: ClassVar[bool]  # True only if `run` with ctx.resume continues without re-spending
     # Optional `supports_distributed: ClassVar[bool]`: True if `run` splits its work over ctx.world's ranks (every
     # rank runs `run`; rank 0's records are the corpus). Without it, a run under torchrun is refused.
+    # Optional `supports_users: ClassVar[bool]`: True if `run` keeps user-level privacy (`ctx.unit`, `--user-field`):
+    # it sums one bounded term per user, and its ledger words say so. Without it, a user-level run is refused.
     # Optional `resumes_from_keys: ClassVar[bool]`: a resume replays the unfinished batches from the run's stream keys
     # (kept by synthdp/run.py in an operator-only file until the commit; progress in pipelines/checkpoint.py).
 
@@ -182,6 +189,13 @@ def _load_entry_points() -> None:
 def available_pipelines() -> dict[str, type]:
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
+
+
+def check_unit_supported(pipeline: Any, unit: PrivacyUnit) -> None:
+    """Refuse a user-level run (`--user-field`) of a pipeline that does not keep user-level privacy."""
+    if unit.per_user and not getattr(pipeline, "supports_users", False):
+        raise OptionError(f"The {pipeline.name} pipeline does not support user-level privacy (--user-field). Run "
+                          "without --user-field, or choose a pipeline that supports it (docs/guarantee.md).")
 
 
 def get_pipeline(name: str) -> Pipeline:

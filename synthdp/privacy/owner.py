@@ -30,7 +30,7 @@ class RunRecord(Protocol):
 
 
 class RunMarks(Protocol):
-    """Where a run's end is marked: its budget (`privacy.ledger.Budget`)."""
+    """Where a run's end is marked: its budget (`privacy.budget.Budget`)."""
 
     def mark(self, run_id: str, status: RunStatus) -> None: ...
 

@@ -239,6 +239,7 @@ def _digests(value: Any, where: str) -> None:
 LEDGER_EVENT = fields({"name": string, "description": string, "dp_event": _accountable})
 OWNER = fields({"host": string, "pid": integer(1, 2**31), "started": number(0.0)})
 NEIGHBORING = one_of(*NEIGHBORING_WORDS)
+UNIT = fields({"user_field": optional(string), "max_records_per_user": optional(integer(1, 2**31))})
 
 
 # --------------------------------------------------------------------------- files
@@ -254,8 +255,8 @@ def _budget_spec(format_name: str) -> Rule:
     return fields(
         {"format": one_of(format_name), "description": string, "epsilon": POSITIVE,
          "delta": number(0.0, 1.0, lo_open=True, hi_open=True), "neighboring": NEIGHBORING,
-         "runs": list_of(BUDGET_RUN)},
-        optional_keys=frozenset({"description", "neighboring"}),
+         "runs": list_of(BUDGET_RUN), "unit": string},
+        optional_keys=frozenset({"description", "neighboring", "unit"}),
     )
 
 
@@ -265,9 +266,9 @@ def _ledger_spec(format_name: str) -> Rule:
             "neighboring": NEIGHBORING, "events": list_of(LEDGER_EVENT), "public_assumptions": list_of(string),
             "parameters": obj, "seed": optional(whole), "budget_file": optional(string),
             "synthdp_version": string, "owner": optional(OWNER), "release_blockers": list_of(string),
-            "files": _digests, "resumed": list_of(string)}
+            "files": _digests, "resumed": list_of(string), "unit": UNIT}
     optional_keys = {"finished", "parameters", "seed", "budget_file", "synthdp_version", "owner", "release_blockers",
-                     "files", "resumed"}
+                     "files", "resumed", "unit"}
     return fields(keys, optional_keys=frozenset(optional_keys), strict=False)
 
 
