@@ -162,3 +162,14 @@ def test_a_pipeline_without_user_level_support_refuses_a_user_level_run(
                                       "--epsilon", "3", "--delta", "1e-5", "-n", "2", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "does not support user-level privacy" in result.output and not out.exists()
+
+
+def test_the_label_histogram_counts_a_user_once() -> None:
+    from synthdp.mechanisms.label_histogram import release
+    from synthdp.pipelines.labels import unit_labels
+
+    bounded, _ = bound_records(records(rows_of_users()), PrivacyUnit("pid", 3), SALT)
+    assert len(unit_labels(bounded)) == 6 and len(bounded) > 6
+    no_ids = [Record(r.text, r.label) for r in records(rows_of_users())]
+    assert unit_labels(no_ids) == [r["label"] for r in rows_of_users()]  # record level: every record
+    assert "private users per label" in release(2.0, "add_remove", 2, "sets the sizes", "user").words

@@ -76,10 +76,12 @@ def noisy_counts(counts: np.ndarray, noise_multiplier: float, neighboring: str,
     return (counts + discrete_gaussian(std, counts.size, rng).reshape(counts.shape)).astype(np.float64)
 
 
-def release(noise_multiplier: float, neighboring: str, num_labels: int, purpose: str) -> LabelHistogramRelease:
-    """The histogram's cost: its DpEvent and the ledger's words (`synthdp.privacy.costs`)."""
+def release(noise_multiplier: float, neighboring: str, num_labels: int, purpose: str,
+            unit: str = "record") -> LabelHistogramRelease:
+    """The histogram's cost: its DpEvent and the ledger's words (`synthdp.privacy.costs`); `unit` is what each
+    count counts ("record", or "user" at user level)."""
     return LabelHistogramRelease(noise_multiplier=noise_multiplier, neighboring=neighboring, num_labels=num_labels,
-                                 purpose=purpose, epsilon_fraction=EPSILON_FRACTION)
+                                 purpose=purpose, epsilon_fraction=EPSILON_FRACTION, unit=unit)
 
 
 def plan_parameters(noise_multiplier: float, neighboring: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from dp_accounting import dp_event
 
-from synthdp.data import LoadedData
+from synthdp.data import LoadedData, Record
 from synthdp.errors import OptionError
 from synthdp.mechanisms import label_histogram
 from synthdp.pipelines.base import Target
@@ -131,6 +131,18 @@ def check_weights(counts: LabelCounts, labels: tuple[str, ...]) -> None:
                           f"({', '.join(labels) or 'unlabelled data'}). Name labels of the set.")
 
 
+def unit_labels(records: Iterable[Record]) -> list[Label]:
+    """One label per unit of privacy: each record's, or at user level each user's one label (bounded records)."""
+    seen: set[str] = set()
+    labels: list[Label] = []
+    for record in records:
+        if record.user is None or record.user not in seen:
+            labels.append(record.label)
+        if record.user is not None:
+            seen.add(record.user)
+    return labels
+
+
 @dataclass(frozen=True, kw_only=True)
 class LabelPolicy:
     """How a run sets its labels' sizes and texts, planned before any record is read. `counts` is the typed
@@ -168,7 +180,7 @@ class LabelPolicy:
         sigma, event = None, None
         if needs and (public is None if uses_sizes else counts == "dp"):
             sigma = label_histogram.calibrate_noise(target.epsilon, target.delta)
-            cost = label_histogram.release(sigma, target.neighboring, len(data.labels), purpose)
+            cost = label_histogram.release(sigma, target.neighboring, len(data.labels), purpose, target.unit.noun)
             event = LedgerEvent(event_name, cost.words, cost.event)
             if uses_sizes:
                 words = "the sizes come from the DP label histogram (an event of this ledger), drawn at run time"
@@ -191,14 +203,15 @@ class LabelPolicy:
             return None
         return label_histogram.plan_parameters(self.histogram_noise, self.neighboring)
 
-    def draw(self, record_labels: Iterable[Label], rng: np.random.Generator) -> dict[Label, float] | None:
+    def draw(self, records: Iterable[Record], rng: np.random.Generator) -> dict[Label, float] | None:
         """The per-label sizes: public, or the histogram's noisy counts drawn now from `rng`, the run's noise stream
-        (paid in the plan: post-processing from here on); None when the policy has neither."""
+        (paid in the plan: post-processing from here on); None when the policy has neither. At user level (records
+        bounded to one label per user) a user counts once."""
         if self.sizes is not None:
             return {label: float(self.sizes[label]) for label in self.labels}
         if self.histogram_noise is None:
             return None
-        exact = label_histogram.exact_counts(record_labels, self.labels)
+        exact = label_histogram.exact_counts(unit_labels(records), self.labels)
         noisy = label_histogram.noisy_counts(exact, self.histogram_noise, self.neighboring, rng)
         return {label: float(n) for label, n in zip(self.labels, noisy)}
 

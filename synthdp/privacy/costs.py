@@ -235,13 +235,14 @@ class DiscreteGaussianRelease:
 @dataclass(frozen=True, kw_only=True)
 class LabelHistogramRelease(DiscreteGaussianRelease):
     """One release of the private per-label record counts (docs/algorithms.md, "The label histogram"): each record
-    adds 1 to its label's count, L2 sensitivity `l2_sensitivity` (1 add/remove, sqrt(2) replace-one); noise
+    adds 1 to its label's count (at user level each user, bounded to one label, adds 1 to its label's count), L2 sensitivity `l2_sensitivity` (1 add/remove, sqrt(2) replace-one); noise
     multiplier calibrated so that this release alone costs `epsilon_fraction` of the target epsilon."""
 
     neighboring: str
     num_labels: int
     purpose: str  # what the counts set, in the ledger's words
     epsilon_fraction: float
+    unit: str = "record"  # what is counted: "record", or "user" (a user is bounded to one label: privacy/unit.py)
 
     @property
     def noise_std(self) -> float:
@@ -250,10 +251,10 @@ class LabelHistogramRelease(DiscreteGaussianRelease):
     @property
     def words(self) -> str:
         sens = l2_sensitivity(self.neighboring)
-        what = ("the number of private records" if self.num_labels <= 1
-                else f"the number of private records per label ({self.num_labels} labels)")
+        what = (f"the number of private {self.unit}s" if self.num_labels <= 1
+                else f"the number of private {self.unit}s per label ({self.num_labels} labels)")
         return (f"{what} plus Gaussian noise of standard deviation {self.noise_std:.4g} (noise multiplier "
-                f"{self.noise_multiplier:.4g} times L2 sensitivity {sens:.3g}: a record counts in one label); the "
+                f"{self.noise_multiplier:.4g} times L2 sensitivity {sens:.3g}: a {self.unit} counts in one label); the "
                 f"noise is calibrated so that this release alone costs {self.epsilon_fraction:.0%} of the target "
                 f"epsilon; {self.purpose}")
 

@@ -141,5 +141,5 @@ class DPFinetune:
     def label_weights(records: list[Record], plan: FinetunePlan, ctx: RunContext) -> list[float]:
         """How the texts split across labels: the DP label histogram's noisy counts (paid in the plan), the
         public weights of `label_counts`, or uniform."""
-        return plan.labels.weights(plan.labels.draw((r.label for r in records), ctx.noise_rng))
+        return plan.labels.weights(plan.labels.draw(records, ctx.noise_rng))
 

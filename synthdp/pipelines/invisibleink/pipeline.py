@@ -120,7 +120,7 @@ class InvisibleInk:
         assert isinstance(plan, InvisibleInkPlan)
         lm: LocalLM = ctx.resources
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)  # public, or the DP label histogram
+        sizes = plan.labels.draw(records, ctx.noise_rng)  # public, or the DP label histogram
         assert sizes is not None  # the batch counts always have sizes
         batches = batches_per_label(sizes, plan.divisor_s)
         quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))

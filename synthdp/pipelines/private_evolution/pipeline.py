@@ -142,7 +142,7 @@ class Evolution:
         """n_c: public weights or uniform, or drawn from the DP label histogram (checkpointed before use)."""
         if state.label_counts is None:
             policy = self.plan.labels
-            sizes = policy.draw((r.label for r in records), self.ctx.noise_rng)  # the DP label histogram, if any
+            sizes = policy.draw(records, self.ctx.noise_rng)  # the DP label histogram, if any
             state.record_label_counts(list(policy.split(total, policy.weights(sizes)).values()))
         assert state.label_counts is not None
         return dict(zip(labels, state.label_counts))

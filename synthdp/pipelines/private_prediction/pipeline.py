@@ -205,7 +205,7 @@ def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:
 
 def batch_counts(records: list[Record], plan: PrivatePredictionPlan, ctx: RunContext) -> dict[str | None, int]:
     """B per label: from the public sizes, or from the DP label histogram drawn now (post-processing)."""
-    sizes = plan.labels.draw((r.label for r in records), ctx.noise_rng)
+    sizes = plan.labels.draw(records, ctx.noise_rng)
     if sizes is None:
         raise ValueError("The plan has neither public sizes nor a DP label histogram.")
     batches = batches_per_label(sizes, plan.s)
