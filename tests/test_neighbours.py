@@ -215,22 +215,23 @@ class Ending:
 
 
 LEDGER_KEYS = ("pipeline", "status", "epsilon", "delta", "accountant", "epsilon_by_accountant", "neighboring",
-               "events", "public_assumptions", "parameters", "release_blockers", "seed")
+               "events", "public_assumptions", "parameters", "release_blockers", "seed", "unit", "unit_of_privacy")
 
 
 def run(pipeline: str, lines: list[bytes], suffix: str, relation: str, labels: list[str] | None, root: Path,
-        model: Path, options: dict[str, Any] | None = None) -> Ending:
-    """One seeded run on the data `lines`, charged to a fresh budget; how it ended."""
+        model: Path, options: dict[str, Any] | None = None, user_field: str | None = None) -> Ending:
+    """One seeded run on the data `lines`, charged to a fresh budget; how it ended. With `user_field`, at user
+    level (the budget's unit too)."""
     root.mkdir(parents=True, exist_ok=True)
     data, out, budget = root / f"data{suffix}", root / "out", root / "data.budget"
     data.write_bytes(b"\n".join(lines) + b"\n")
-    Budget.init(budget, epsilon=100, delta=1e-5, neighboring=relation)
+    Budget.init(budget, epsilon=100, delta=1e-5, neighboring=relation, user_field=user_field)
     before = budget.read_bytes()
     try:
         result = synthdp.generate(pipeline=pipeline, data=data, model=model, out=out, labels=labels,
                                   epsilon=EPSILON[relation], delta=1e-5, num_samples=2,
                                   options=options or {**FAST_OPTIONS[pipeline], **OPTIONS.get(pipeline, {})},
-                                  seed=11, neighboring=relation,
+                                  seed=11, neighboring=relation, user_field=user_field,
                                   budget=budget)
         outcome, error = "complete", ""
         kinds = {key: type(value).__name__ for key, value in result.summary.items()}
