@@ -100,8 +100,11 @@ def generate(
     values["options"].update(parse_set_pairs(set_ or []))
     cfg = resolve_config(values, lambda name: "--" + name.replace("_", "-"), GENERATE_EXAMPLE)
     if dry_run:
-        for line in plan_run(cfg).lines():
+        planned = plan_run(cfg)
+        for line in planned.lines():
             typer.echo(line)
+        if not planned.fits:  # the real run would be refused: exit as it would
+            raise typer.Exit(2)
         return
     _report(generate_run(cfg, show_progress=progress))
 

@@ -22,6 +22,7 @@ from synthdp.pipelines.base import PrivacyPlan, Target, check_unit_supported, ge
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.budget import Budget
 from synthdp.privacy.neighboring import Neighboring
+from synthdp.privacy.unit import PrivacyUnit
 from synthdp.public_data import run_public_data, with_public_defaults
 
 
@@ -47,11 +48,17 @@ class DryRun:
     delta: float
     accountant: str
     memory: MemoryPlan | None
+    unit: PrivacyUnit = PrivacyUnit()
+
+    @property
+    def fits(self) -> bool:
+        """Whether the run would pass its memory check (True where the pipeline has no memory plan)."""
+        return self.memory is None or self.memory.fits
 
     def lines(self) -> list[str]:
         out = ["Dry run: no record was read; nothing was written or charged.",
                f"Privacy plan ({self.pipeline}, {self.neighboring}): ({self.epsilon:.4g}, {self.delta:.3g})-DP by "
-               f"dp_accounting ({self.accountant.upper()})"]
+               f"dp_accounting ({self.accountant.upper()}); unit of privacy: {self.unit.words}"]
         out += [f"  event: {e.name}: {e.description}" for e in self.plan.events]
         out += [f"  public: {a}" for a in self.plan.public_assumptions]
         out += [f"  parameter: {k} = {v}" for k, v in self.plan.published().items()]
@@ -91,5 +98,5 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
         budget.check(events, neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
     report = epsilon_report(events, cfg.delta)
     memory = memory_plan(options, data.labels, resources, public) if memory_plan is not None else None
-    return DryRun(pipeline.name, cfg.neighboring, plan, report.epsilon, cfg.delta, report.accountant, memory)
+    return DryRun(pipeline.name, cfg.neighboring, plan, report.epsilon, cfg.delta, report.accountant, memory, cfg.unit)
 

@@ -123,3 +123,13 @@ def test_cuda_sizing_takes_the_largest_g_whose_planned_step_fits_half_the_free_m
     assert shape.device == "cuda" and planned(shape.batches) <= left / 2 < planned(shape.batches + 1)
     assert step_memory(lm, shape, 4, (100, 100), 16, "").fits
     assert step_shape(lm, 4, 100, 16, 7).batches == 7  # batches_per_step, given, wins
+
+
+def test_a_dry_run_whose_step_does_not_fit_says_so_and_exits_as_the_run_would(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 50_000)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--labels", "ham,spam", "-e", "3", "-d", "1e-5", "-n", "4", "-o", str(out),
+                                 "--model", str(tiny_model_dir), "--dry-run", *fast_flags("invisibleink")])
+    assert result.exit_code == 2, result.output
+    assert "does not fit" in result.output and "Privacy plan" in result.output and not out.exists()
