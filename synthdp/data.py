@@ -210,14 +210,9 @@ def _to_record(
         return _not_utf8_reason(text_field), None
     if label_field is None:
         return "", Record(text, None)
-    value = row.get(label_field)
-    label = str(value).strip() if isinstance(value, (str, int)) else ""  # bool is an int
-    if not label:
-        return f"missing, empty or non-text value in '{label_field}'", None
-    if not _is_utf8(label):
-        return _not_utf8_reason(label_field), None
-    if len(label) > MAX_LABEL_CHARS:
-        return f"label longer than {MAX_LABEL_CHARS:,} characters", None
+    reason, label = _short_text(row, label_field, "label")
+    if label is None:
+        return reason, None
     if wanted is not None and label not in wanted:
         return "label not in --labels", None
     return "", Record(text, label)
@@ -225,15 +220,22 @@ def _to_record(
 
 def _with_user(row: Row, user_field: str, record: Record) -> tuple[str, Record | None]:
     """`record` with its user id from `row` (text or an integer, as text), or (reason, None) to skip the row."""
-    value = row.get(user_field)
-    user = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    if not user:
-        return f"missing, empty or non-text value in '{user_field}'", None
-    if not _is_utf8(user):
-        return _not_utf8_reason(user_field), None
-    if len(user) > MAX_LABEL_CHARS:
-        return f"user id longer than {MAX_LABEL_CHARS:,} characters", None
-    return "", dataclasses.replace(record, user=user)
+    reason, user = _short_text(row, user_field, "user id")
+    return (reason, None) if user is None else ("", dataclasses.replace(record, user=user))
+
+
+def _short_text(row: Row, field: str, what: str) -> tuple[str, str | None]:
+    """A label or user id: text or an integer (bool is one), stripped, non-empty, UTF-8, within MAX_LABEL_CHARS;
+    else (reason, None)."""
+    value = row.get(field)
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    if not text:
+        return f"missing, empty or non-text value in '{field}'", None
+    if not _is_utf8(text):
+        return _not_utf8_reason(field), None
+    if len(text) > MAX_LABEL_CHARS:
+        return f"{what} longer than {MAX_LABEL_CHARS:,} characters", None
+    return "", text
 
 
 def _is_utf8(text: str) -> bool:

@@ -37,7 +37,7 @@ def rows_of_users() -> list[dict[str, object]]:
 
 def test_user_ids_are_read_as_text_and_rows_without_one_are_skipped(tmp_path: Path) -> None:
     rows = rows_of_users() + [{"text": "no id", "label": "a"}, {"text": "empty id", "label": "a", "pid": " "},
-                              {"text": "bool id", "label": "a", "pid": True}]
+                              {"text": "float id", "label": "a", "pid": 3.5}]
     data = load_records(write_jsonl(tmp_path / "d.jsonl", rows), user_field="pid")
     assert len(data.records) == len(rows) - 3
     assert {r.user for r in data.records} == {"u0", "1", "u2", "3", "u4", "5"}
