@@ -226,3 +226,23 @@ def test_a_user_level_run_resumes_from_its_checkpoint_charged_once(tmp_path: Pat
     b = Budget.load(budget)
     assert len(b.runs) == 1 and b.runs[0]["status"] == "complete" and b.unit == "user:pid"
 
+
+
+def test_a_two_rank_user_level_run_gives_the_one_rank_corpus_ledger_and_adapter(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    # a user's records split over the ranks would be averaged and clipped as two half-users: another adapter
+    from test_distributed_finetune import adapter, torchrun
+
+    data = write_jsonl(tmp_path / "d.jsonl", user_rows())
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = runner.invoke(app, generate_args(data, one, tiny_model_dir, epochs=2))
+    assert result.exit_code == 0, result.output
+    done = torchrun(*generate_args(data, two, tiny_model_dir, epochs=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (two / "synthetic.jsonl").read_text() == (one / "synthetic.jsonl").read_text()
+    a, b = Ledger.read(one), Ledger.read(two)
+    assert b.status == "complete" and [e.to_json() for e in b.events] == [e.to_json() for e in a.events]
+    wa, wb = adapter(one), adapter(two)
+    assert any(w.abs().max() > 1e-3 for w in wb.values())
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
