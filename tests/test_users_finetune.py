@@ -195,6 +195,11 @@ def test_a_user_level_run_completes_with_the_user_level_ledger(tmp_path: Path, t
     assert "at most k = 3 records' gradients, clipped to L2 norm 1" in sgd.description
     assert any("the number of users n = 8" in a for a in ledger.public_assumptions)
     assert "patient" not in (out / "ledger.json").read_text()
+    more = tmp_path / "more"  # texts sampled later from the adapter keep its unit of privacy
+    result = runner.invoke(app, ["sample", "--from", str(out), "--num-samples", "2", "--out", str(more)])
+    assert result.exit_code == 0, result.output
+    assert Ledger.read(more).unit == PrivacyUnit("pid", 3)
+    assert "one user" in json.loads((more / "ledger.json").read_text())["unit_of_privacy"]
 
 
 def test_a_user_level_run_resumes_from_its_checkpoint_charged_once(tmp_path: Path, tiny_model_dir: Path,
