@@ -251,3 +251,11 @@ def test_a_two_rank_user_level_run_gives_the_one_rank_corpus_ledger_and_adapter(
     assert any(w.abs().max() > 1e-3 for w in wb.values())
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_of_more_users_than_the_public_number_of_users_is_refused_with_nothing_written(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    data, out = write_jsonl(tmp_path / "d.jsonl", user_rows()), tmp_path / "run"
+    result = runner.invoke(app, generate_args(data, out, tiny_model_dir, batch_size=12))  # 21 records, 8 users
+    assert result.exit_code == 2, result.output
+    assert "larger than the public number of users n = 8" in result.output and not out.exists()
