@@ -4,8 +4,8 @@ For models that do not fit one device. Every parameter (the frozen base and the 
 first dimension over the N ranks by torch's FSDP2 (`fully_shard`, through opacus 1.6's `FSDP2Wrapper`); a forward
 or backward pass gathers each layer's parameters just in time, and the gradients come back reduce-scattered: each
 rank holds its slice of the gradient summed over the ranks. The DP-SGD step is the data-parallel one of
-`synthdp/mechanisms/dpsgd.py` (same Poisson mask over the whole data set on every rank, record i on rank i mod N,
-clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); what differs:
+`synthdp/mechanisms/dpsgd.py` (same Poisson mask over the whole data set on every rank, record (user) i on rank i mod
+N, clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); what differs:
 
 - Per-example norms by ghost clipping (opacus' `GradSampleModuleFastGradientClippingFSDP`): the per-example
   gradient norms come from the layers' activations and backprops without materialising per-example gradients.
