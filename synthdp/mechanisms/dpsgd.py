@@ -12,7 +12,9 @@ trainable, so only they pay) or from torch.func (functional_call + vmap(grad)).
 Several processes (torchrun; synthdp/distributed.py). Every rank holds the run's noise stream (rank 0 sends
 its key), so every rank draws the same Poisson mask over the WHOLE data set and keeps the sampled records
 of its own shard (record i on rank i mod N, `my_share`): the logical batch is exactly the one-process batch,
-at the same rate q. Each rank clips its examples' gradients and sums them; the clipped sums are all-reduced
+at the same rate q. At user level the mask and the index are over users (q = B / n_users): user u, with all its
+records, on rank u mod N, its records averaged into one gradient clipped to C (`clipped_sum(groups=)`).
+Each rank clips its examples' gradients and sums them; the clipped sums are all-reduced
 (summed over ranks), and then every rank adds the SAME noise draw N(0, (sigma C)^2) from the shared stream
 to the same total. The noise is drawn once in total: N ranks adding one realisation to one sum, not N
 independent draws, so its variance is sigma^2 C^2, as in one process. (opacus' DistributedDPOptimizer

@@ -294,6 +294,11 @@ class DpSgdSteps:
     Sensitivity: under add/remove one record moves the sum by at most C (the relation dp_accounting's accountants
     support for this event). The event is SelfComposed(PoissonSampled(q, Gaussian(noise_multiplier)), steps);
     PLD accounts it tightly.
+
+    User level (docs/pipelines/dp-finetune.md, "User-level privacy"): the batch holds every USER independently with
+    probability q = B / n_users, and a sampled user adds one term, the mean of its (at most k) records' gradients
+    clipped to C, so adding or removing a whole user moves the sum by at most C and is included with probability q:
+    the same event with q counting users.
     """
 
     noise_multiplier: float
@@ -309,17 +314,28 @@ class DpSgdSteps:
 @dataclass(frozen=True, kw_only=True)
 class DpSgdLora(DpSgdSteps):
     """DP fine-tuning's training: `DpSgdSteps` of DP-Adam on LoRA adapters (Yue et al. 2023); the adapter and
-    everything sampled from it are post-processing."""
+    everything sampled from it are post-processing. `unit` "user": the words say what q, B and the clipped term
+    count at user level."""
 
     NAME: ClassVar[str] = "DP-SGD (LoRA)"
     clip: float  # C
     expected_batch_size: int  # B: the noisy sum is divided by it
     auto_clip: bool  # automatic clipping (Bu et al.): the same bound C on each example's contribution
+    unit: str = "record"  # "record", or "user": Poisson sampling of users, one clipped mean gradient each
+    max_records: int | None = None  # k: records used per user (user level)
 
     @property
     def words(self) -> str:
-        return (f"{self.steps} steps of DP-Adam on the LoRA adapters; each step a Poisson sample (rate q = "
-                f"{self.sampling_rate:.6g}, expected batch B = {self.expected_batch_size}), per-example gradients "
-                f"clipped to L2 norm {self.clip:g}" + (" (automatic clipping, Bu et al.)" if self.auto_clip else "")
-                + f", their sum plus Gaussian noise of std {self.noise_multiplier:.6g} x {self.clip:g}, divided by "
-                "B; the adapter and everything sampled from it are post-processing")
+        auto = " (automatic clipping, Bu et al.)" if self.auto_clip else ""
+        if self.unit == "user":
+            k = "" if self.max_records is None else f" = {self.max_records}"
+            sampled = (f"each step a Poisson sample of users: each user is sampled with probability q = B/n_users = "
+                       f"{self.sampling_rate:.6g} (expected batch B = {self.expected_batch_size} users); its gradient "
+                       f"is the mean of its at most k{k} records' gradients, clipped to L2 norm {self.clip:g}{auto}, so "
+                       f"one user moves the sum by at most {self.clip:g}")
+        else:
+            sampled = (f"each step a Poisson sample (rate q = {self.sampling_rate:.6g}, expected batch B = "
+                       f"{self.expected_batch_size}), per-example gradients clipped to L2 norm {self.clip:g}{auto}")
+        return (f"{self.steps} steps of DP-Adam on the LoRA adapters; {sampled}, their sum plus Gaussian noise of std "
+                f"{self.noise_multiplier:.6g} x {self.clip:g}, divided by B; the adapter and everything sampled from "
+                "it are post-processing")

@@ -49,15 +49,43 @@ def collate(examples: list[Example], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), labels.to(device)
 
 
-def rank_examples(lm: LocalLM, options: FinetuneOptions, records: list[Record], world: World) -> dict[int, Example]:
-    """The training rows this rank may be asked for: records i with i mod N == rank (all of them in one process)."""
-    return {i: encode_example(lm, options, records[i]) for i in range(world.rank, len(records), world.size)}
+def unit_offsets(records: list[Record], per_user: bool) -> list[int]:
+    """Where each unit of privacy starts in `records`, and the end: unit u is records[offsets[u]:offsets[u + 1]].
+    Record level: one record per unit. User level: one user per unit (its at most k records, contiguous: run
+    receives them bounded, synthdp/users.py)."""
+    if not per_user:
+        return list(range(len(records) + 1))
+    offsets = [i for i in range(len(records)) if i == 0 or records[i].user != records[i - 1].user] + [len(records)]
+    if len({records[i].user for i in offsets[:-1]}) != len(offsets) - 1:
+        raise ValueError("a user-level run needs each user's records contiguous (synthdp/users.py bounds them so)")
+    return offsets
 
 
-def sampled_micro_batches(examples: dict[int, Example], n: int, q: float, options: FinetuneOptions, lm: LocalLM,
-                          noise: np.random.Generator, world: World) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of one Poisson-sampled logical batch, in micro-batches: every record of the whole data set
-    w.p. q (the same mask on every rank, from the shared noise stream), this rank keeping records i mod N == rank."""
-    batch = my_share(poisson_batch(n, q, noise), world).tolist()
-    return [collate([examples[i] for i in batch[j:j + options.micro_batch_size]], lm.pad_id, lm.device)
-            for j in range(0, len(batch), options.micro_batch_size)]
+def rank_examples(lm: LocalLM, options: FinetuneOptions, records: list[Record], offsets: list[int],
+                  world: World) -> dict[int, Example]:
+    """The training rows this rank may be asked for: the records of units u with u mod N == rank (all of them in one
+    process). A unit (a record, or a user with all its records) is never split over ranks."""
+    return {i: encode_example(lm, options, records[i])
+            for u in range(world.rank, len(offsets) - 1, world.size) for i in range(offsets[u], offsets[u + 1])}
+
+
+def sampled_micro_batches(examples: dict[int, Example], offsets: list[int], q: float, options: FinetuneOptions,
+                          lm: LocalLM, noise: np.random.Generator, world: World,
+                          per_user: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    """This rank's share of one Poisson-sampled logical batch, in micro-batches: every unit of the whole data set
+    (a record; at user level a user) w.p. q (the same mask on every rank, from the shared noise stream), this rank
+    keeping units u mod N == rank. A micro-batch holds `micro_batch_size` whole units: at user level up to
+    micro_batch_size x k rows, with a third tensor, the user (0, 1, ...) of each row, so that dp_step averages a
+    user's rows into one gradient before clipping."""
+    batch = my_share(poisson_batch(len(offsets) - 1, q, noise), world).tolist()
+    micro: list[tuple[torch.Tensor, ...]] = []
+    for j in range(0, len(batch), options.micro_batch_size):
+        units = batch[j:j + options.micro_batch_size]
+        rows = [i for u in units for i in range(offsets[u], offsets[u + 1])]
+        ids, labels = collate([examples[i] for i in rows], lm.pad_id, lm.device)
+        if not per_user:
+            micro.append((ids, labels))
+            continue
+        groups = [g for g, u in enumerate(units) for _ in range(offsets[u], offsets[u + 1])]
+        micro.append((ids, labels, torch.tensor(groups, dtype=torch.long, device=lm.device)))
+    return micro

@@ -4,8 +4,8 @@ For models that do not fit one device. Every parameter (the frozen base and the 
 first dimension over the N ranks by torch's FSDP2 (`fully_shard`, through opacus 1.6's `FSDP2Wrapper`); a forward
 or backward pass gathers each layer's parameters just in time, and the gradients come back reduce-scattered: each
 rank holds its slice of the gradient summed over the ranks. The DP-SGD step is the data-parallel one of
-`synthdp/mechanisms/dpsgd.py` (same Poisson mask over the whole data set on every rank, record i on rank i mod N,
-clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); what differs:
+`synthdp/mechanisms/dpsgd.py` (same Poisson mask over the whole data set on every rank, record (user) i on rank i mod
+N, clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); what differs:
 
 - Per-example norms by ghost clipping (opacus' `GradSampleModuleFastGradientClippingFSDP`): the per-example
   gradient norms come from the layers' activations and backprops without materialising per-example gradients.
@@ -13,6 +13,12 @@ clip to C, noise N(0, (sigma C)^2) drawn once, divide by the expected batch B); 
   of sum_i c_i loss_i with c_i = `clip_factors(norm_i)` (the ddp path's factors, `auto_clip` included), gives
   sum_i c_i g_i, the clipped sum. The reduce-scatter sums over the ranks (divide factor 1), so each rank's slice
   is its slice of the whole batch's clipped sum.
+- Users (user level): a micro-batch holds whole users, with the user of each row. Ghost clipping gives each row's
+  gradient norm, not the norm of a user's mean gradient (that needs the cross terms), so a user's factor is taken
+  from the mean of its rows' norms, which bounds the norm of the mean (the triangle inequality): each row gets
+  c_u / k_u with c_u = `clip_factors(mean of the user's row norms)` (`user_factors`), the second pass gives
+  sum_u c_u mean_u(g), and each user's term has norm <= C, the same bound as the ddp path's exact per-user clip
+  (which clips the mean's own norm, so it clips less: the two paths agree at record level, not at user level).
 - Equal passes: a pass gathers parameters collectively, so every rank must run the same number of passes. The
   ranks agree on the largest number of micro-batches of any rank's share; a rank with fewer runs padding
   micro-batches: one row of padding tokens, all labels ignored and its loss multiplied by 0 (its gradient and
@@ -48,9 +54,20 @@ from torch.distributed.tensor import DTensor
 from synthdp.distributed import World
 from synthdp.mechanisms.dpsgd import clip_factors, per_sequence_loss
 from synthdp.mechanisms.gaussian import gaussian_noise
+from synthdp.mechanisms.users import mean_per_group
 from synthdp.models.local import Decoder, LocalLM
 
-MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (b, T) ids, (b, T) labels
+MicroBatch = tuple[torch.Tensor, ...]  # (b, T) ids, (b, T) labels; at user level also (b,) the user of each row
+
+
+def user_factors(norms: torch.Tensor, groups: torch.Tensor, clip: float, auto_clip: bool) -> torch.Tensor:
+    """(b,) row gradient norms and (b,) users 0..G-1 -> (b,) factors: row i of user u gets c_u / k_u, c_u the clip
+    factor of the mean of u's row norms. Then sum_i factor_i g_i = sum_u c_u mean_u(g), and
+    ||c_u mean_u(g)|| <= c_u mean_u(||g||) <= C: one user moves the clipped sum by at most C."""
+    groups = groups.to(norms.device, torch.long)
+    sizes = torch.bincount(groups).to(norms.dtype)
+    per_user = clip_factors(mean_per_group(norms, groups).to(norms.dtype), clip, auto_clip) / sizes
+    return per_user[groups]
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -98,13 +115,16 @@ class GhostClipping:
         for p in self.params.values():
             p.grad = None
 
-    def micro_batch(self, input_ids: torch.Tensor, labels: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
+    def micro_batch(self, input_ids: torch.Tensor, labels: torch.Tensor, weight: float,
+                    groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """This rank's slice of the clipped gradient sum of the micro-batch summed over the ranks (every rank
-        runs this together). `weight` 0 makes it a padding pass: it adds nothing."""
+        runs this together). `weight` 0 makes it a padding pass: it adds nothing. `groups`: user level."""
         self._zero()
         loss = per_sequence_loss(self.gsm(input_ids=input_ids).logits, labels) * weight  # (b,)
         loss.sum().backward(retain_graph=True)  # first pass: the hooks compute the per-example norms
-        factors = clip_factors(self.gsm.get_norm_sample().detach().float(), self.clip, self.auto_clip)
+        norms = self.gsm.get_norm_sample().detach().float()
+        factors = (clip_factors(norms, self.clip, self.auto_clip) if groups is None else
+                   user_factors(norms, groups, self.clip, self.auto_clip))
         self._zero()
         self.gsm.disable_hooks()
         try:
@@ -125,8 +145,9 @@ class GhostClipping:
         total = {k: torch.zeros(p.to_local().shape, dtype=torch.float32, device=device)  # type: ignore[attr-defined]
                  for k, p in self.params.items()}
         for j in range(passes):
-            ids, labels, weight = (*micro[j], 1.0) if j < len(micro) else (*padding, 0.0)
-            for k, s in self.micro_batch(ids, labels, weight).items():
+            ids, labels, *groups = micro[j] if j < len(micro) else padding
+            weight = 1.0 if j < len(micro) else 0.0
+            for k, s in self.micro_batch(ids, labels, weight, groups[0] if groups else None).items():
                 total[k] += s
         return total
 

@@ -38,8 +38,10 @@ class FinetuneOptions:
     learning_rate: float = option(4e-4, "Adam learning rate, constant (Yue et al. LoRA: 3e-4 to 4e-4)", maximum=1.0)
     epochs: float = option(3.0, "passes over the data in expectation: steps T = ceil(epochs n / batch_size)",
                            maximum=MAX_EPOCHS)
-    batch_size: int = option(64, "expected logical batch B; Poisson sampling rate q = B / n", maximum=MAX_BATCH)
-    micro_batch_size: int = option(8, "examples per forward/backward (memory only; no effect on privacy)",
+    batch_size: int = option(64, "expected logical batch B; Poisson sampling rate q = B / n (at user level B and n "
+                                    "count users)", maximum=MAX_BATCH)
+    micro_batch_size: int = option(8, "examples per forward/backward (at user level users, up to "
+                                    "max_records_per_user rows each; memory only; no effect on privacy)",
                                     maximum=MAX_BATCH)
     clip: float = option(1.0, "per-example gradient L2 clip C")
     auto_clip: bool = option(False, "automatic clipping (Bu et al.): g C / (||g|| + 0.01) instead of min(1, C/||g||) g")
@@ -54,8 +56,9 @@ class FinetuneOptions:
     label_sizes: int | dict[str, int] | None = option(
         None, "how many private records the data holds, public, which sets the sampling rate q = batch_size / n and "
               "the steps T = ceil(epochs n / batch_size): one number, or public sizes as a table {ham = 300, spam = "
-              "100} (--set label_sizes=ham:300,spam:100; their sum); needed under add/remove, where the true n is "
-              "private (the bundled public sample uses its own size); not checked against the data")
+              "100} (--set label_sizes=ham:300,spam:100; their sum); at user level the number of users; needed under "
+              "add/remove, where the true n is private (the bundled public sample uses its own size); not checked "
+              "against the data")
     top_p: float = option(0.9, "nucleus sampling mass (Yue et al.: 0.9)")
     top_k: int | None = option(50, "sample among the k most likely tokens (Yue et al.: 50); none: off")
     temperature: float = option(1.0, "sampling temperature")

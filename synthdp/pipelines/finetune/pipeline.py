@@ -5,7 +5,7 @@ pairs, loss on the text tokens only; then sample the synthetic corpus from the t
 adapter is itself DP (the ledger covers it) and is saved in the run folder, so `synthdp sample
 --from RUN` can draw more texts later at no privacy cost.
 
-    plan:  q = B / n, T = ceil(epochs n / B), n public (label_sizes); sigma calibrated so that
+    plan:  q = B / n, T = ceil(epochs n / B), n public (label_sizes; users at user level); sigma calibrated so that
            [histogram +] DP-SGD(sigma, q, T) <= epsilon
     run:   [weights <- DP label histogram]; for t in 1..T: one DP-SGD step (mechanisms/dpsgd.py);
            save the adapter; sample texts per label from it
@@ -48,6 +48,8 @@ class DPFinetune:
     options_class: ClassVar[type] = FinetuneOptions
     supports_resume: ClassVar[bool] = True  # training continues from the last checkpoint; the plan covers all T steps
     supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
+    # user level: users Poisson-sampled (q = B / n_users), each user's gradient the mean of its records', clipped
+    supports_users: ClassVar[bool] = True
     counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.DROPPED_TEXTS)
     # Pretraining the adapter on the public data before the DP phase is not built: it could not be measured on a
     # CPU (a quarter epoch of DP-SGD already left the texts at the base model's).
@@ -77,13 +79,13 @@ class DPFinetune:
             raise OptionError("`sharding` must be ddp in one process (fsdp2 shards the model over torchrun processes). "
                               "Found fsdp2 without torchrun. Start it with `torchrun --nproc-per-node N -m synthdp "
                               "generate ...`, or drop --set sharding=fsdp2.")
-        n, n_words = public_size(options, data)
-        q, steps = schedule(options, n)
+        n, n_words = public_size(options, data, target.unit)
+        q, steps = schedule(options, n, target.unit.noun)
         policy = LabelPolicy.plan(target, data, counts=options.label_counts, event_name="DP label histogram",
                                   purpose="sets the number of synthetic texts per label")
         events: list[LedgerEvent] = list(policy.events)
         sigma = self.noise_multiplier(options, target, q, steps, policy.dp_events)
-        sgd = dpsgd_cost(options, sigma, q, steps)
+        sgd = dpsgd_cost(options, sigma, q, steps, target.unit)
         events.append(LedgerEvent(sgd.NAME, sgd.words, sgd.event))
         weights = options.label_counts
         counts_words = ("set from the DP label histogram" if policy.histogram is not None else

@@ -61,7 +61,7 @@ def sample_ledger(original: Ledger, run_dir: Path, num_samples: int, seed: int |
     source_ledger = str((run_dir / "ledger.json").resolve())
     return Ledger(
         run_id=f"{original.run_id}-sample-{uuid.uuid4().hex[:6]}", pipeline=DPFinetune.name, delta=original.delta,
-        neighboring=original.neighboring, events=original.events,
+        neighboring=original.neighboring, events=original.events, unit=original.unit,  # the adapter's guarantee
         public_assumptions=original.public_assumptions + [
             f"these texts are sampled from the DP adapter of run {original.run_id} ({source_ledger}): "
             "post-processing, no new privacy spent; the events above are that run's, not new ones, and "

@@ -30,7 +30,7 @@ from synthdp.mechanisms.randomness import fork_noise
 from synthdp.models.local import LocalLM
 from synthdp.pipelines.base import RunContext, SyntheticRecord
 from synthdp.pipelines.finetune.checkpoint import CHECKPOINT_DIR, TrainingState, save_checkpoint
-from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_batches
+from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_batches, unit_offsets
 from synthdp.pipelines.finetune.lora import ADAPTER_DIR, save_adapter
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan
@@ -39,7 +39,7 @@ from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import split_by_weights
 from synthdp.pipelines.summary import Count
 
-MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (b, T) ids, (b, T) labels
+MicroBatch = tuple[torch.Tensor, ...]  # (b, T) ids, (b, T) labels; at user level also (b,) the user of each row
 Whole = dict[str, torch.Tensor]  # trainable parameters by name, whole tensors on the CPU
 
 
@@ -55,7 +55,8 @@ class GradientStrategy(Protocol):
 
     def noisy_step(self, micro: list[MicroBatch], rng: np.random.Generator) -> None:
         """This rank's share of a Poisson batch -> each parameter's .grad = (sum of clipped per-example gradients
-        over every rank + N(0, (sigma C)^2), drawn once from `rng`) / B."""
+        over every rank + N(0, (sigma C)^2), drawn once from `rng`) / B. At user level (micro-batches with a
+        user per row) each user's term is its rows' gradients averaged, then clipped to C."""
 
     def state_dict(self, optimizer: torch.optim.Optimizer) -> tuple[Whole, dict[str, Any]]:
         """The whole trainable parameters and the optimizer's state_dict with whole tensors (a checkpoint)."""
@@ -109,7 +110,8 @@ def train(strategy: GradientStrategy, lm: LocalLM, records: list[Record], option
           plan: FinetunePlan, ctx: RunContext, state: TrainingState | None, weights: list[float],
           after_step: Callable[[int], None]) -> None:
     """DP-SGD (Abadi et al. 2016) from step `state.step` (0 without a checkpoint) to T. Under torchrun each rank
-    computes the records i of the batch with i mod N == rank (mechanisms/dpsgd.py)."""
+    computes the units u of the batch with u mod N == rank (mechanisms/dpsgd.py). A unit is a record, or at user
+    level a user: the Poisson mask is over users (q = B / n_users) and a sampled user brings all its records."""
     world = ctx.world
     strategy.open()
     try:
@@ -121,13 +123,15 @@ def train(strategy: GradientStrategy, lm: LocalLM, records: list[Record], option
         # Poisson masks and noise from the noise stream, forked with the step count on every (re)start: a seeded
         # resume never replays the noise of the steps already run. Every rank forks the same stream.
         noise = fork_noise(ctx.noise_rng, f"dpsgd|{start}")
-        examples = rank_examples(lm, options, records, world)
+        per_user = ctx.unit.per_user
+        offsets = unit_offsets(records, per_user)
+        examples = rank_examples(lm, options, records, offsets, world)
         ctx.stage("DP-SGD training", plan.steps, "step")
         ctx.progress(start, None)
         strategy.model.train()
         for step in range(start, plan.steps):
-            # each record w.p. q: the same mask over the whole data set on every rank; each keeps its share
-            micro = sampled_micro_batches(examples, len(records), plan.sampling_rate, options, lm, noise, world)
+            # each record (user) w.p. q: the same mask over the whole data set on every rank; each keeps its share
+            micro = sampled_micro_batches(examples, offsets, plan.sampling_rate, options, lm, noise, world, per_user)
             strategy.noisy_step(micro, noise)
             optimizer.step()  # Adam on the noisy gradient: post-processing
             optimizer.zero_grad(set_to_none=True)
