@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import synthdp
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from synthdp.pipelines.private_evolution import PrivateEvolutionPlan, PrivateEvo
 from synthdp.pipelines.private_evolution import pipeline as pe
 from synthdp.pipelines.private_evolution.generation import GenerationStats
 from synthdp.privacy.accounting import epsilon_report
+from synthdp.privacy.budget import Budget
 from synthdp.privacy.ledger import Ledger
 from synthdp.privacy.unit import PrivacyUnit
+from synthdp.run import resume_run
 from synthdp.users import bound_records
 
 USERS = PrivacyUnit("pid", 8)
@@ -198,8 +201,8 @@ def spy_groups(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-def test_an_interrupted_user_level_run_resumes_to_the_same_corpus(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_user_level_run_resumes_from_its_checkpoint(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed after round 1's selection: the resume reuses it and votes per user in the rounds it draws; a resume of
     the finished run makes no request and gives the same corpus."""
     records = bounded()
@@ -265,3 +268,34 @@ def test_generate_with_a_user_field_end_to_end(tmp_path: Path, monkeypatch: pyte
     assert 2.9 < Ledger.read(out).epsilon <= 3.0
     assert "note 0 of patient" not in (out / "ledger.json").read_text()
     assert CliRunner().invoke(app, ["ledger", "verify", str(out)]).exit_code == 0
+
+
+def test_a_crashed_user_level_run_resumes_and_is_charged_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's generate and resume: a run that dies mid-way (the server goes away after round 1) resumes under
+    the plan already charged to a user-level budget, commits, and verifies; its ledger keeps the unit and words."""
+    calls = {"n": 0}
+
+    def answer(prompt: str, n: int) -> str:
+        calls["n"] += 1
+        if calls["n"] == 12:  # 4 first texts, 4 variations, round 1's DP selection, then 3 of its variations
+            raise RuntimeError("the server went away")
+        return f"answer {calls['n']}"
+
+    monkeypatch.setattr(pe.PrivateEvolution, "load_resources", lambda self, o, spec: PrivateEvolutionResources(
+        CachedGenerator(EchoBackend(answer)), HashEmbedder()))  # type: ignore[arg-type]
+    seen = spy_groups(monkeypatch)
+    budget = Budget.init(tmp_path / "users.budget", epsilon=8, delta=1e-5, user_field="pid").path
+    out = tmp_path / "release"
+    with pytest.raises(RuntimeError, match="went away"):
+        synthdp.generate(data=write_jsonl(tmp_path / "notes.jsonl", user_rows()), pipeline="private-evolution",
+                         user_field="pid", max_records_per_user=3, epsilon=3, delta=1e-5, num_samples=4, out=out,
+                         budget=budget, options={"iterations": 3, "variations": 1, "probe": 0})
+    crashed = Ledger.read(out)
+    assert crashed.status == "failed" and len(seen) == 2
+    done = resume_run(out, show_progress=False)
+    assert done.ledger.status == "complete" and done.num_records == 4 and len(seen) == 2 + 4
+    assert all(g is not None for g in seen)
+    assert [e.to_json() for e in done.ledger.events] == [e.to_json() for e in crashed.events]
+    assert done.ledger.unit == PrivacyUnit("pid", 3) and "each private user casts" in done.ledger.events[-1].description
+    assert Budget.load(budget).spent().epsilon == pytest.approx(crashed.epsilon)
+    assert CliRunner().invoke(app, ["ledger", "verify", str(out), "--budget", str(budget)]).exit_code == 0
