@@ -15,6 +15,16 @@ sqrt(2) (replace-one). Delta / sigma = 1 / noise_multiplier either way, so one r
 `VoteRounds` of `synthdp.privacy.costs` (a `DiscreteGaussianRelease` of count T, with the ledger's words).
 The proven guarantee of the discrete Gaussian is the zCDP / RDP one (the module docstring of `discrete_gaussian` says exactly what holds), so RDP accounts for it.
 
+User level (`groups`: the user of each private row; a user's rows under one label). Each user casts one vote vector:
+the mean of its n_u rows' k-hot votes, v_u[j] = c_uj / n_u with c_uj <= n_u its rows' votes for j and
+sum_j c_uj = k n_u, so ||v_u||^2 <= max_j v_u[j] * sum_j v_u[j] <= k: the record-level bound sqrt(k), however many
+rows the user has. To keep the noise exact, v_u is scaled by USER_VOTE_SCALE and rounded down to integers
+(`user_votes`: exact for n_u up to 16, never larger than the mean), so the integer vote vector has L2 sensitivity
+USER_VOTE_SCALE * sqrt(k) (add/remove a user), and the discrete Gaussian's sigma is scaled by the same factor: the
+ratio Delta / sigma = 1 / noise_multiplier, and so the zCDP cost, are those of record level with "record" read as
+"user". The division takes both scales out again, so the released counts and the threshold H are in the same units
+as at record level (one user whose rows all vote for one candidate adds 1/sqrt(k) to it, as one record does).
+
 The search is exact and chunked: private rows are processed `chunk_rows` at a time against all
 candidates, so memory is O(chunk_rows * candidates + data) (100k x 100k at dim 384 stays a few GB).
 Pure: numpy and torch only (the sensitivity from `synthdp.privacy.costs`), no models. Every noise draw takes an

@@ -264,16 +264,35 @@ class VoteRounds(DiscreteGaussianRelease):
     """T = `count` rounds of Private Evolution's DP nearest-neighbour histogram (Lin et al. 2023; Xie et al. 2024,
     Aug-PE; docs/pipelines/private-evolution.md, "Privacy"): each record casts k votes of weight 1/sqrt(k), L2
     sensitivity `l2_sensitivity` (1 add/remove, sqrt(2) replace-one). Labels partition the records, so a round's
-    votes of all labels are one release (parallel composition)."""
+    votes of all labels are one release (parallel composition).
+
+    At user level (`unit` "user"; docs/pipelines/private-evolution.md, "User-level privacy") each user casts one
+    vote vector: the mean of its (at most `max_records`) records' vectors of k votes of weight 1/sqrt(k). A mean of
+    vectors with entries in [0, 1/sqrt(k)] summing to sqrt(k) has entries in the same range with the same sum, so
+    its squared L2 norm is at most max entry x sum = 1: a user moves the histogram by at most what one record moves
+    it by, and rho = T / (2 noise_multiplier^2) holds with "record" read as "user". The votes and the noise are
+    both counted on the integer grid scaled by `vote_scale` (the mechanism's, nn_histogram.USER_VOTE_SCALE), which
+    leaves their ratio, and so the cost, unchanged."""
 
     NAME: ClassVar[str] = "private-evolution votes"
     neighboring: str
     votes: int  # k
     threshold: float  # H
+    unit: str = "record"  # who casts one vote vector: "record", or "user" (the mean of its records' votes)
+    max_records: int = 1  # at user level: the records per user whose votes are averaged
+    vote_scale: int = 1  # at user level: the integer scale of the votes and of the noise
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unit not in ("record", "user") or self.max_records < 1 or self.vote_scale < 1:
+            raise ValueError(f"`unit` must be record or user, `max_records` and `vote_scale` >= 1. Found "
+                             f"{self.unit!r}, {self.max_records}, {self.vote_scale}.")
 
     @property
     def words(self) -> str:
         sens = l2_sensitivity(self.neighboring)
+        if self.unit == "user":
+            return self.user_words(sens)
         return (
             f"T = {self.count} rounds of the DP nearest-neighbour histogram: each private record casts "
             f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of its own "
@@ -282,6 +301,20 @@ class VoteRounds(DiscreteGaussianRelease):
             f"(noise multiplier {self.noise_multiplier:.4g}), threshold H = {self.threshold:g}. Labels partition the "
             f"records, so all labels' votes in a round are one Gaussian release (parallel composition: the cost "
             f"does not grow with the number of labels)"
+        )
+
+    def user_words(self, sens: float) -> str:
+        return (
+            f"T = {self.count} rounds of the DP nearest-neighbour histogram: each private user casts one vote vector "
+            f"of L2 norm at most 1, the mean of its at most {self.max_records} records' votes (each record "
+            f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of the user's one "
+            f"label), so one user moves the histogram by at most what one record moves it by (L2 sensitivity "
+            f"{sens:.3g} for {self.neighboring.replace('_', '/')}); the votes are counted exactly as integers scaled "
+            f"by {self.vote_scale}, plus exact discrete Gaussian noise (zCDP, Canonne et al. 2020) scaled alike: "
+            f"standard deviation {self.noise_multiplier * sens:.4g} once the scale is divided out (noise multiplier "
+            f"{self.noise_multiplier:.4g}), threshold H = {self.threshold:g}. Each user has one label, so labels "
+            f"partition the users and all labels' votes in a round are one Gaussian release (parallel composition: "
+            f"the cost does not grow with the number of labels)"
         )
 
 

@@ -15,7 +15,9 @@ Privacy (plan.py): each round releases the votes of all labels at once with exac
 partition the records: parallel composition), so the run's T rounds are one zCDP event, ZCDpEvent(T / (2 sigma^2))
 (`VoteRounds` of `synthdp.privacy.costs`; Canonne, Kamath & Steinke 2020).
 Per-label sample counts n_c come from a public choice (uniform or given weights) or from the shared DP
-label histogram. See docs/pipelines/private-evolution.md.
+label histogram. At user level (`--user-field`) the records arrive bounded (one label, at most k records per user)
+and each user casts one vote vector, the mean of its records' votes (`Voters.groups`), so one user moves a round's
+histogram by at most what one record moves it by. See docs/pipelines/private-evolution.md.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class PrivateEvolution:
     )
     options_class: ClassVar[type] = PrivateEvolutionOptions
     supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
+    supports_users: ClassVar[bool] = True  # one vote vector per user: the mean of its records' votes
     counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.DROPPED_TEXTS,
                                              Count.DROPPED_EMPTY, Count.GENERATION_REQUESTS,
                                              Count.CACHED_ANSWERS_REUSED)
@@ -91,7 +94,23 @@ class PrivateEvolution:
     def run(self, records: list[Record], options: PrivateEvolutionOptions, plan: PrivateEvolutionPlan,
             ctx: RunContext) -> Iterator[SyntheticRecord]:
         assert isinstance(ctx.resources, PrivateEvolutionResources) and isinstance(plan, PrivateEvolutionPlan)
+        assert plan.unit.per_user == ctx.unit.per_user, "the plan's words must describe the votes the run casts"
         return Evolution(options, plan, ctx, ctx.resources).run(records)
+
+
+@dataclass(frozen=True)
+class Voters:
+    """The private records of one label as the histogram sees them: their embeddings (n, d) and, at user level,
+    the user index of each (n,), so that each user's votes are averaged into one vector (record level: None)."""
+
+    embeddings: np.ndarray
+    groups: np.ndarray | None
+
+
+def user_groups(records: Sequence[Record]) -> np.ndarray:
+    """Each record's user as an index 0, 1, ... in the order of the users' first records (int64)."""
+    index: dict[str | None, int] = {}
+    return np.array([index.setdefault(r.user, len(index)) for r in records], dtype=np.int64)
 
 
 @dataclass
@@ -117,7 +136,7 @@ class Evolution:
         n_c = self.samples_per_label(records, labels, total, state)
         ctx.summary.set("samples_per_label", {str(k): v for k, v in n_c.items()})
         start = time.perf_counter()
-        private = {lbl: self.res.embedder.embed([r.text for r in records if r.label == lbl]) for lbl in labels}
+        private = {lbl: self.voters([r for r in records if r.label == lbl]) for lbl in labels}
         stats.seconds["embedding"] += time.perf_counter() - start
 
         # Progress: one stage per round; a step is one generation request or one label's DP selection.
@@ -147,7 +166,13 @@ class Evolution:
         assert state.label_counts is not None
         return dict(zip(labels, state.label_counts))
 
-    def vote_and_select(self, candidates: Population, private: dict[Label, np.ndarray], n_c: dict[Label, int],
+    def voters(self, records: list[Record]) -> Voters:
+        """One label's private side of the histogram. At user level every user casts one vote vector, even in a
+        label with no user (an empty `groups`): the noise is then on the user-level grid in every label."""
+        embeddings = self.res.embedder.embed([r.text for r in records])
+        return Voters(embeddings, user_groups(records) if self.ctx.unit.per_user else None)
+
+    def vote_and_select(self, candidates: Population, private: dict[Label, Voters], n_c: dict[Label, int],
                         stats: GenerationStats) -> Population:
         """One round: per label, the DP nearest-neighbour histogram of the private votes, then selection."""
         o, plan, ctx, embedder = self.o, self.plan, self.ctx, self.res.embedder
@@ -161,9 +186,9 @@ class Evolution:
             emb = embedder.embed(cands)
             stats.seconds["embedding"] += time.perf_counter() - start
             start = time.perf_counter()
-            noisy = dp_nn_histogram(private[lbl], emb, noise_multiplier=plan.noise_multiplier, rng=ctx.noise_rng,
-                                    votes=min(o.votes, len(cands)), threshold=o.threshold,
-                                    neighboring=plan.neighboring, device=embedder.device)
+            noisy = dp_nn_histogram(private[lbl].embeddings, emb, noise_multiplier=plan.noise_multiplier,
+                                    rng=ctx.noise_rng, votes=min(o.votes, len(cands)), threshold=o.threshold,
+                                    neighboring=plan.neighboring, device=embedder.device, groups=private[lbl].groups)
             kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl], ctx.rng)]
             stats.seconds["histogram"] += time.perf_counter() - start
             ctx.progress(1, None)
@@ -196,7 +221,14 @@ class Evolution:
 
 def count_duplicates(records: list[Record], ctx: RunContext) -> None:
     """Duplicates give one person several votes: an exact count of the private data, so for the operator
-    only (never their content, never in the summary or --out)."""
-    duplicates = sum(c - 1 for c in Counter((r.label, r.text) for r in records).values() if c > 1)
+    only (never their content, never in the summary or --out). At user level a user's own duplicates are averaged
+    into its one vote vector; what may still be one person voting twice is a text held by several users."""
+    if ctx.unit.per_user:  # each (label, text) once per user that holds it
+        held = Counter((label, text) for label, text, _ in {(r.label, r.text, r.user) for r in records})
+        key = "texts_held_by_several_users"
+    else:
+        held = Counter((r.label, r.text) for r in records)
+        key = "duplicate_private_records"
+    duplicates = sum(c - 1 for c in held.values() if c > 1)
     if duplicates:
-        ctx.operator_only_not_dp["duplicate_private_records"] = duplicates
+        ctx.operator_only_not_dp[key] = duplicates

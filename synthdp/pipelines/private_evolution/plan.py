@@ -6,6 +6,8 @@ ZCDpEvent(T / (2 sigma^2)) (`VoteRounds` of `synthdp.privacy.costs`: the event a
 RDP. With
 `label_counts=dp` and more than one label, the shared DP label histogram
 (mechanisms/label_histogram.py) comes first and sigma of the votes is calibrated on the composition.
+At user level each user casts one vote vector of norm at most 1 (the mean of its records' votes), so the same
+events hold with "record" read as "user": the plan differs only in the ledger's words and the published scale.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
+from synthdp.mechanisms.nn_histogram import USER_VOTE_SCALE
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
@@ -22,6 +25,7 @@ from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_
 from synthdp.privacy.costs import VoteRounds, l2_sensitivity
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
+from synthdp.privacy.unit import PrivacyUnit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,11 +33,12 @@ class PrivateEvolutionPlan(PrivacyPlan):
     """What the run needs: the votes' noise, T, and how the samples per label are set."""
 
     noise_multiplier: float  # sigma of the votes (std = sigma * l2_sensitivity)
-    l2_sensitivity: float  # of one record's votes under the neighbouring relation
+    l2_sensitivity: float  # of one record's votes (at user level: one user's mean vote vector)
     iterations: int  # T: rounds of DP voting and selection, each one Gaussian release
     labels: LabelPolicy  # samples per label: uniform, public weights or the DP label histogram
     calibrated: bool  # sigma calibrated from the target (not given as `noise`)
     neighboring: Neighboring
+    unit: PrivacyUnit = PrivacyUnit()  # who casts one vote vector: a record, or a user (the mean of its records')
 
     @property
     def noise_std(self) -> float:
@@ -44,12 +49,16 @@ class PrivateEvolutionPlan(PrivacyPlan):
         return self.labels.histogram is not None
 
     def published(self) -> dict[str, Any]:
-        """The ledger's `parameters` (the public weights are in the options beside them)."""
-        return {"noise_multiplier": self.noise_multiplier, "noise_std": self.noise_std,
-                "l2_sensitivity": self.l2_sensitivity, "iterations": self.iterations,
-                "gaussian_releases": self.iterations + int(self.dp_label_histogram),
-                "dp_label_histogram": self.dp_label_histogram, "label_histogram": self.labels.published(),
-                "calibrated": self.calibrated, "neighboring": self.neighboring}
+        """The ledger's `parameters` (the public weights are in the options beside them); at user level also the
+        integer scale of the votes and their noise."""
+        published = {"noise_multiplier": self.noise_multiplier, "noise_std": self.noise_std,
+                     "l2_sensitivity": self.l2_sensitivity, "iterations": self.iterations,
+                     "gaussian_releases": self.iterations + int(self.dp_label_histogram),
+                     "dp_label_histogram": self.dp_label_histogram, "label_histogram": self.labels.published(),
+                     "calibrated": self.calibrated, "neighboring": self.neighboring}
+        if self.unit.per_user:
+            published["user_vote_scale"] = USER_VOTE_SCALE
+        return published
 
 
 def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> PrivateEvolutionPlan:
@@ -63,15 +72,17 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     sigma = o.noise if o.noise is not None else calibrated
     assert sigma is not None
     sensitivity = l2_sensitivity(target.neighboring)
+    per_user = target.unit.per_user
     votes = VoteRounds(noise_multiplier=sigma, count=o.iterations, neighboring=target.neighboring, votes=o.votes,
-                       threshold=o.threshold)
+                       threshold=o.threshold, unit=target.unit.noun, max_records=target.unit.max_records if per_user
+                       else 1, vote_scale=USER_VOTE_SCALE if per_user else 1)
     events.append(LedgerEvent(votes.NAME, votes.words, votes.event))
     if o.noise is not None:
         check_noise_fits(o, target, events, others)
     return PrivateEvolutionPlan(
         events=tuple(events), public_assumptions=assumptions(o, data, labels), noise_multiplier=sigma,
         l2_sensitivity=sensitivity, iterations=o.iterations, labels=labels, calibrated=o.noise is None,
-        neighboring=target.neighboring)
+        neighboring=target.neighboring, unit=target.unit)
 
 
 def check_noise_fits(o: PrivateEvolutionOptions, target: Target, events: list[LedgerEvent],
