@@ -89,7 +89,8 @@ def release_markdown(ledger: Ledger, count: int, model_name: Any, labels: tuple[
         "## Guarantee",
         f"- ({report.epsilon:.4g}, {ledger.delta:.3g})-differential privacy for the private data set as a whole, "
         f"computed by the {report.accountant.upper()} accountant of Google's `dp_accounting` from the events in `ledger.json`.",
-        f"- Unit of privacy: one record. Neighbouring data sets: {NEIGHBORING_WORDS.get(ledger.neighboring, ledger.neighboring)}.",
+        f"- Unit of privacy: {ledger.unit.words}. Neighbouring data sets: "
+        f"{ledger.unit.relation_words(NEIGHBORING_WORDS.get(ledger.neighboring, ledger.neighboring))}.",
         *_skipped_rows_lines(ledger.neighboring),
         "- Everything in this folder is post-processing of the DP mechanisms' outputs; nothing else derived from "
         "the private records is included.",

@@ -269,7 +269,7 @@ def _execute(p: Prepared, ledger: Ledger, world: distributed.World, keys: tuple[
         ctx.progress, ctx.stage = bar.progress, bar.stage
     info = BundleInfo(model_name=p.model_name, labels=p.data.labels, rerun=GENERATE_RERUN,
                       data_lines=data_lines(p.data, cfg.text_field, cfg.label_field, cfg.budget)
-                      + [f"- Unit of privacy: {cfg.unit.words}."] + _public_lines(p))
+                      + _public_lines(p))
     try:
         corpus, count = write_bundle(out, ledger, _records(p, ctx), info, p.budget)
     finally:

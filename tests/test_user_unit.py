@@ -173,3 +173,17 @@ def test_the_label_histogram_counts_a_user_once() -> None:
     no_ids = [Record(r.text, r.label) for r in records(rows_of_users())]
     assert unit_labels(no_ids) == [r["label"] for r in rows_of_users()]  # record level: every record
     assert "private users per label" in release(2.0, "add_remove", 2, "sets the sizes", "user").words
+
+
+
+def test_the_datasheet_and_the_card_state_the_ledgers_unit() -> None:
+    from synthdp.card import dataset_card
+    from synthdp.release import release_markdown
+
+    for unit, words in ((PrivacyUnit(), "one record"), (PrivacyUnit("pid", 4), "one user")):
+        ledger = Ledger(run_id="r1", pipeline="invisibleink", delta=1e-5, neighboring=Neighboring.ADD_REMOVE,
+                        events=[], public_assumptions=[], parameters={}, unit=unit)
+        notes = release_markdown(ledger, 3, "m", ("a",), [])
+        card = dataset_card(ledger, model_name="m", count=3, labels=("a",))
+        assert f"Unit of privacy: {words}" in notes and f"unit of privacy {words}" in card
+        assert ("`pid`" in notes and "`pid`" in card and "add or remove one user" in notes) is unit.per_user

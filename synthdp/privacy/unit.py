@@ -42,6 +42,13 @@ class PrivacyUnit:
         return "user" if self.per_user else "record"
 
     @property
+    def short(self) -> str:
+        """The unit in a few words (the dataset card)."""
+        if self.user_field is None:
+            return "one record"
+        return f"one user (all records with the same `{self.user_field}`, at most {self.max_records} used)"
+
+    @property
     def words(self) -> str:
         if self.user_field is None:
             return "one record"
