@@ -80,7 +80,7 @@ class Mechanism:
     temperature: float
     top_k: int | None
     max_tokens: int
-    rows: int  # the rows a batch is planned for (s, or s k at user level): the step passes' public sizes
+    rows: int | None = None  # the rows a batch is planned for (None: s; s k at user level): the passes' sizes
 
 
 @register_pipeline
@@ -154,7 +154,7 @@ class InvisibleInk:
         prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, pick) if pick is not None else {})
         widths = self.widths(prompts, labels, options)
         # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
-        shape = ctx.world.broadcast(step_shape(lm, mech.rows, widths[0], plan.max_tokens,
+        shape = ctx.world.broadcast(step_shape(lm, mech.rows or mech.divisor, widths[0], plan.max_tokens,
                                                options.batches_per_step) if ctx.world.main else None)
         # A resumed run groups the batches as its first start did (its step shape), and must rebuild the same ones.
         digest = batches_digest((u.label, digest_rows(u.texts, u.groups), u.want) for u in units)
@@ -237,7 +237,8 @@ class InvisibleInk:
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
             [prompts.public(u.label, u.index) for u in units],
-            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.rows)
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape,
+            divisor=mech.rows or mech.divisor)
         users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long) for u in units]
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
