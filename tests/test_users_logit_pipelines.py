@@ -271,6 +271,7 @@ def test_a_killed_user_level_run_resumes_to_the_uninterrupted_corpus(pipeline: s
     assert read_corpus(out / "synthetic.jsonl") == read_corpus(tmp_path / "reference" / "synthetic.jsonl")
     done = Ledger.read(out)
     assert done.status == "complete" and len(done.resumed) == 1 and done.unit.user_field == "pid"
+    assert "s counts users" in " ".join(e.description for e in done.events)
     assert json.dumps([e.to_json() for e in done.events]) == \
         json.dumps([e.to_json() for e in Ledger.read(tmp_path / "reference").events])
 
