@@ -195,8 +195,8 @@ class InvisibleInk:
         salt = ctx.noise_rng.bytes(16)  # secret (a ChaCha20 stream), and the same on every rank of a torchrun run
         units: list[Unit] = []
         if ctx.unit.per_user:
-            by_user = records_by_label(records)
-            rows = {label: user_hash_batches(by_user.get(label, []), salt, batches[label]) for label in labels}
+            records_of = records_by_label(records)
+            rows = {label: user_hash_batches(records_of.get(label, []), salt, batches[label]) for label in labels}
         else:
             by_label = texts_by_label(records)
             rows = {label: [(texts, None) for texts in hash_batches(by_label.get(label, []), label, salt,
@@ -239,7 +239,8 @@ class InvisibleInk:
             [prompts.public(u.label, u.index) for u in units],
             mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape,
             divisor=mech.rows or mech.divisor)
-        users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long) for u in units]
+        users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long, device=lm.device)
+                 for u in units]
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
             active = [len(u.made) < u.want for u in units]
