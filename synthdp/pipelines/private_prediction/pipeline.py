@@ -207,7 +207,7 @@ class PrivatePrediction:
             return [], summary.as_dict()
         ctx = dataclasses.replace(run_ctx, rng=batch.rng, noise_rng=batch.noise_rng, summary=summary,
                                   progress=run_ctx.progress if live else (lambda n, spent: None))
-        decoder = batch_decoder(lm, batch.texts, batch.label, options, batch_rows(plan.s, run_ctx.unit))
+        decoder = batch_decoder(lm, batch.texts, batch.label, options, batch_rows(options.batch_size, run_ctx.unit))
         groups = None if batch.groups is None else torch.tensor(batch.groups, dtype=torch.long, device=lm.device)
         texts = generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx, groups)
         return list(texts), summary.as_dict()
