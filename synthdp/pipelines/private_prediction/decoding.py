@@ -106,7 +106,7 @@ def batch_memory_plan(lm: LocalLM, o: PrivatePredictionOptions, labels: tuple[st
     width = max(prompt_width(lm, label, o) for label in labels)
     public = max(len(prompt_rows(lm, [], label, o)[-1]) + 1 for label in labels)
     rows = o.batch_size if rows is None else rows
-    users = "" if rows == o.batch_size else ", max_records_per_user (a batch of s users holds s k rows)"
+    users = "" if rows == o.batch_size else ", --max-records-per-user (a batch of s users holds s k rows)"
     return step_memory(lm, StepShape(1, 0, lm.device.type), rows, (width, public), o.max_tokens,
                        f"Lower batch_size{users}, max_tokens or max_record_tokens (they set every row's width), or "
                        "use a smaller model or a device with more free memory.")
