@@ -4,7 +4,8 @@ What is checked, on the tiny model: a user-level run completes with the unit and
 all of a user's records land in one hash batch, as one group; a whole hostile user added (k records of extreme
 content) leaves every other batch's logits as they were and moves its own batch's aggregated scores (and private
 prediction's SVT distance) by at most what one record moves them by at record level, C/s (1/s), where the
-record-level sum of the same rows breaks that bound; a killed user-level run resumes to the same corpus; the dry run
+record-level sum of the same rows breaks that bound; a whole user of the neighbour harness's hostile texts, spread
+over both labels, does not change how a run ends; a killed user-level run resumes to the same corpus; the dry run
 plans batches of s k rows; the planned epsilon is the record-level one for the same options.
 """
 
@@ -306,3 +307,50 @@ def test_the_dry_run_plans_s_k_rows_a_batch_and_the_epsilon_of_the_record_level_
     assert user.memory.cache_bytes > record.memory.cache_bytes and user.memory.fits
     record_words = " ".join(e.description for e in record.plan.events)
     assert "one user" not in record_words and "s counts users" in " ".join(e.description for e in user.plan.events)
+
+
+# --------------------------------------------------------------------------- a whole hostile user, end to end
+
+# A user of the neighbour harness's hostile texts, spread over both labels (bounding keeps one label and k records).
+HARNESS = ("1 MB text", "at the bound, many words", "chat markup", "template braces", "lone high surrogate",
+           "10,000 combining marks")
+
+
+def ending(pipeline: str, rows: list[dict[str, Any]], root: Path, model: Path) -> Any:
+    """How a seeded user-level run on `rows`, charged to a fresh user-level budget, ended (the neighbour harness's
+    terms: outcome, files, ledger, summary field names, datasheet, card and config)."""
+    from test_neighbours import LEDGER_KEYS, Ending, mask
+
+    from synthdp.errors import UserError
+    from synthdp.privacy.budget import Budget
+
+    root.mkdir(parents=True)
+    data, out, budget = write_jsonl(root / "d.jsonl", rows), root / "out", root / "data.budget"
+    Budget.init(budget, epsilon=100, delta=1e-5, user_field="pid")
+    options = {**fast_flags_values(pipeline), "batch_size": 2, **SMALL_S[pipeline]}
+    try:
+        result = synthdp.generate(pipeline=pipeline, data=data, model=model, out=out, labels=["ham", "spam"],
+                                  epsilon=4.0, delta=1e-5, num_samples=4, options=options, seed=11, budget=budget,
+                                  user_field="pid", max_records_per_user=K)
+    except UserError as err:
+        return Ending(f"refused: {type(err).__name__}", [], {}, {}, {}, str(err))
+    stored = json.loads((out / "ledger.json").read_text())
+    ledger = {k: stored.get(k) for k in (*LEDGER_KEYS, "unit", "unit_of_privacy")}
+    masks = [(stored["run_id"], "RUN"), (str(root), "ROOT")]
+    texts = {name: mask((out / name).read_text(encoding="utf-8"), masks)
+             for name in ("RELEASE.md", "README.md", "config.toml") if (out / name).is_file()}
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return Ending("complete", files, ledger, {k: type(v).__name__ for k, v in result.summary.items()}, texts)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_a_whole_hostile_user_over_both_labels_does_not_change_how_a_user_level_run_ends(
+        pipeline: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    from test_neighbours import TEXTS, assert_same_ending
+
+    user = [{"text": TEXTS[case], "label": ("ham", "spam")[j % 2], "pid": "x"} for j, case in enumerate(HARNESS)]
+    base = ending(pipeline, user_rows(), tmp_path / "d", tiny_model_dir)
+    assert base.outcome == "complete", base.error
+    assert base.ledger["unit"]["user_field"] == "pid" and "s counts users" in json.dumps(base.ledger["events"])
+    other = ending(pipeline, user_rows()[:5] + user + user_rows()[5:], tmp_path / "d2", tiny_model_dir)
+    assert_same_ending(base, other)
