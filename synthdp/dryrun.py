@@ -9,9 +9,10 @@ to give instead. The memory plan counts the model's weights from its config (no 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from synthdp.config import RunConfig, check_config
 from synthdp.corpus import check_out_dir
@@ -76,6 +77,12 @@ def public_facts(cfg: RunConfig) -> LoadedData:
                       source=BUNDLED_SOURCE if cfg.data is None else str(cfg.data))
 
 
+def unit_argument(method: Callable[..., Any], unit: PrivacyUnit) -> dict[str, PrivacyUnit]:
+    """{"unit": unit} for a pipeline method that takes the unit of privacy (a memory plan whose batches hold up to
+    s k rows at user level), else {}: an optional parameter, as `public` is."""
+    return {"unit": unit} if "unit" in inspect.signature(method).parameters else {}
+
+
 def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     """The plans of the run `cfg` (its pipeline options already merged with the data's defaults)."""
     from synthdp.models.local import LocalLM
@@ -97,6 +104,7 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     if budget is not None:
         budget.check(events, neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
     report = epsilon_report(events, cfg.delta)
-    memory = memory_plan(options, data.labels, resources, public) if memory_plan is not None else None
+    memory = (memory_plan(options, data.labels, resources, public, **unit_argument(memory_plan, cfg.unit))
+              if memory_plan is not None else None)
     return DryRun(pipeline.name, cfg.neighboring, plan, report.epsilon, cfg.delta, report.accountant, memory, cfg.unit)
 

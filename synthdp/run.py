@@ -24,7 +24,7 @@ from synthdp import distributed
 from synthdp.bundle import BundleInfo, write_bundle
 from synthdp.corpus import check_out_dir, write_config
 from synthdp.data import BUNDLED_OPTIONS, LoadedData, keep_checked, load_records
-from synthdp.dryrun import DryRun, dry_run
+from synthdp.dryrun import DryRun, dry_run, unit_argument
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
 from synthdp.config import RunConfig, check_config, load_config_file
@@ -117,7 +117,7 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
         budget.check([e.event for e in plan.events], neighboring=cfg.neighboring, delta=cfg.delta, unit=cfg.unit.key)
     memory_plan = getattr(pipeline, "memory_plan", None)
     if memory_plan is not None:  # the model and one step's caches must fit the device: refused before any spending
-        memory_plan(options, data.labels, resources, public).check()
+        memory_plan(options, data.labels, resources, public, **unit_argument(memory_plan, cfg.unit)).check()
     model_name = str(getattr(resources, "name", cfg.model or "default"))
     return Prepared(cfg, pipeline, options, data, resources, plan, budget, model_name, public)
 

@@ -113,9 +113,9 @@ def test_aggregation_divides_by_the_fixed_s_not_the_realised_batch_size(monkeypa
     seen: list[tuple[int, int]] = []
     real = decoding.aggregate_clipped
 
-    def spy(logits: torch.Tensor, clip: float, divisor: int) -> torch.Tensor:
+    def spy(logits: torch.Tensor, clip: float, divisor: int, groups: torch.Tensor | None = None) -> torch.Tensor:
         seen.append((logits.shape[0], divisor))
-        return real(logits, clip, divisor)
+        return real(logits, clip, divisor, groups)
 
     monkeypatch.setattr(decoding, "aggregate_clipped", spy)
     run_batch(stop_at=3, r=8, quota=1)

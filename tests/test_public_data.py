@@ -151,8 +151,8 @@ def test_the_library_takes_public_data_as_the_cli_does(tmp_path: Path, data_file
 
     templates: list[tuple[str | None, str]] = []
     real = pp.batch_decoder
-    monkeypatch.setattr(pp, "batch_decoder", lambda lm, texts, label, o: templates.append((label, o.prompt_template))
-                        or real(lm, texts, label, o))
+    monkeypatch.setattr(pp, "batch_decoder", lambda lm, texts, label, o, *rest:
+                        templates.append((label, o.prompt_template)) or real(lm, texts, label, o, *rest))
     result = synthdp.generate(out=tmp_path / "a", data=data_file, public_data=public_file(tmp_path), labels=["ham", "spam"],
                               epsilon=3, delta=1e-5, num_samples=2, model=tiny_model_dir, pipeline="private-prediction",
                               options=dict(FAST_OPTIONS["private-prediction"]))

@@ -2,7 +2,9 @@
 
 z_bar = (1/s) sum_p clip_c(Z_p) with a fixed divisor s (never the realised batch size). Adding or
 removing one record moves each score by at most c/s, and sampling softmax(z_bar / tau) is the
-exponential mechanism; its zCDP cost is `ExponentialToken` of `synthdp.privacy.costs`.
+exponential mechanism; its zCDP cost is `ExponentialToken` of `synthdp.privacy.costs`. At user level (`groups`)
+the sum runs over users, each the mean of its rows' clipped logits on the grid, in [-c, c]: adding or removing a
+whole user moves each score by at most c/s, the same cost with s counting users.
 
 The sum is exact: clipped logits are rounded to a dyadic grid fine enough that every partial sum is
 an integer multiple of the grid below 2^53, so float64 adds them without rounding, in any order.

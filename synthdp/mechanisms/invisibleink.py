@@ -15,6 +15,11 @@ eps0^2/8-zCDP). Replace one record: one term changes from one value in [-C, C] t
 the new record hashes to another batch, two batches change by one add/remove each, which costs less):
 coordinates move by up to 2C/s, four times the zCDP cost. V and z_pub depend on the public prompt only.
 
+User level (`groups`: each row's user within the batch, a user's rows all in one batch): the sum runs over users,
+each user's term the mean of its (at most k) rows' clipped differences, rounded back to the grid and clamped to
+[-C, C] (`mechanisms/users.mean_per_group`). Adding or removing a whole user adds or removes one such term, so every
+score moves by at most C/s, as one record does at record level: the same cost, with s counting users.
+
 Each batch writes m texts of at most T tokens and is charged m*T tokens whatever their lengths:
 rho_batch = m T C^2 / (2 s^2 tau^2) (x4 under replace-one). Disjoint batches compose in parallel, so this
 per-batch cost is the run's. The sum is exact (the dyadic grid of `exponential.grid_bits`), so it does not

@@ -1,7 +1,12 @@
 """Hash batching (Amin et al. 2024, Assumption 1), shared by the pipelines that prompt with batches of records
 (private prediction, InvisibleInk): each record goes to one of B disjoint batches of its label by a salted hash
 of its own content, B = max(1, round(n / s)), so that a record's batch never depends on another record and the
-batches compose in parallel. Also how many texts each batch writes, and the summary of a run done in parts."""
+batches compose in parallel. Also how many texts each batch writes, and the summary of a run done in parts.
+
+At user level (records bounded to one label and at most k records per user: synthdp/users.py) the unit is a user:
+all of a user's records go to ONE batch of its label, by a salted hash of its user id alone, n counts users, and
+each batch row carries its user's index within the batch (`groups`), so that the mechanisms sum one term per user.
+A batch of s users holds up to s k rows (`batch_rows`)."""
 
 from __future__ import annotations
 
@@ -10,12 +15,25 @@ import hashlib
 from synthdp.data import Record
 from synthdp.pipelines.labels import LabelPolicy
 from synthdp.pipelines.shared import split_by_weights
+from synthdp.privacy.unit import PrivacyUnit
 
 
 def hash_batch(salt: bytes, label: str | None, text: str, batches: int) -> int:
     """Batch index of a record: depends only on the record itself (Assumption 1 of Amin et al.)."""
     digest = hashlib.blake2b(salt + f"{label}\x00{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % batches
+
+
+def hash_user(salt: bytes, user: str, batches: int) -> int:
+    """Batch index of a user (user level): depends only on the user's id, so all its records share one batch."""
+    digest = hashlib.blake2b(salt + b"user\x00" + user.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % batches
+
+
+def batch_rows(s: int, unit: PrivacyUnit) -> int:
+    """The most rows a batch of s units is planned for (step shapes, memory): s records, or s users of up to k
+    records each. Public: the options and the unit only."""
+    return s * unit.max_records if unit.per_user else s
 
 
 def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
@@ -32,12 +50,15 @@ def public_batches(labels: LabelPolicy, s: int) -> dict[str | None, int] | None:
     return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None else None
 
 
-def batches_assumption(labels: LabelPolicy, s: int) -> str:
+def batches_assumption(labels: LabelPolicy, s: int, unit: PrivacyUnit = PrivacyUnit()) -> str:
     """The ledger's words on how the batch counts are known."""
     batches = public_batches(labels, s)
-    return ("the number of hash batches per label is B = max(1, round(size / s)); " + labels.sizes_words
-            + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else "")
-            + "; each record goes to a batch by a salted hash of its own content")
+    words = ("the number of hash batches per label is B = max(1, round(size / s)); " + labels.sizes_words
+             + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else ""))
+    if not unit.per_user:
+        return words + "; each record goes to a batch by a salted hash of its own content"
+    return (words + f"; sizes and s count users; all of a user's records (at most {unit.max_records}, under its one "
+            "label) go to one batch by a salted hash of its user id alone, and each batch sums one term per user")
 
 
 def hash_batches(texts: list[str], label: str | None, salt: bytes, b: int) -> list[list[str]]:
@@ -46,6 +67,39 @@ def hash_batches(texts: list[str], label: str | None, salt: bytes, b: int) -> li
     for text in texts:
         batches[hash_batch(salt, label, text, b)].append(text)
     return batches
+
+
+def user_hash_batches(records: list[Record], salt: bytes, b: int) -> list[tuple[list[str], list[int]]]:
+    """The records of one label (user level: every record has its `user`) split into its b disjoint hash batches by
+    user: per batch its texts and each text's user index within the batch (0, 1, ... in the order of the users'
+    first records), so that a user's rows form one group (`mechanisms/users.mean_per_group`)."""
+    batches: list[tuple[list[str], list[int]]] = [([], []) for _ in range(b)]
+    place: dict[str, tuple[int, int]] = {}  # user -> (its batch, its index there)
+    users = [0] * b  # users placed in each batch so far
+    for rec in records:
+        if rec.user is None:
+            raise ValueError("user-level hash batches need every record's user id")
+        if rec.user not in place:
+            j = hash_user(salt, rec.user, b)
+            place[rec.user] = (j, users[j])
+            users[j] += 1
+        j, group = place[rec.user]
+        batches[j][0].append(rec.text)
+        batches[j][1].append(group)
+    return batches
+
+
+def records_by_label(records: list[Record]) -> dict[str | None, list[Record]]:
+    by_label: dict[str | None, list[Record]] = {}
+    for rec in records:
+        by_label.setdefault(rec.label, []).append(rec)
+    return by_label
+
+
+def digest_rows(texts: list[str], groups: list[int] | None) -> list[str]:
+    """A batch's rows for the checkpoint's digest (operator-only): the texts, with each row's user index at user
+    level (a resumed run must group the rows as its first start did)."""
+    return texts if groups is None else [f"{g}\x00{t}" for g, t in zip(groups, texts)]
 
 
 def texts_by_label(records: list[Record]) -> dict[str | None, list[str]]:

@@ -57,6 +57,15 @@ def zcdp_tokens(rho_token: float, tokens: int) -> dp_event.DpEvent:
 # --------------------------------------------------------------------------- the exponential mechanism
 
 
+def user_term_words(unit: str, max_records: int | None, terms: str, moves: str) -> str:
+    """At user level, how one user enters a sum of per-unit terms ("" at record level): its at most k records' terms
+    averaged into one term, which lies in the same bound as one record's (mechanisms/users.py)."""
+    if unit == "record":
+        return ""
+    return (f"; one {unit} (its at most {max_records} records' {terms} averaged into one term) moves {moves}; "
+            f"s counts {unit}s")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExponentialToken:
     """One private token of private prediction (Amin et al. 2024; docs/pipelines/private-prediction.md, "Privacy";
@@ -65,12 +74,16 @@ class ExponentialToken:
     A draw from softmax(z_bar / tau) with z_bar = (1/s) sum_p clip_c(Z_p), s the fixed divisor. Sensitivity: adding
     or removing one record moves every score by at most c/s, so the draw is eps0-bounded-range with
     eps0 = 2c/(s tau): rho = eps0^2/8 = 0.5 (c/(s tau))^2 -zCDP. Replace-one moves a score by up to 2c/s: 4 rho.
+    User level (`unit` "user", add/remove only): the sum runs over users, each user's term the mean of its at most
+    k clipped rows, itself in [-c, c]: one user moves every score by at most c/s, and the cost is the same.
     """
 
     clip: float  # c
     divisor: int  # s
     temperature: float  # tau
     neighboring: str = "add_remove"
+    unit: str = "record"  # what one term of the sum is: a record, or a user (the mean of its records' terms)
+    max_records: int | None = None  # k: the records a user's term averages (user level)
 
     @property
     def bounded_range(self) -> float:
@@ -88,7 +101,8 @@ class ExponentialToken:
     @property
     def words(self) -> str:
         return (f"the exponential mechanism on (1/s) sum clip_c(logits) with s = {self.divisor}, "
-                f"c = {self.clip:g}, tau = {self.temperature:g}")
+                f"c = {self.clip:g}, tau = {self.temperature:g}"
+                + user_term_words(self.unit, self.max_records, "clipped logits", "each score by at most c/s"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,12 +112,15 @@ class SvtRound:
 
     The query is an L1 distance of sensitivity 1/s (add/remove), the threshold noise Lap(sigma) and the query
     noise Lap(2 sigma): the round is (2/(s sigma))-DP, i.e. rho = 2/(s sigma)^2 -zCDP. Replace-one doubles the
-    query's sensitivity: 4 rho.
+    query's sensitivity: 4 rho. User level: each user's term is the mean of its at most k rows' distributions (a
+    distribution, L1 norm 1): one user moves the distance by at most 1/s, and the cost is the same.
     """
 
     divisor: int  # s
     noise: float  # sigma
     neighboring: str = "add_remove"
+    unit: str = "record"
+    max_records: int | None = None  # k (user level)
 
     @property
     def rho(self) -> float:
@@ -116,14 +133,17 @@ class SvtRound:
     @property
     def words(self) -> str:
         return (f"SVT with threshold noise Lap({self.noise:g}) and query noise Lap({2 * self.noise:g}) "
-                f"on an L1 distance of sensitivity 1/s, (2/(s sigma))-DP per round")
+                f"on an L1 distance of sensitivity 1/s, (2/(s sigma))-DP per round"
+                + user_term_words(self.unit, self.max_records, "next-token distributions",
+                                  "the distance by at most 1/s"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class PredictionBatch:
     """One hash batch of private prediction: at most r private tokens, each an `ExponentialToken` plus, with SVT,
     one `SvtRound`: r draws of rho_token = rho_em + rho_svt -zCDP. Disjoint hash batches compose in parallel
-    (docs/algorithms.md, "Hash batches"), so this event is the whole run's."""
+    (docs/algorithms.md, "Hash batches"), so this event is the whole run's. At user level (the token's `unit`) a
+    user's records are all in one batch, so the batches still partition the units."""
 
     NAME: ClassVar[str] = "private-prediction batch"
     token: ExponentialToken
@@ -141,8 +161,10 @@ class PredictionBatch:
     @property
     def words(self) -> str:
         svt = f"; {self.svt.words}" if self.svt is not None else "; SVT off: every token is private"
-        return (f"per hash batch (batches are disjoint and compose in parallel): at most r = {self.tokens} private "
-                f"tokens, each {self.token.words} (bounded range, {self.rho_token:.4g}-zCDP per private token "
+        where = ("" if self.token.unit == "record" else
+                 f" of {self.token.unit}s, all of a {self.token.unit}'s records in one batch")
+        return (f"per hash batch{where} (batches are disjoint and compose in parallel): at most r = {self.tokens} "
+                f"private tokens, each {self.token.words} (bounded range, {self.rho_token:.4g}-zCDP per private token "
                 f"including SVT){svt}")
 
 
@@ -155,13 +177,15 @@ class DifferenceClippedToken(ExponentialToken):
     Sensitivity: adding or removing one record adds or removes one term in [-C, C] per coordinate, so every score
     moves by at most C/s: (2C/(s tau))-bounded range, rho = C^2/(2 s^2 tau^2) -zCDP. Replace-one moves a term by
     up to 2C: 4 rho. The top-k+ set and z_pub depend on the public prompt only (free). The bound is the
-    `ExponentialToken`'s with c = C, so the cost is computed there once.
+    `ExponentialToken`'s with c = C, so the cost is computed there once. User level: a user's term is the mean of
+    its at most k rows' clipped differences, in [-C, C]: one user moves every score by at most C/s.
     """
 
     @property
     def words(self) -> str:
         return (f"the exponential mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, "
-                f"C = {self.clip:g}, tau = {self.temperature:g}")
+                f"C = {self.clip:g}, tau = {self.temperature:g}"
+                + user_term_words(self.unit, self.max_records, "clipped differences", "each score by at most C/s"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +193,9 @@ class DifferenceClippedBatch:
     """One hash batch of InvisibleInk: m texts of at most T tokens, charged m*T `DifferenceClippedToken`s whatever
     their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). The plan fixes
     rho_batch; C follows at run time from m (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in
-    parallel, so this event is the whole run's."""
+    parallel, so this event is the whole run's. User level (`unit` "user"): all of a user's records are in one
+    batch, and the sum runs over users, each the mean of its at most k rows' clipped differences: one user moves
+    every score by at most C/s, as one record does at record level, with s counting users; the same rho."""
 
     NAME: ClassVar[str] = "invisibleink batch"
     rho_batch: float
@@ -178,6 +204,8 @@ class DifferenceClippedBatch:
     temperature: float  # tau
     top_k: int | None
     neighboring: str
+    unit: str = "record"
+    max_records: int | None = None  # k (user level)
 
     @staticmethod
     def charge(rho_batch: float) -> dp_event.DpEvent:
@@ -191,11 +219,14 @@ class DifferenceClippedBatch:
     @property
     def words(self) -> str:
         factor = "" if replace_factor(self.neighboring) == 1 else " times 4 (replace-one: a term moves by up to 2C)"
+        where = "" if self.unit == "record" else f" of {self.unit}s, all of a {self.unit}'s records in one batch"
         return (
-            f"per hash batch (batches are disjoint and compose in parallel): m texts of at most T = {self.max_tokens} "
-            f"tokens, charged m*T tokens whatever their lengths; each token the exponential mechanism on z_pub + (1/s) "
-            f"sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, tau = {self.temperature:g}, over the public top-k+ "
-            f"set (k = {self.top_k}): (2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
+            f"per hash batch{where} (batches are disjoint and compose in parallel): m texts of at most T = "
+            f"{self.max_tokens} tokens, charged m*T tokens whatever their lengths; each token the exponential "
+            f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, tau = "
+            f"{self.temperature:g}, over the public top-k+ set (k = {self.top_k})"
+            f"{user_term_words(self.unit, self.max_records, 'clipped differences', 'each score by at most C/s')}: "
+            f"(2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
             f"{self.rho_batch:.6g}-zCDP per batch; m is the fewest texts per batch that meet the requested number "
             f"given the batch counts, and C = s tau sqrt(2 rho / (m T)) is set from it at run time (Vinod, Pillutla & "
             f"Thakurta 2025)"

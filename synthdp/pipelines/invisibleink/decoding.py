@@ -23,20 +23,23 @@ from synthdp.models.steps import StepShape, row_bytes, step_bytes, step_memory, 
 __all__ = ["MultiBatchDecoder", "StepShape", "row_bytes", "step_memory_plan", "step_shape"]
 
 
-def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int]) -> MemoryPlan:
-    """The memory of one step of G batches, and what to change when it does not fit (the largest G that does)."""
-    shape = step_shape(lm, o.batch_size, widths[0], o.max_tokens, o.batches_per_step)
-    plan = step_memory(lm, shape, o.batch_size, widths, o.max_tokens, "")
+def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int], rows: int | None = None) -> MemoryPlan:
+    """The memory of one step of G batches of up to `rows` rows each (None: s), and what to change when it does not
+    fit (the largest G that does)."""
+    rows = o.batch_size if rows is None else rows
+    shape = step_shape(lm, rows, widths[0], o.max_tokens, o.batches_per_step)
+    plan = step_memory(lm, shape, rows, widths, o.max_tokens, "")
 
     def fits(g: int) -> bool:
-        _, _, cache, logits = step_bytes(lm, dataclasses.replace(shape, batches=g), o.batch_size, widths, o.max_tokens)
+        _, _, cache, logits = step_bytes(lm, dataclasses.replace(shape, batches=g), rows, widths, o.max_tokens)
         return plan.free is None or dataclasses.replace(plan, cache_bytes=cache, logits_bytes=logits).fits
 
     fitting = next((g for g in range(shape.batches, 0, -1) if fits(g)), None)
     lower = (f"Lower batches_per_step (now {shape.batches}; {fitting} fits) with --set batches_per_step={fitting}"
              if fitting else f"Lower batches_per_step (now {shape.batches}; even 1 does not fit)")
+    users = "" if rows == o.batch_size else ", or lower --max-records-per-user (a batch of s users holds s k rows)"
     return dataclasses.replace(plan, knob=f"{lower}, or lower max_tokens / max_record_tokens (they set every row's "
-                                          f"width), or use a smaller model or a device with more free memory.")
+                                          f"width){users}, or use a smaller model or a device with more free memory.")
 
 
 class MultiBatchDecoder(decoding.MultiBatchDecoder):

@@ -30,8 +30,8 @@ class InvisibleInkOptions:
     record, since small models answer the paper's chat request with echoes of it (docs/benchmarks.md, "The first
     run"); `chat` keeps that request for models that follow it."""
 
-    batch_size: int = option(8, "expected batch size s: records per hash batch, the fixed divisor of the "
-                                "clipped differences", maximum=MAX_BATCH)
+    batch_size: int = option(8, "expected batch size s: records (users, at user level) per hash batch, the fixed "
+                                "divisor of the clipped differences", maximum=MAX_BATCH)
     temperature: float = option(0.7, "tau of the private sampling (the exponential mechanism)")
     top_k: int | None = option(20, "k of the public set {y : z_pub(y) >= l_k - 2C/s} (public: free); "
                                    "none: the whole vocabulary")

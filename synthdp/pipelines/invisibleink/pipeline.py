@@ -14,6 +14,11 @@ ranks (group k on rank k mod N, synthdp/distributed.py) and rank 0 yields them i
 corpus is the same for any N, and the ledger is the same (the batches are disjoint whoever decodes them).
 Rank 0 checkpoints each group as it comes back (pipelines/checkpoint.py); a resumed run rebuilds the same batches
 and streams from the run's stored keys and decodes only the groups not checkpointed: the same corpus, no new cost.
+
+User level (ctx.unit: records already bounded to one label and at most k per user): a user's records all go to one
+batch (pipelines/batching.py), and each token's sum runs over users, each the mean of its rows' clipped differences
+(`choose_token(groups=)`): one user moves every score by at most C/s, with s and the batch counts counting users.
+Steps and memory are planned for batches of up to s k rows (`batch_rows`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.batching import batches_per_label, hash_batches, split_evenly, texts_by_label
+from synthdp.pipelines.batching import (
+    batch_rows, batches_per_label, digest_rows, hash_batches, records_by_label, split_evenly, texts_by_label,
+    user_hash_batches,
+)
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import (
     MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
@@ -43,6 +51,7 @@ from synthdp.pipelines.invisibleink.plan import InvisibleInkPlan, make_plan
 from synthdp.pipelines.invisibleink.prompts import Prompts, example_pools
 from synthdp.pipelines.prompting import fixed_width
 from synthdp.privacy.costs import DifferenceClippedBatch
+from synthdp.privacy.unit import PrivacyUnit
 from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData, length_default, longest_examples, tokenizer_counter
 
@@ -59,6 +68,7 @@ class Unit:
     rng: np.random.Generator
     index: int = 0  # its place among its label's batches (public): which public examples it shows
     made: list[str] = field(default_factory=list)
+    groups: list[int] | None = None  # user level: each text's user index within the batch (one term per user)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Mechanism:
     temperature: float
     top_k: int | None
     max_tokens: int
+    rows: int | None = None  # the rows a batch is planned for (None: s; s k at user level): the passes' sizes
 
 
 @register_pipeline
@@ -83,6 +94,7 @@ class InvisibleInk:
     supports_resume: ClassVar[bool] = True  # finished groups are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # groups of hash batches spread over torchrun's ranks
+    supports_users: ClassVar[bool] = True  # batches by user, one mean term per user in every token's sum
     counters: ClassVar[tuple[Count, ...]] = (Count.CUT_AT_MAX_TOKENS, Count.DROPPED_TEXTS)
     public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
                                       "the rows of that label by the public stream) and the default T (max_tokens)")
@@ -106,12 +118,14 @@ class InvisibleInk:
         return make_plan(options, target, data)
 
     def memory_plan(self, options: InvisibleInkOptions, labels: tuple[str, ...], lm: LocalLM,
-                    public: PublicData | None = None) -> MemoryPlan:
+                    public: PublicData | None = None, unit: PrivacyUnit = PrivacyUnit()) -> MemoryPlan:
         """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run), with
-        prompts showing the longest public examples a run could draw."""
+        prompts showing the longest public examples a run could draw, and batches of up to s (s k at user level)
+        rows."""
         labels = labels or (None,)
         examples = longest_examples(public, labels, options.max_examples, tokenizer_counter(lm.tokenizer))
-        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options, examples), labels, options))
+        return step_memory_plan(lm, options, self.widths(self.prompts(lm, options, examples), labels, options),
+                                batch_rows(options.batch_size, unit))
 
     # ------------------------------------------------------------------ run
 
@@ -129,7 +143,8 @@ class InvisibleInk:
             return
         mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=plan.divisor_s,
                                   temperature=plan.temperature, neighboring=plan.neighboring),
-                         plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens)
+                         plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens,
+                         batch_rows(plan.divisor_s, ctx.unit))
         ctx.summary.set("texts_per_batch", m)
         ctx.summary.set("clip", mech.clip)
         ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})
@@ -139,11 +154,11 @@ class InvisibleInk:
         prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, pick) if pick is not None else {})
         widths = self.widths(prompts, labels, options)
         # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
-        shape = ctx.world.broadcast(step_shape(lm, plan.divisor_s, widths[0], plan.max_tokens,
+        shape = ctx.world.broadcast(step_shape(lm, mech.rows or mech.divisor, widths[0], plan.max_tokens,
                                                options.batches_per_step) if ctx.world.main else None)
         # A resumed run groups the batches as its first start did (its step shape), and must rebuild the same ones.
-        ckpt = BatchCheckpoint.open(ctx, kept={"step_shape": dataclasses.asdict(shape)},
-                                    matched={"batches": batches_digest((u.label, u.texts, u.want) for u in units)})
+        digest = batches_digest((u.label, digest_rows(u.texts, u.groups), u.want) for u in units)
+        ckpt = BatchCheckpoint.open(ctx, kept={"step_shape": dataclasses.asdict(shape)}, matched={"batches": digest})
         shape = dataclasses.replace(shape, **ckpt.kept["step_shape"])
         spent = DifferenceClippedBatch.charge(plan.rho_batch)
         groups = [units[start:start + shape.batches] for start in range(0, len(units), shape.batches)]
@@ -175,15 +190,21 @@ class InvisibleInk:
     @staticmethod
     def units(records: list[Record], labels: tuple[str | None, ...], batches: dict[str | None, int],
               quotas: dict[str | None, int], ctx: RunContext) -> list[Unit]:
-        """The hash batches in a fixed order (label, then index), each with its quota and its own noise stream."""
+        """The hash batches in a fixed order (label, then index), each with its quota and its own noise stream; at
+        user level by user, each row with its user's index in the batch."""
         salt = ctx.noise_rng.bytes(16)  # secret (a ChaCha20 stream), and the same on every rank of a torchrun run
-        by_label = texts_by_label(records)
         units: list[Unit] = []
+        if ctx.unit.per_user:
+            records_of = records_by_label(records)
+            rows = {label: user_hash_batches(records_of.get(label, []), salt, batches[label]) for label in labels}
+        else:
+            by_label = texts_by_label(records)
+            rows = {label: [(texts, None) for texts in hash_batches(by_label.get(label, []), label, salt,
+                                                                      batches[label])] for label in labels}
         for label in labels:
-            rows = hash_batches(by_label.get(label, []), label, salt, batches[label])
             wants = split_evenly(quotas[label], batches[label])
-            units += [Unit(label, texts, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i)
-                      for i, (texts, want) in enumerate(zip(rows, wants))]
+            units += [Unit(label, texts, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i, groups=groups)
+                      for i, ((texts, groups), want) in enumerate(zip(rows[label], wants))]
         return units
 
     # ------------------------------------------------------------------ decoding
@@ -216,7 +237,10 @@ class InvisibleInk:
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
             [prompts.public(u.label, u.index) for u in units],
-            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.divisor)
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape,
+            divisor=mech.rows or mech.divisor)
+        users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long, device=lm.device)
+                 for u in units]
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
         for _ in range(m):
             active = [len(u.made) < u.want for u in units]
@@ -229,7 +253,7 @@ class InvisibleInk:
                     if active[i]:
                         chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=mech.clip, divisor=mech.divisor,
                                                  temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng,
-                                                 exclude=prompts.banned(step))
+                                                 exclude=prompts.banned(step), groups=users[i])
                         token = int(chosen[i])
                         if token not in lm.stop_ids:
                             tokens[i].append(token)

@@ -51,12 +51,14 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
     labels = LabelPolicy.plan(target, data, counts=options.label_counts, sizes=options.label_sizes,
                               purpose=BATCH_COUNTS_PURPOSE)
     rho = calibrate_batch_rho(target.epsilon, target.delta, labels.dp_events)
+    unit = target.unit
     cost = DifferenceClippedBatch(rho_batch=rho, max_tokens=options.max_tokens, divisor=s,
-                                  temperature=options.temperature, top_k=options.top_k, neighboring=target.neighboring)
+                                  temperature=options.temperature, top_k=options.top_k, neighboring=target.neighboring,
+                                  **({"unit": unit.noun, "max_records": unit.max_records} if unit.per_user else {}))
     counts_words = ("in proportion to the label sizes that set the batch counts" if options.label_counts == "dp"
                     else f"set by label_counts = {as_text(options.label_counts)!r}")
     assumptions = (
-        batches_assumption(labels, s),
+        batches_assumption(labels, s, unit),
         label_set_words(data),
         "the prompt templates, the domain, the public placeholder prompt and the model are public",
         f"the number of synthetic texts is public; the texts per label are {counts_words}",

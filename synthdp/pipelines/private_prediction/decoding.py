@@ -24,9 +24,11 @@ from synthdp.pipelines.summary import Count
 
 def choose_token(
     logits: torch.Tensor, o: PrivatePredictionOptions, svt: SparseVector | None, rng: np.random.Generator,
-    noise_rng: np.random.Generator | None = None,
+    noise_rng: np.random.Generator | None = None, groups: torch.Tensor | None = None,
 ) -> tuple[int, bool]:
-    """One token of Algorithm 1. logits: (m + 1, V), m private rows then the public row.
+    """One token of Algorithm 1. logits: (m + 1, V), m private rows then the public row. `groups` (m,): user
+    level, each row's user index in the batch; both private sums (the SVT distance, the scores) then run over users,
+    each the mean of its rows' terms.
 
     Returns (token, whether it was private). The private draw comes from `noise_rng` (the run's noise
     stream; `rng` when None), the public one from `rng`. The SVT distance uses the raw logits; the exponential
@@ -41,10 +43,10 @@ def choose_token(
     allowed = None
     if o.top_k is not None:  # the public prediction's top k: a public set, free
         allowed = torch.topk(public_logits, min(o.top_k, public_logits.shape[0])).indices.cpu().numpy()
-    if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size)):
+    if svt is None or svt.above(distribution_distance(private_logits, public_logits, o.batch_size, groups)):
         noise = rng if noise_rng is None else noise_rng  # the private draw: the run's noise stream
         if allowed is None:
-            scores = aggregate_clipped(private_logits, o.clip, o.batch_size).cpu().numpy()
+            scores = aggregate_clipped(private_logits, o.clip, o.batch_size, groups).cpu().numpy()
             return sample_softmax(scores, o.temperature, noise), True
         # Only the allowed columns are scored (float64 on k columns, not V): each row's own maximum
         # is appended as one more column, so re-centring sees the same maximum as on the full row;
@@ -52,7 +54,7 @@ def choose_token(
         low, top = torch.aminmax(private_logits, dim=-1, keepdim=True)  # NaN propagates; +-inf shows here
         top = torch.where(torch.isfinite(low) & torch.isfinite(top), top, float("nan"))
         columns = torch.cat([private_logits[:, torch.from_numpy(allowed).to(private_logits.device)], top], dim=1)
-        scores = aggregate_clipped(columns, o.clip, o.batch_size).cpu().numpy()[:-1]
+        scores = aggregate_clipped(columns, o.clip, o.batch_size, groups).cpu().numpy()[:-1]
         return int(allowed[sample_softmax(scores, o.temperature, noise)]), True
     return sample_softmax(public_logits.double().cpu().numpy(), o.public_temperature, rng, allowed), False
 
@@ -62,11 +64,14 @@ class BatchDecoder:
 
     All rows run in the same passes (models/decoding.py): a row is prefilled at a width of a public ladder chosen by
     its own length (the private rows on top of the public prompt's keys and values, which begin every private
-    prompt), stepped at a public width, in passes of a public number of rows (about 1.25 (s + 1)). So no row's
-    arithmetic depends on another record (tests/test_row_independence.py)."""
+    prompt), stepped at a public width, in passes of a public number of rows (about 1.25 (planned + 1), `planned`
+    the rows a batch is planned for: s, or s k at user level). So no row's arithmetic depends on another record
+    (tests/test_row_independence.py)."""
 
-    def __init__(self, lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> None:
-        shape = StepShape(1, 0, lm.device.type).decode_shape(1, o.batch_size, width, len(rows[-1]) + 1)
+    def __init__(self, lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions,
+                 planned: int | None = None) -> None:
+        planned = o.batch_size if planned is None else planned
+        shape = StepShape(1, 0, lm.device.type).decode_shape(1, planned, width, len(rows[-1]) + 1)
         self.inner = MultiBatchDecoder(lm.model, [rows[:-1]], [rows[-1]], lm.pad_id, lm.device, o.max_tokens, shape)
 
     def prefill(self) -> torch.Tensor:
@@ -79,31 +84,37 @@ class BatchDecoder:
         return self.inner.rewind()[0]
 
 
-def rows_decoder(lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions) -> BatchDecoder:
+def rows_decoder(lm: LocalLM, rows: list[list[int]], width: int, o: PrivatePredictionOptions,
+                 planned: int | None = None) -> BatchDecoder:
     """The decoder of prompt rows (the public row last): logits (len(rows), V)."""
-    return BatchDecoder(lm, rows, width, o)
+    return BatchDecoder(lm, rows, width, o, planned)
 
 
-def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions) -> BatchDecoder:
-    """The decoder of one batch: one private prompt per record, then the public prompt."""
-    return rows_decoder(lm, prompt_rows(lm, texts, label, o), prompt_width(lm, label, o), o)
+def batch_decoder(lm: LocalLM, texts: list[str], label: str | None, o: PrivatePredictionOptions,
+                  planned: int | None = None) -> BatchDecoder:
+    """The decoder of one batch: one private prompt per record, then the public prompt; its passes planned for
+    `planned` rows (None: s)."""
+    return rows_decoder(lm, prompt_rows(lm, texts, label, o), prompt_width(lm, label, o), o, planned)
 
 
 TokenDecoder = RowDecoder  # what generate_batch needs of a decoder (models/decoding.py)
 
 
-def batch_memory_plan(lm: LocalLM, o: PrivatePredictionOptions, labels: tuple[str | None, ...]) -> MemoryPlan:
-    """The memory of one batch's decoder (one batch at a time)."""
+def batch_memory_plan(lm: LocalLM, o: PrivatePredictionOptions, labels: tuple[str | None, ...],
+                      rows: int | None = None) -> MemoryPlan:
+    """The memory of one batch's decoder (one batch at a time) of up to `rows` rows (None: s)."""
     width = max(prompt_width(lm, label, o) for label in labels)
     public = max(len(prompt_rows(lm, [], label, o)[-1]) + 1 for label in labels)
-    return step_memory(lm, StepShape(1, 0, lm.device.type), o.batch_size, (width, public), o.max_tokens,
-                       "Lower batch_size, max_tokens or max_record_tokens (they set every row's width), or use a "
-                       "smaller model or a device with more free memory.")
+    rows = o.batch_size if rows is None else rows
+    users = "" if rows == o.batch_size else ", --max-records-per-user (a batch of s users holds s k rows)"
+    return step_memory(lm, StepShape(1, 0, lm.device.type), rows, (width, public), o.max_tokens,
+                       f"Lower batch_size{users}, max_tokens or max_record_tokens (they set every row's width), or "
+                       "use a smaller model or a device with more free memory.")
 
 
 @torch.no_grad()
 def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: float,
-                   o: PrivatePredictionOptions, ctx: RunContext) -> Iterator[str]:
+                   o: PrivatePredictionOptions, ctx: RunContext, groups: torch.Tensor | None = None) -> Iterator[str]:
     """Algorithm 1 on one batch: up to `quota` texts while fewer than r private tokens are spent.
 
     A text ends at a stop token or the length cap. A text cut because the batch's r ran out is released
@@ -118,7 +129,7 @@ def generate_batch(lm: LocalLM, decoder: TokenDecoder, quota: int, r: int, rho: 
         tokens: list[int] = []
         stopped = False
         for _ in range(o.max_tokens):
-            token, private = choose_token(logits, o, svt, ctx.rng, ctx.noise_rng)
+            token, private = choose_token(logits, o, svt, ctx.rng, ctx.noise_rng, groups)
             spent += private
             public += not private
             if token in lm.stop_ids:

@@ -23,7 +23,8 @@ class PrivatePredictionOptions:
     at 1.5, and utility could not tell the two apart (docs/benchmarks.md, "The public temperature").
     Public tokens cost nothing at either temperature."""
 
-    batch_size: int = option(255, "expected batch size s: the fixed divisor of the aggregated logits",
+    batch_size: int = option(255, "expected batch size s (users, at user level): the fixed divisor of the "
+                                  "aggregated logits",
                              maximum=MAX_BATCH)
     clip: float = option(10.0, "c: logits are re-centred to top c and floored at -c")
     temperature: float = option(2.0, "tau of the private (exponential-mechanism) sampling")

@@ -1,5 +1,11 @@
 """The private-prediction pipeline (Amin et al. 2024): plan, then Algorithm 1 over disjoint hash batches, in chunks
-of each label's batches that torchrun's ranks can share; each finished batch checkpointed, so a run resumes."""
+of each label's batches that torchrun's ranks can share; each finished batch checkpointed, so a run resumes.
+
+User level (ctx.unit: records already bounded to one label and at most k per user): a user's records all go to one
+batch (pipelines/batching.py), and both private sums of a token (the SVT distance and the exponential mechanism's
+scores) run over users, each the mean of its rows' terms: one user moves each by at most what one record moves it
+by at record level (1/s, c/s), with s and the batch counts counting users. A batch is decoded in passes planned for
+up to s k rows (`batch_rows`)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
+import torch
 
 from synthdp import distributed
 from synthdp.data import LoadedData, Record
@@ -16,13 +23,17 @@ from synthdp.public_data import PublicData, choose, length_default, longest_exam
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.batching import batches_per_label, hash_batches, split_evenly, texts_by_label
+from synthdp.pipelines.batching import (
+    batch_rows, batches_per_label, digest_rows, hash_batches, records_by_label, split_evenly, texts_by_label,
+    user_hash_batches,
+)
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.pipelines.private_prediction.plan import PrivatePredictionPlan, make_plan
 from synthdp.pipelines.private_prediction.prompts import private_slot, with_examples
 from synthdp.privacy.costs import zcdp_tokens
+from synthdp.privacy.unit import PrivacyUnit
 from synthdp.pipelines.summary import Count
 
 
@@ -36,6 +47,7 @@ class Batch:
     want: int
     noise_rng: np.random.Generator
     rng: np.random.Generator
+    groups: list[int] | None = None  # user level: each text's user index within the batch (one term per user)
 
 
 @register_pipeline
@@ -49,6 +61,7 @@ class PrivatePrediction:
     supports_resume: ClassVar[bool] = True  # finished batches are checkpointed; the others replay their own streams
     resumes_from_keys: ClassVar[bool] = True  # the run keeps its stream keys until it commits (synthdp/run.py)
     supports_distributed: ClassVar[bool] = True  # chunks of hash batches spread over torchrun's ranks
+    supports_users: ClassVar[bool] = True  # batches by user, one mean term per user in every private sum
     counters: ClassVar[tuple[Count, ...]] = (Count.TRUNCATED_TEXTS, Count.BATCHES_OUT_OF_BUDGET, Count.PUBLIC_TOKENS,
                                              Count.PRIVATE_TOKENS, Count.DROPPED_TEXTS, Count.SHORT_TEXTS)
     public_data_use: ClassVar[str] = ("the examples listed in every prompt (max_examples per label, drawn from the rows "
@@ -72,12 +85,14 @@ class PrivatePrediction:
         return make_plan(options, target, data)
 
     def memory_plan(self, options: PrivatePredictionOptions, labels: tuple[str, ...], lm: LocalLM,
-                    public: PublicData | None = None) -> MemoryPlan:
+                    public: PublicData | None = None, unit: PrivacyUnit = PrivacyUnit()) -> MemoryPlan:
         """One batch's decoding memory on the device (checked before the write-ahead; shown by --dry-run), the
-        label's prompt listing the longest public examples a run could draw."""
+        label's prompt listing the longest public examples a run could draw, a batch of up to s (s k at user
+        level) rows."""
         labels = labels or (None,)
         examples = longest_examples(public, labels, options.max_examples, tokenizer_counter(lm.tokenizer))
-        plans = [batch_memory_plan(lm, with_examples(options, label, examples.get(label, [])), (label,))
+        rows = batch_rows(options.batch_size, unit)
+        plans = [batch_memory_plan(lm, with_examples(options, label, examples.get(label, [])), (label,), rows)
                  for label in labels]
         return max(plans, key=lambda plan: plan.needed)
 
@@ -97,7 +112,7 @@ class PrivatePrediction:
         per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None)).values()  # public: uniform
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, plan, ctx)  # public sizes, or the DP label histogram
-        records_by_label = texts_by_label(records)
+        by_label = records_by_label(records) if ctx.unit.per_user else texts_by_label(records)
         prompted = {label: options for label in labels}
         if ctx.public is not None:  # a public draw per label (its own stream: the chunks' streams stay as they were)
             pick = fork_public(ctx.rng, "examples")
@@ -105,12 +120,14 @@ class PrivatePrediction:
                         for label in labels}
         batches: list[Batch] = []
         for label, quota in zip(labels, per_label):
-            rows = hash_batches(records_by_label.get(label, []), label, salt, b_by_label[label])
-            for texts, want in zip(rows, split_evenly(quota, len(rows))):
+            rows = (user_hash_batches(by_label.get(label, []), salt, b_by_label[label]) if ctx.unit.per_user else
+                    [(texts, None) for texts in hash_batches(by_label.get(label, []), label, salt, b_by_label[label])])
+            for (texts, groups), want in zip(rows, split_evenly(quota, len(rows))):
                 tag = f"batch {len(batches)}"
-                batches.append(Batch(label, texts, want, fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag)))
-        ckpt = BatchCheckpoint.open(ctx, kept={"parts": ctx.world.size},
-                                    matched={"batches": batches_digest((b.label, b.texts, b.want) for b in batches)})
+                batches.append(Batch(label, texts, want, fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag),
+                                     groups))
+        digest = batches_digest((b.label, digest_rows(b.texts, b.groups), b.want) for b in batches)
+        ckpt = BatchCheckpoint.open(ctx, kept={"parts": ctx.world.size}, matched={"batches": digest})
         chunks = [[first + j for j in part] for label, first, count in label_spans(batches)
                   for part in distributed.shard_ranges(count, ckpt.kept["parts"]) if len(part) > 0]
         yield from self.run_chunks(batches, chunks, prompted, plan, ctx, ckpt)
@@ -190,8 +207,10 @@ class PrivatePrediction:
             return [], summary.as_dict()
         ctx = dataclasses.replace(run_ctx, rng=batch.rng, noise_rng=batch.noise_rng, summary=summary,
                                   progress=run_ctx.progress if live else (lambda n, spent: None))
-        decoder = batch_decoder(lm, batch.texts, batch.label, options)
-        return list(generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx)), summary.as_dict()
+        decoder = batch_decoder(lm, batch.texts, batch.label, options, batch_rows(options.batch_size, run_ctx.unit))
+        groups = None if batch.groups is None else torch.tensor(batch.groups, dtype=torch.long, device=lm.device)
+        texts = generate_batch(lm, decoder, quota, plan.r, plan.rho_token, options, ctx, groups)
+        return list(texts), summary.as_dict()
 
 
 def label_spans(batches: list[Batch]) -> Iterator[tuple[str | None, int, int]]:

@@ -55,9 +55,10 @@ class PrivatePredictionPlan(PrivacyPlan):
 
 def batch_cost(o: PrivatePredictionOptions, target: Target, r: int) -> PredictionBatch:
     """One batch's cost at r private tokens: the exponential mechanism, plus an SVT round per token when on."""
+    unit = {"unit": target.unit.noun, "max_records": target.unit.max_records} if target.unit.per_user else {}
     token = ExponentialToken(clip=o.clip, divisor=o.batch_size, temperature=o.temperature,
-                             neighboring=target.neighboring)
-    svt = SvtRound(divisor=o.batch_size, noise=o.svt_noise, neighboring=target.neighboring) if o.svt else None
+                             neighboring=target.neighboring, **unit)
+    svt = SvtRound(divisor=o.batch_size, noise=o.svt_noise, neighboring=target.neighboring, **unit) if o.svt else None
     return PredictionBatch(token=token, svt=svt, tokens=r)
 
 
@@ -69,7 +70,7 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
     r, rho = cost.tokens, cost.rho_token
     check_r_completes_a_text(o, r)
     assumptions = (
-        batches_assumption(labels, o.batch_size),
+        batches_assumption(labels, o.batch_size, target.unit),
         label_set_words(data),
         "the prompt templates, the public placeholder prompt and the model are public",
         "the number of synthetic texts per label is public (split evenly across labels)",
