@@ -105,7 +105,8 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     data = checked_records(pipeline, options, data, resources)
     for reason, count in data.skipped.items():
         warn(f"skipped {count} row(s) of {data.source}: {reason}.")
-    message = check_delta_against_n(cfg.delta, len(data.records))
+    units = len({r.user for r in data.records}) if cfg.unit.per_user else len(data.records)
+    message = check_delta_against_n(cfg.delta, units, cfg.unit.noun)
     if message:
         warn(message)
     # Plan and budget check: refuse before any mechanism touches the data.

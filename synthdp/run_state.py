@@ -89,7 +89,8 @@ def fingerprints(records: Iterable[Record], labels: Any, config: dict[str, Any],
     """sha256 of each aspect a resumed run must find unchanged (see ASPECTS)."""
     data = hashlib.sha256(_json(list(labels or ())).encode())
     for rec in records:
-        data.update(_json([rec.label, rec.text]).encode("utf-8") + b"\n")
+        fields = [rec.label, rec.text] if rec.user is None else [rec.label, rec.text, rec.user]  # user ids count
+        data.update(_json(fields).encode("utf-8") + b"\n")
     return {"data": data.hexdigest(), "config": _sha(_json(config)), "model": model_fingerprint(resources),
             "plan": _sha(_json(plan))}
 

@@ -187,3 +187,21 @@ def test_the_datasheet_and_the_card_state_the_ledgers_unit() -> None:
         card = dataset_card(ledger, model_name="m", count=3, labels=("a",))
         assert f"Unit of privacy: {words}" in notes and f"unit of privacy {words}" in card
         assert ("`pid`" in notes and "`pid`" in card and "add or remove one user" in notes) is unit.per_user
+
+
+def test_a_resume_finds_changed_user_ids_in_the_data_fingerprint() -> None:
+    from synthdp.run_state import fingerprints
+
+    def data_print(rs: list[Record]) -> str:
+        return fingerprints(rs, ("a", "b"), {}, {}, None)["data"]
+
+    rs = records(rows_of_users())
+    moved = [Record(r.text, r.label, "other" if i == 0 else r.user) for i, r in enumerate(rs)]
+    plain = [Record(r.text, r.label) for r in rs]
+    assert len({data_print(rs), data_print(moved), data_print(plain)}) == 3
+
+
+def test_delta_is_checked_against_the_number_of_users() -> None:
+    from synthdp.privacy.accounting import check_delta_against_n
+
+    assert "n = 6 users" in str(check_delta_against_n(0.5, 6, "user"))

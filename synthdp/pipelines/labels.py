@@ -35,7 +35,7 @@ LabelSizes = str | int | dict[str, int]  # "dp", one public number (unlabelled d
 LABEL_COUNTS_HELP = ("texts per label: uniform, dp (a DP label histogram paid from the budget; its noise costs 5% of "
                      "epsilon alone), or public weights as a table {ham = 3, spam = 1} "
                      "(--set label_counts=ham:3,spam:1)")
-LABEL_SIZES_HELP = ("how many private records each label holds, which sets the batch counts: dp (a DP label histogram "
+LABEL_SIZES_HELP = ("how many private records (users, with --user-field) each label holds, which sets the batch counts: dp (a DP label histogram "
                     "paid from the budget), or public sizes as a table {ham = 300, spam = 100} (--set "
                     "label_sizes=ham:300,spam:100; unlabelled data: one number)")
 COUNTS_ERROR = ("`label_counts` must be uniform, dp, or public weights like {{ham = 3, spam = 1}} ('ham:3,spam:1'). "

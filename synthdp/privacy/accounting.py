@@ -75,12 +75,12 @@ def check_delta(delta: Any) -> float:
     return value
 
 
-def check_delta_against_n(delta: float, n: int) -> str | None:
-    """A warning when delta >= 1/n (a mechanism could then release one record outright)."""
+def check_delta_against_n(delta: float, n: int, unit: str = "record") -> str | None:
+    """A warning when delta >= 1/n (a mechanism could then release one record, or one user, outright)."""
     if n > 0 and delta >= 1.0 / n:
         return (
-            f"`delta` = {delta:g} is not below 1/n = {1.0 / n:.3g} for n = {n} records: such a delta "
-            f"allows releasing a record outright. Typical: delta <= 1/(10 n) = {1.0 / (10 * n):.3g}."
+            f"`delta` = {delta:g} is not below 1/n = {1.0 / n:.3g} for n = {n} {unit}s: such a delta "
+            f"allows releasing a {unit} outright. Typical: delta <= 1/(10 n) = {1.0 / (10 * n):.3g}."
         )
     return None
 
