@@ -323,3 +323,14 @@ def test_users_mode_runs_both_arms_per_pipeline_and_prints_the_comparison(tmp_pa
     assert "reference: the " in out  # the real rows each arm reads, as reference rows
     main(["--from-results", str(tmp_path / "results.json")])
     assert row in capsys.readouterr().out
+
+
+def test_the_comparison_shows_a_failed_user_arm_beside_its_dedup_arm() -> None:
+    from benchmarks.utility.users import DEDUP, USER, comparison
+
+    base = {"dataset": "ag_news", "pipeline": "invisibleink", "epsilon": 3.0}
+    rows = [dict(base, unit=USER, records_used=5185, repeat=0, texts=0, error="OptionError: no | user level"),
+            dict(base, unit=DEDUP, records_used=1218, repeat=0, texts=200, accuracy=0.4),
+            dict(base, unit=DEDUP, records_used=1218, repeat=1, texts=200, accuracy=0.5)]
+    assert comparison(rows).splitlines()[-1] == ("| ag_news | invisibleink | 3 | 5185 | failed | OptionError: no / user "
+                                                 "level | 1218 | 200 x 2 | 0.450 ± 0.050 | — | — |")

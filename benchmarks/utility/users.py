@@ -161,28 +161,38 @@ def real_rows(data: Dataset, k: int = DEFAULT_MAX_RECORDS) -> list[tuple[str, li
 def comparison(results: Sequence[dict[str, Any]]) -> str:
     """User level against one record per user, per (dataset, pipeline, epsilon): the markdown table, with the
     benchmark's rule (table.py) read as "the user level beats one record per user"."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in results:
-        if row.get("unit") in (USER, DEDUP) and "error" not in row:
-            key = (row["dataset"], str(row.get("pipeline")), epsilon_text(row.get("epsilon")), row["unit"])
-            groups.setdefault(key, []).append(row)
+        if row.get("unit") in (USER, DEDUP):
+            key = (row["dataset"], str(row.get("pipeline")), epsilon_text(row.get("epsilon")))
+            groups.setdefault(key, {USER: [], DEDUP: []})[row["unit"]].append(row)
     lines = ["| data | pipeline | epsilon | user level: records used | n texts | accuracy | one record per user: "
              "records used | n texts | accuracy | difference | user level better |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (dataset, pipeline, eps, unit), rows in groups.items():
-        other = groups.get((dataset, pipeline, eps, DEDUP))
-        if unit != USER or other is None:
-            continue
-        user, dedup = _figure(rows), _figure(other)
-        lines.append(f"| {dataset} | {pipeline} | {eps} | {rows[0].get('records_used', '?')} | {_n(user)} | "
-                     f"{user.text()} | {other[0].get('records_used', '?')} | {_n(dedup)} | {dedup.text()} | "
-                     f"{user.mean - dedup.mean:+.3f} | {beats_baseline(user, dedup)} |")
+    for (dataset, pipeline, eps), pair in groups.items():
+        user, dedup = _figure(pair[USER]), _figure(pair[DEDUP])
+        cells = [dataset, pipeline, eps, *_cells(pair[USER], user), *_cells(pair[DEDUP], dedup)]
+        if user is not None and dedup is not None:
+            cells += [f"{user.mean - dedup.mean:+.3f}", beats_baseline(user, dedup)]
+        else:
+            cells += ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _figure(rows: Sequence[dict[str, Any]]) -> Figure:
-    return summarise([float(r["accuracy"]) for r in rows], [int(r["texts"]) for r in rows])
+def _figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
+    """The figure of the repeats that did not fail (None: none)."""
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        return None
+    return summarise([float(r["accuracy"]) for r in good], [int(r["texts"]) for r in good])
 
 
-def _n(fig: Figure) -> str:
-    return f"{fig.min_texts} x {fig.repeats}" if fig.repeats > 1 else f"{fig.min_texts} (1 repeat)"
+def _cells(rows: Sequence[dict[str, Any]], fig: Figure | None) -> list[str]:
+    """records used, n texts, accuracy (or the last error) of one arm."""
+    used = str(rows[0].get("records_used", "?")) if rows else "?"
+    if fig is None:
+        error = next((r["error"] for r in reversed(rows) if "error" in r), "no repeat")
+        return [used, "failed", error[:90].replace("|", "/")]
+    texts = f"{fig.min_texts} x {fig.repeats}" if fig.repeats > 1 else f"{fig.min_texts} (1 repeat)"
+    return [used, texts, fig.text()]
