@@ -243,13 +243,18 @@ def test_one_record_per_user_is_a_keyed_choice_of_each_users_own_rows() -> None:
 
 
 def test_user_facts_count_what_each_arm_uses() -> None:
-    from benchmarks.utility.users import UserFacts
+    from benchmarks.utility.users import USER, UserFacts, Variant
 
     rows = [{"text": str(i), "label": "a", "user": u} for i, u in enumerate("aaaaaaaaaaabbbc")]  # 11, 3, 1 records
     facts = UserFacts.of(rows, k=8)
     assert (facts.users, facts.records, facts.sizes) == (3, 15, {1: 1, 3: 1, 11: 1})
     assert facts.user_level_records == 8 + 3 + 1  # k-bounded
     assert "3 users over 15 records" in facts.text() and "median 3" in facts.text()
+    # a finished user-level run: its file's rows less what its own bounding left out (synthdp/users.py's keys)
+    way = Variant(", user level", Path("u.jsonl"), "user", USER, facts.user_level_records, facts.records)
+    bounding = {"users": 3, "records over the per-user limit": 3, "records under another label than the user's one": 0}
+    assert way.used({"user_bounding": bounding}) == 12 and way.used({"error": "refused"}) == 12
+    assert way.used({"user_bounding": dict(bounding, **{"records over the per-user limit": 5})}) == 10
 
 
 def test_the_user_arm_runs_at_user_level_on_the_ids_and_the_dedup_arm_at_record_level(tmp_path, monkeypatch):
@@ -332,5 +337,5 @@ def test_the_comparison_shows_a_failed_user_arm_beside_its_dedup_arm() -> None:
     rows = [dict(base, unit=USER, records_used=5185, repeat=0, texts=0, error="OptionError: no | user level"),
             dict(base, unit=DEDUP, records_used=1218, repeat=0, texts=200, accuracy=0.4),
             dict(base, unit=DEDUP, records_used=1218, repeat=1, texts=200, accuracy=0.5)]
-    assert comparison(rows).splitlines()[-1] == ("| ag_news | invisibleink | 3 | 5185 | failed | OptionError: no / user "
-                                                 "level | 1218 | 200 x 2 | 0.450 ± 0.050 | — | — |")
+    assert comparison(rows).splitlines()[-1] == ("| ag_news | invisibleink | 3 | 5185 | failed | OptionError: no / "
+                                                 "user level | 1218 | 200 x 2 | 0.450 ± 0.050 | — | — |")

@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
                                                    overrides.get(arm.pipeline, {}), args.model, args.device,
                                                    args.public, private=way.path, user_field=way.user_field))
                         if way.unit is not None:
-                            row.update(unit=way.unit, records_used=way.records)
+                            row.update(unit=way.unit, records_used=way.used(row))
+                            if row["records_used"] != way.records:  # the run bounded otherwise than the ids say
+                                print(f"note: {row['arm']} used {row['records_used']} records, not {way.records}",
+                                      file=sys.stderr)
                         results.append(row)
                         print(json.dumps({k: row.get(k) for k in ("dataset", "arm", "epsilon", "repeat", "texts",
                                                                   "accuracy", "wall_s", "cpu_s", "error")}),

@@ -116,17 +116,26 @@ class UserFacts:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run an arm: its title's suffix, the private rows' file (None: the data set's own), the user field
-    and the records it uses."""
+    """One way to run an arm: its title's suffix, the private rows' file (None: the data set's own), the user field,
+    the records it uses and the rows of its file."""
 
     suffix: str
     path: Path | None
     user_field: str | None
     unit: str | None
     records: int | None = None
+    rows: int | None = None
 
     def title(self, arm_title: str) -> str:
         return arm_title + self.suffix
+
+    def used(self, row: dict[str, Any]) -> int | None:
+        """The records a finished run used: at user level, its file's rows less what its bounding left out (the
+        benchmark's ids are public, so these counts may be kept); else the file's rows (`records`)."""
+        left_out = row.get("user_bounding")
+        if not left_out or self.rows is None:
+            return self.records
+        return self.rows - sum(v for k, v in left_out.items() if k.startswith("records"))
 
 
 RECORD_LEVEL = Variant("", None, None, None)
@@ -141,7 +150,8 @@ def variants(data: Dataset, work_dir: Path, facts_of: dict[str, Any]) -> list[Va
                            "user_level_records": facts.user_level_records, "k": facts.k}
     users_file = _write(work_dir / f"{data.name}-users.jsonl", rows)
     dedup_file = _write(work_dir / f"{data.name}-one-per-user.jsonl", one_per_user(rows))
-    return [Variant(f", user level (k = {facts.k})", users_file, USER_FIELD, USER, facts.user_level_records),
+    return [Variant(f", user level (k = {facts.k})", users_file, USER_FIELD, USER, facts.user_level_records,
+                    facts.records),
             Variant(", one record per user (record level)", dedup_file, None, DEDUP, facts.users)]
 
 
