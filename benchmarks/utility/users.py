@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.utility.data import Dataset, _write
+from benchmarks.utility.data import Dataset, write_rows
 from benchmarks.utility.table import Figure, beats_baseline, epsilon_text, summarise
 from synthdp.mechanisms.users import keyed_hash
 from synthdp.privacy.unit import DEFAULT_MAX_RECORDS
@@ -148,8 +148,8 @@ def variants(data: Dataset, work_dir: Path, facts_of: dict[str, Any]) -> list[Va
     facts = UserFacts.of(rows)
     facts_of[data.name] = {"text": facts.text(), "users": facts.users, "sizes": facts.sizes,
                            "user_level_records": facts.user_level_records, "k": facts.k}
-    users_file = _write(work_dir / f"{data.name}-users.jsonl", rows)
-    dedup_file = _write(work_dir / f"{data.name}-one-per-user.jsonl", one_per_user(rows))
+    users_file = write_rows(work_dir / f"{data.name}-users.jsonl", rows)
+    dedup_file = write_rows(work_dir / f"{data.name}-one-per-user.jsonl", one_per_user(rows))
     return [Variant(f", user level (k = {facts.k})", users_file, USER_FIELD, USER, facts.user_level_records,
                     facts.records),
             Variant(", one record per user (record level)", dedup_file, None, DEDUP, facts.users)]
