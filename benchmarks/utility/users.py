@@ -12,6 +12,8 @@ Two arms per pipeline, the same epsilon, the same texts asked for, the same held
 - user level: every row with its `user` field, run with `user_field="user"` and the library's default k;
 - one record per user (record level): the record kept for each user chosen at random by a keyed hash of
   (DEDUP_KEY, user, text), so the choice depends on that user's own records only.
+Adding or removing a user changes the dedup arm's input by that user's one row: both arms protect one user at the
+same epsilon, and the comparison is of utility at equal privacy.
 """
 
 from __future__ import annotations
