@@ -185,3 +185,157 @@ def test_trec_has_six_classes_in_words_and_disjoint_splits() -> None:
     assert len(data.heldout) == 500 and len(data.public) == PUBLIC_ROWS
     texts = [{r["text"] for r in rows} for rows in (data.private, data.heldout, data.public)]
     assert not texts[0] & texts[1] and not texts[0] & texts[2] and not texts[1] & texts[2]
+
+
+# --users: synthetic user ids, one record per user, the user-level arm's command (benchmarks/utility/users.py)
+
+def _rows(n: int, labels: tuple[str, ...] = ("a", "b")) -> list[dict]:
+    return [{"text": f"text {i}", "label": labels[i % len(labels)]} for i in range(n)]
+
+
+def test_synthetic_users_are_seeded_skewed_one_label_each_and_1_to_20_records() -> None:
+    from collections import Counter
+
+    from benchmarks.utility.users import MAX_PER_USER, assign_users, size_weights
+
+    rows = _rows(20_000)
+    users = assign_users(rows)
+    assert users == assign_users(rows) and users != assign_users(rows, seed=1)  # seeded: public and repeatable
+    assert sorted(r["text"] for r in users) == sorted(r["text"] for r in rows)  # every row once
+    by_user: dict[str, list[dict]] = {}
+    for row in users:
+        by_user.setdefault(row["user"], []).append(row)
+    assert all(len({r["label"] for r in group}) == 1 for group in by_user.values())
+    firsts = [r["user"] for i, r in enumerate(users) if i == 0 or users[i - 1]["user"] != r["user"]]
+    assert len(firsts) == len(by_user)  # each user's rows are contiguous
+    sizes = Counter(len(group) for group in by_user.values())
+    assert min(sizes) == 1 and max(sizes) == MAX_PER_USER
+    # P(size) = (1/size) / H_20: about 0.278 of the users have one record, 0.014 have twenty (not uniform: 0.05)
+    assert size_weights()[0] == pytest.approx(1 / sum(1 / s for s in range(1, 21)))
+    users_n = sum(sizes.values())  # about 3,500; a binomial's sd of a share is below 0.008 here
+    assert sizes[1] / users_n == pytest.approx(size_weights()[0], abs=0.04)
+    assert sizes[20] / users_n < 0.03 and sizes[1] > 10 * sizes[20]
+
+
+def test_one_record_per_user_is_a_keyed_choice_of_each_users_own_rows() -> None:
+    from benchmarks.utility.users import DEDUP_KEY, assign_users, one_per_user
+    from synthdp.mechanisms.users import keyed_hash
+
+    users = assign_users(_rows(3_000))
+    kept = one_per_user(users)
+    owners = {r["text"]: r["user"] for r in users}
+    assert len(kept) == len(set(owners.values())) == len({owners[r["text"]] for r in kept})  # one per user
+    assert all("user" not in r for r in kept)  # a record-level file: no user field
+    for row in kept:  # the user's row with the smallest keyed hash
+        own = [r["text"] for r in users if r["user"] == owners[row["text"]]]
+        assert row["text"] == min(own, key=lambda t: keyed_hash(DEDUP_KEY, "dedup", owners[row["text"]], t))
+    # random, not positional: of the users with several rows, the kept row is their first in about 1/size cases
+    first = {}
+    for r in users:
+        first.setdefault(r["user"], r["text"])
+    several = [r for r in kept if sum(u["user"] == owners[r["text"]] for u in users) > 1]
+    assert 0.1 < sum(first[owners[r["text"]]] == r["text"] for r in several) / len(several) < 0.6
+    # the choice depends on the user's own rows only: other users removed, the rows reversed
+    one = users[0]["user"]
+    alone = [r for r in users if r["user"] == one]
+    assert one_per_user(alone[::-1]) == [r for r in kept if owners[r["text"]] == one]
+    assert one_per_user(users, key=b"another key") != kept
+
+
+def test_user_facts_count_what_each_arm_uses() -> None:
+    from benchmarks.utility.users import USER, UserFacts, Variant
+
+    rows = [{"text": str(i), "label": "a", "user": u} for i, u in enumerate("aaaaaaaaaaabbbc")]  # 11, 3, 1 records
+    facts = UserFacts.of(rows, k=8)
+    assert (facts.users, facts.records, facts.sizes) == (3, 15, {1: 1, 3: 1, 11: 1})
+    assert facts.user_level_records == 8 + 3 + 1  # k-bounded
+    assert "3 users over 15 records" in facts.text() and "median 3" in facts.text()
+    # a finished user-level run: its file's rows less what its own bounding left out (synthdp/users.py's keys)
+    way = Variant(", user level", Path("u.jsonl"), "user", USER, facts.user_level_records, facts.records)
+    bounding = {"users": 3, "records over the per-user limit": 3, "records under another label than the user's one": 0}
+    assert way.used({"user_bounding": bounding}) == 12 and way.used({"error": "refused"}) == 12
+    assert way.used({"user_bounding": dict(bounding, **{"records over the per-user limit": 5})}) == 10
+
+
+def test_the_user_arm_runs_at_user_level_on_the_ids_and_the_dedup_arm_at_record_level(tmp_path, monkeypatch):
+    from benchmarks.utility import runner
+    from benchmarks.utility.data import Dataset
+    from benchmarks.utility.presets import ARM_BY_PIPELINE
+    from benchmarks.utility.users import USER, DEDUP, variants
+
+    data = Dataset("toy", ("a", "b"), _rows(200), _rows(20), domain="d", label_name="l")
+    calls: list[dict] = []
+
+    def fake_generate(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(runner.synthdp, "generate", fake_generate)
+    facts: dict = {}
+    ways = variants(data, tmp_path, facts)
+    assert [w.unit for w in ways] == [USER, DEDUP]
+    assert facts["toy"]["users"] == ways[1].records and ways[0].records == facts["toy"]["user_level_records"]
+    arm = ARM_BY_PIPELINE["invisibleink"]
+    for way in ways:
+        row = runner.pipeline_arm(dataclasses.replace(arm, title=way.title(arm.title)), data, 3.0, PRESETS["smoke"],
+                                  8, 0, types.SimpleNamespace(sharing=True), tmp_path, {}, None, "cpu",
+                                  private=way.path, user_field=way.user_field)
+        assert row["error"] == "RuntimeError: stop" and row["arm"].startswith("InvisibleInk, ")
+    user_run, dedup_run = calls
+    assert user_run["user_field"] == "user" and dedup_run["user_field"] is None
+    assert user_run["epsilon"] == dedup_run["epsilon"] == 3.0 and user_run["num_samples"] == 8
+    user_rows = [json.loads(line) for line in Path(user_run["data"]).read_text().splitlines()]
+    dedup_rows = [json.loads(line) for line in Path(dedup_run["data"]).read_text().splitlines()]
+    assert len(user_rows) == 200 and len({r["user"] for r in user_rows}) == len(dedup_rows) == facts["toy"]["users"]
+    assert all("user" not in r for r in dedup_rows)
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/sms_spam/SMSSpamCollection").is_file(),
+                    reason="the SMS public split is read from a path")
+def test_users_mode_runs_both_arms_per_pipeline_and_prints_the_comparison(tmp_path, monkeypatch, capsys) -> None:
+    from benchmarks.utility import runner
+    from benchmarks.utility.__main__ import main
+
+    seen: list[tuple[str, str, str | None, str]] = []
+
+    def fake_arm(arm, data, epsilon, *args, private=None, user_field=None, **kwargs):
+        seen.append((arm.pipeline, arm.title, user_field, Path(private).name))
+        accuracy = 0.7 if user_field else 0.5
+        return {"dataset": data.name, "arm": arm.title, "pipeline": arm.pipeline, "epsilon": epsilon,
+                "repeat": args[2], "texts": 200, "accuracy": accuracy + 0.01 * args[2]}
+
+    def fake_baseline(data, preset, num_samples, repeat, *args, **kwargs):
+        return {"dataset": data.name, "arm": "public prompt (baseline)", "pipeline": None, "epsilon": None,
+                "repeat": repeat, "texts": 200, "accuracy": 0.4}
+
+    monkeypatch.setattr(runner, "pipeline_arm", fake_arm)
+    monkeypatch.setattr(runner, "baseline", fake_baseline)
+    main(["--preset", "smoke", "--datasets", "sms", "--users", "--pipelines", "invisibleink,private-evolution",
+          "--repeats", "2", "--work-dir", str(tmp_path)])
+    assert seen[:4] == [("invisibleink", "InvisibleInk, user level (k = 8)", "user", "sms-users.jsonl"),
+                        ("invisibleink", "InvisibleInk, one record per user (record level)", None,
+                         "sms-one-per-user.jsonl"),
+                        ("private-evolution", "Private Evolution, user level (k = 8)", "user", "sms-users.jsonl"),
+                        ("private-evolution", "Private Evolution, one record per user (record level)", None,
+                         "sms-one-per-user.jsonl")]
+    assert len(seen) == 8  # two repeats
+    out = capsys.readouterr().out
+    blob = json.loads((tmp_path / "results.json").read_text())
+    facts = blob["settings"]["users"]["sms"]
+    row = (f"| sms | invisibleink | 3 | {facts['user_level_records']} | 200 x 2 | 0.705 ± 0.005 | {facts['users']} "
+           "| 200 x 2 | 0.505 ± 0.005 | +0.200 | yes |")
+    assert row in out and f"sms: {facts['text']}." in out
+    assert "reference: the " in out  # the real rows each arm reads, as reference rows
+    main(["--from-results", str(tmp_path / "results.json")])
+    assert row in capsys.readouterr().out
+
+
+def test_the_comparison_shows_a_failed_user_arm_beside_its_dedup_arm() -> None:
+    from benchmarks.utility.users import DEDUP, USER, comparison
+
+    base = {"dataset": "ag_news", "pipeline": "invisibleink", "epsilon": 3.0}
+    rows = [dict(base, unit=USER, records_used=5185, repeat=0, texts=0, error="OptionError: no | user level"),
+            dict(base, unit=DEDUP, records_used=1218, repeat=0, texts=200, accuracy=0.4),
+            dict(base, unit=DEDUP, records_used=1218, repeat=1, texts=200, accuracy=0.5)]
+    assert comparison(rows).splitlines()[-1] == ("| ag_news | invisibleink | 3 | 5185 | failed | OptionError: no / "
+                                                 "user level | 1218 | 200 x 2 | 0.450 ± 0.050 | — | — |")

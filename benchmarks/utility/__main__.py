@@ -4,6 +4,8 @@
     python -m benchmarks.utility --preset cpu       # main table: AG News, epsilon 3, 200 texts, 2 repeats
     python -m benchmarks.utility --preset cpu --datasets trec --public   # TREC, with its public split
     python -m benchmarks.utility --preset paper --device cuda   # the whole grid
+    python -m benchmarks.utility --preset cpu --users --pipelines invisibleink,private-evolution
+        # each pipeline at user level on synthetic user ids against one record per user (users.py)
 
 Each figure is the accuracy of TF-IDF + logistic regression trained on the synthetic texts and tested
 on held-out real rows, given as mean ± spread over the repeats (fresh noise each repeat). Prints the
@@ -13,6 +15,7 @@ markdown table to stdout; writes every repeat's figure to --out (JSON) after eac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.utility import runner
+from benchmarks.utility import runner, users
 from benchmarks.utility.data import load_dataset
 from benchmarks.utility.presets import ARM_BY_PIPELINE, ARMS, PRESETS, Arm
 from benchmarks.utility.table import markdown
@@ -44,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--max-private", type=int, default=None, help="private rows, even per label (default: all)")
     ap.add_argument("--max-test", type=int, default=None, help="held-out rows, even per label (default: all)")
+    ap.add_argument("--users", action="store_true",
+                    help="give the private rows synthetic user ids and run each pipeline twice: at user level "
+                         "(default k) and at record level on one record per user (benchmarks/utility/users.py)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="PIPELINE:KEY=VALUE pipeline option")
     ap.add_argument("--model", default=None, help="generator (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
@@ -79,12 +85,24 @@ def write_json(path: Path, command: str, settings: dict[str, Any], results: list
     path.write_text(json.dumps(blob, indent=1, default=str) + "\n", encoding="utf-8")
 
 
+def print_users(results: list[dict[str, Any]], facts: dict[str, Any]) -> None:
+    """With --users: the synthetic ids' public facts per data set and the user level against one record per user."""
+    if not any(r.get("unit") for r in results):
+        return
+    print("\nUser level against one record per user (the benchmark's rule: yes when every repeat of the user "
+          "level scores above every repeat of one record per user, n >= 200 in both, two repeats):\n")
+    print(users.comparison(results))
+    for name, fact in facts.items():
+        print(f"\n{name}: {fact['text']}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m benchmarks.utility " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.from_results is not None:
         blob = json.loads(args.from_results.read_text(encoding="utf-8"))
         print(markdown(blob["results"], blob["command"]))
+        print_users(blob["results"], blob.get("settings", {}).get("users", {}))
         return
     preset = PRESETS[args.preset]
     if args.threads:
@@ -102,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or work / "results.json"
     settings = {"preset": args.preset, "datasets": datasets, "epsilons": [str(e) for e in epsilons],
                 "num_samples": num_samples, "repeats": repeats, "arms": [a.pipeline for a in arms], "public": args.public,
+                "users": {} if args.users else None,  # with --users: the synthetic ids' public facts per data set
                 "work_dir": str(work), "cpus": os.cpu_count(), "threads": args.threads,
                 "load_average_at_start": os.getloadavg()}
     print(f"work dir {work}; results {out}", file=sys.stderr)
@@ -114,17 +133,29 @@ def main(argv: list[str] | None = None) -> None:
                                     args.max_test if args.max_test else preset.max_test)
                 print(f"{name}: {len(data.private)} private rows, {len(data.heldout)} held-out", file=sys.stderr)
                 results += runner.ceilings(data, num_samples, repeats)
+                ways = [users.RECORD_LEVEL]
+                if args.users:
+                    ways = users.variants(data, work, settings["users"])
+                    print(settings["users"][data.name]["text"], file=sys.stderr)
+                    results += [runner.reference(data, title, rows) for title, rows in users.real_rows(data)]
                 if args.public:
                     results += runner.public_rows(data, num_samples, repeats)
                 for repeat in range(repeats):
-                    grid = [(None, None)] + [(arm, eps) for arm in arms for eps in epsilons]
-                    for arm, eps in grid:
+                    grid = [(None, None, users.RECORD_LEVEL)] + [(arm, eps, way) for arm in arms
+                                                                 for eps in epsilons for way in ways]
+                    for arm, eps, way in grid:
                         row = (runner.baseline(data, preset, num_samples, repeat, shared, args.model, args.device,
                                                overrides.get("invisibleink", {}), work if args.public else None)
                                if arm is None else
-                               runner.pipeline_arm(arm, data, eps, preset, num_samples, repeat, shared, work,
+                               runner.pipeline_arm(dataclasses.replace(arm, title=way.title(arm.title)), data, eps,
+                                                   preset, num_samples, repeat, shared, work,
                                                    overrides.get(arm.pipeline, {}), args.model, args.device,
-                                                   args.public))
+                                                   args.public, private=way.path, user_field=way.user_field))
+                        if way.unit is not None:
+                            row.update(unit=way.unit, records_used=way.used(row))
+                            if row["records_used"] != way.records:  # the run bounded otherwise than the ids say
+                                print(f"note: {row['arm']} used {row['records_used']} records, not {way.records}",
+                                      file=sys.stderr)
                         results.append(row)
                         print(json.dumps({k: row.get(k) for k in ("dataset", "arm", "epsilon", "repeat", "texts",
                                                                   "accuracy", "wall_s", "cpu_s", "error")}),
@@ -136,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     settings["total_wall_s"] = time.monotonic() - started
     write_json(out, command, settings, results)
     print(markdown(results, command))
+    print_users(results, settings["users"] or {})
     print(f"\nTotal wall time {settings['total_wall_s']:.0f} s; every repeat in {out}.")
     if preset.leaves:
         print(f"--preset {args.preset} leaves: {preset.leaves}.")

@@ -45,13 +45,15 @@ class Dataset:
     public: list[dict[str, str]] = field(default_factory=list)  # the public split (--public-data with --public)
 
     def write_private(self, folder: Path) -> Path:
-        return _write(folder / f"{self.name}-private.jsonl", self.private)
+        return write_rows(folder / f"{self.name}-private.jsonl", self.private)
 
     def write_public(self, folder: Path) -> Path:
-        return _write(folder / f"{self.name}-public.jsonl", self.public)
+        return write_rows(folder / f"{self.name}-public.jsonl", self.public)
 
 
-def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    """`rows` as JSON lines at `path`, once: a file already there is kept (the rows are fixed choices of the
+    benchmark; a rerun with other sizes needs another --work-dir)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

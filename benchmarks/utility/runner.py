@@ -197,9 +197,11 @@ def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, share
 
 def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_samples: int, repeat: int,
                  shared: SharedLoads, work_dir: Path, overrides: dict[str, str], model: str | None,
-                 device: str | None, public: bool = False) -> dict[str, Any]:
+                 device: str | None, public: bool = False, private: Path | None = None,
+                 user_field: str | None = None) -> dict[str, Any]:
     """One repeat of one pipeline at one epsilon (inf: run at INF_EPSILON), through `synthdp.generate`; with
-    `public`, the data set's public split as `public_data`."""
+    `public`, the data set's public split as `public_data`. `private`: the private rows' file (default: the data
+    set's own); `user_field`: run at user level on that field (the library's default k)."""
     from synthdp.pipelines.base import available_pipelines
 
     row: dict[str, Any] = {"dataset": data.name, "arm": arm.title, "pipeline": arm.pipeline, "epsilon": epsilon,
@@ -217,16 +219,19 @@ def pipeline_arm(arm: Arm, data: Dataset, epsilon: float, preset: Preset, num_sa
         out = work_dir / f"{data.name}-{arm.pipeline}-eps{epsilon:g}-r{repeat}-{random.getrandbits(32):08x}"
         shared.sharing = arm.share_model
         try:
-            result = synthdp.generate(out=out, data=data.write_private(work_dir), pipeline=arm.pipeline,
+            result = synthdp.generate(out=out, data=private or data.write_private(work_dir), pipeline=arm.pipeline,
                                       epsilon=INF_EPSILON if math.isinf(epsilon) else epsilon, delta=DELTA,
                                       num_samples=num_samples, labels=list(data.labels), model=model,
-                                      options=options, public_data=data.write_public(work_dir) if public else None)
+                                      options=options, public_data=data.write_public(work_dir) if public else None,
+                                      user_field=user_field)
         finally:
             shared.sharing = True
         rows = read_corpus(result.corpus_path)
         extra = {"options": options, "options_dropped": dropped, "ledger_epsilon": result.epsilon,
                  "parameters": json.loads(json.dumps(result.ledger.parameters, default=str)),
-                 "summary": json.loads(json.dumps(result.summary, default=str)), "out": str(out)}
+                 "summary": json.loads(json.dumps(result.summary, default=str)), "out": str(out),
+                 # the benchmark's own synthetic ids are public: what bounding left out may be kept
+                 "user_bounding": result.operator_only_not_dp.get("user_bounding")}
         return [r["text"] for r in rows], [r["label"] for r in rows], extra
 
     return _timed(row, data, work)
@@ -245,12 +250,16 @@ def public_rows(data: Dataset, num_samples: int, repeats: int) -> list[dict[str,
     return rows
 
 
+def reference(data: Dataset, title: str, picked: list[dict[str, str]]) -> dict[str, Any]:
+    """The classifier on the real rows `picked` (one figure, no repeat): a row of the table titled `title`."""
+    return {"dataset": data.name, "arm": title, "pipeline": None, "epsilon": None, "repeat": 0, "texts": len(picked),
+            "accuracy": accuracy([r["text"] for r in picked], [r["label"] for r in picked], data)}
+
+
 def ceilings(data: Dataset, num_samples: int, repeats: int) -> list[dict[str, Any]]:
     """The classifier on real private rows: all of them (one figure), and `num_samples` of them drawn
     afresh per repeat (the same size as the arms, with a spread)."""
-    texts, labels = [r["text"] for r in data.private], [r["label"] for r in data.private]
-    rows = [{"dataset": data.name, "arm": f"ceiling: all {len(texts)} real private rows", "pipeline": None,
-             "epsilon": None, "repeat": 0, "texts": len(texts), "accuracy": accuracy(texts, labels, data)}]
+    rows = [reference(data, f"ceiling: all {len(data.private)} real private rows", data.private)]
     rng = random.Random()  # fresh: the spread is that of the draw
     for repeat in range(repeats):
         picked = rng.sample(data.private, min(num_samples, len(data.private)))
