@@ -119,6 +119,26 @@ def test_reprint_from_json(tmp_path, capsys) -> None:
     assert "| ag_news | PE | 3 | 200 x 2 | 0.530 ± 0.030 | 0.520 ± 0.020 | +0.010 | not shown (within spread) |" in out
 
 
+def test_runs_made_side_by_side_reprint_as_one_table(tmp_path, capsys) -> None:
+    """Two one-repeat runs of one command (one per core): their repeats are numbered in order and a figure without
+    repeats that both printed is kept once."""
+    from benchmarks.utility.__main__ import main, merged_results
+
+    ceiling = {"dataset": "ag_news", "arm": "ceiling: all 9 real private rows", "pipeline": None, "epsilon": None,
+               "repeat": 0, "texts": 9, "accuracy": 0.8}
+    paths = []
+    for i, (base, pe) in enumerate([(0.50, 0.50), (0.54, 0.56)]):
+        rows = repeats(BASELINE, [base], epsilon=None) + repeats("PE", [pe]) + [ceiling]
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps({"command": "python -m benchmarks.utility --repeats 1", "results": rows}))
+    blob = merged_results([json.loads(p.read_text()) for p in paths])
+    assert sorted(r["repeat"] for r in blob["results"] if r["arm"] == "PE") == [0, 1]
+    assert sum(r["arm"] == ceiling["arm"] for r in blob["results"]) == 1
+    main(["--from-results", *map(str, paths)])
+    out = capsys.readouterr().out
+    assert "| ag_news | PE | 3 | 200 x 2 | 0.530 ± 0.030 | 0.520 ± 0.020 | +0.010 | not shown (within spread) |" in out
+
+
 def test_arm_options_drop_names_a_pipeline_does_not_know() -> None:
     @dataclasses.dataclass(frozen=True)
     class Older:

@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--work-dir", type=Path, default=None, help="the runs' folders (default: a new temp folder)")
     ap.add_argument("--out", type=Path, default=None, help="JSON of every repeat (default: WORK_DIR/results.json)")
-    ap.add_argument("--from-results", type=Path, default=None, help="reprint the table of an earlier JSON file")
+    ap.add_argument("--from-results", type=Path, nargs="+", default=None,
+                    help="reprint the table of earlier JSON files (several: the repeats of runs made side by side, "
+                         "renumbered in order)")
     return ap.parse_args(argv)
 
 
@@ -96,11 +98,28 @@ def print_users(results: list[dict[str, Any]], facts: dict[str, Any]) -> None:
         print(f"\n{name}: {fact['text']}.")
 
 
+def merged_results(blobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several results files as one: the repeats of each later file are numbered after the earlier files' (runs of
+    the same command made side by side, one per core), and a row equal to an earlier file's (a figure without
+    repeats, such as the classifier on all real rows) is kept once. The first file's settings and command."""
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    for blob in blobs:
+        fresh = [dict(row) for row in blob["results"] if row not in rows or offset == 0]
+        for row in fresh:
+            if offset and row.get("repeat") is not None:
+                row["repeat"] += offset
+        rows += fresh
+        offset = 1 + max((row.get("repeat") or 0 for row in rows), default=-1)
+    commands = [blob["command"] for blob in blobs]
+    return blobs[0] | {"results": rows, "command": " + ".join(dict.fromkeys(commands))}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m benchmarks.utility " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.from_results is not None:
-        blob = json.loads(args.from_results.read_text(encoding="utf-8"))
+        blob = merged_results([json.loads(p.read_text(encoding="utf-8")) for p in args.from_results])
         print(markdown(blob["results"], blob["command"]))
         print_users(blob["results"], blob.get("settings", {}).get("users", {}))
         return
