@@ -119,7 +119,8 @@ def _report(result: Any) -> None:
         f"ledger: {result.out / 'ledger.json'}; datasheet: {result.out / 'RELEASE.md'}."
     )
     if s.get("dropped_texts"):
-        typer.echo(f"{s['dropped_texts']} text(s) were dropped (empty: nothing to release).")
+        typer.echo(f"{s['dropped_texts']} generated text(s) came out empty and were not released (the pipeline "
+                   "tried again where it could; the count above is what the corpus holds).")
     extra = {k: v for k, v in s.items() if k not in ("records", "requested", "dropped_texts") and not k.startswith("_")}
     if extra:
         typer.echo("Run summary (public or DP-derived values): " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()))
