@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import fast_flags, write_jsonl
+from test_resume import KILL_HOOK as RESUME_KILL_HOOK
 from typer.testing import CliRunner
 
 import synthdp
@@ -222,23 +223,7 @@ def test_a_whole_hostile_user_changes_its_own_batch_only_and_its_scores_by_at_mo
 
 # --------------------------------------------------------------------------- resume
 
-KILL_HOOK = '''
-import os
-import signal
-
-if os.environ.get("SYNTHDP_TEST_KILL_AFTER"):
-    from synthdp.pipelines.checkpoint import BatchCheckpoint
-
-    _append, _seen = BatchCheckpoint.append, [0]
-
-    def _append_then_die(self, index, entry):
-        _append(self, index, entry)
-        _seen[0] += 1
-        if _seen[0] == int(os.environ["SYNTHDP_TEST_KILL_AFTER"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    BatchCheckpoint.append = _append_then_die
-'''
+KILL_HOOK = RESUME_KILL_HOOK  # SIGKILL after N checkpoint lines (tests/test_resume.py)
 
 
 def cli(site: Path, args: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess[str]:

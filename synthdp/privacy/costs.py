@@ -322,31 +322,23 @@ class VoteRounds(DiscreteGaussianRelease):
     @property
     def words(self) -> str:
         sens = l2_sensitivity(self.neighboring)
-        if self.unit == "user":
-            return self.user_words(sens)
-        return (
-            f"T = {self.count} rounds of the DP nearest-neighbour histogram: each private record casts "
-            f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of its own "
-            f"label (L2 sensitivity {sens:.3g} for {self.neighboring.replace('_', '/')}), plus exact discrete "
-            f"Gaussian noise (zCDP, Canonne et al. 2020) of standard deviation {self.noise_multiplier * sens:.4g} "
-            f"(noise multiplier {self.noise_multiplier:.4g}), threshold H = {self.threshold:g}. Labels partition the "
-            f"records, so all labels' votes in a round are one Gaussian release (parallel composition: the cost "
-            f"does not grow with the number of labels)"
-        )
-
-    def user_words(self, sens: float) -> str:
-        return (
-            f"T = {self.count} rounds of the DP nearest-neighbour histogram: each private user casts one vote vector "
-            f"of L2 norm at most 1, the mean of its at most {self.max_records} records' votes (each record "
-            f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of the user's one "
-            f"label), so one user moves the histogram by at most what one record moves it by (L2 sensitivity "
-            f"{sens:.3g} for {self.neighboring.replace('_', '/')}); the votes are counted exactly as integers scaled "
-            f"by {self.vote_scale}, plus exact discrete Gaussian noise (zCDP, Canonne et al. 2020) scaled alike: "
-            f"standard deviation {self.noise_multiplier * sens:.4g} once the scale is divided out (noise multiplier "
-            f"{self.noise_multiplier:.4g}), threshold H = {self.threshold:g}. Each user has one label, so labels "
-            f"partition the users and all labels' votes in a round are one Gaussian release (parallel composition: "
-            f"the cost does not grow with the number of labels)"
-        )
+        votes = f"{self.votes} vote(s) of weight 1/sqrt({self.votes}) for its nearest candidate(s) of "
+        relation = f"L2 sensitivity {sens:.3g} for {self.neighboring.replace('_', '/')}"
+        noise = "exact discrete Gaussian noise (zCDP, Canonne et al. 2020)"
+        if self.unit == "record":
+            cast = f"each private record casts {votes}its own label ({relation}), plus {noise} of standard deviation"
+        else:
+            cast = (f"each private user casts one vote vector of L2 norm at most 1, the mean of its at most "
+                    f"{self.max_records} records' votes (each record {votes}the user's one label), so one user moves "
+                    f"the histogram by at most what one record moves it by ({relation}); the votes are counted "
+                    f"exactly as integers scaled by {self.vote_scale}, plus {noise} scaled alike: standard deviation")
+        once = " once the scale is divided out" if self.unit == "user" else ""
+        return (f"T = {self.count} rounds of the DP nearest-neighbour histogram: {cast} "
+                f"{self.noise_multiplier * sens:.4g}{once} (noise multiplier {self.noise_multiplier:.4g}), threshold "
+                f"H = {self.threshold:g}. " + ("Labels partition the records, so" if self.unit == "record" else
+                                               "Each user has one label, so labels partition the users and")
+                + " all labels' votes in a round are one Gaussian release (parallel composition: the cost does "
+                "not grow with the number of labels)")
 
 
 @dataclass(frozen=True, kw_only=True)
