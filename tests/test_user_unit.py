@@ -130,6 +130,8 @@ def test_a_budget_refuses_runs_of_another_unit(tmp_path: Path) -> None:
     records_budget = Budget.init(tmp_path / "records.budget", epsilon=8, delta=1e-6)
     assert Budget.load(users.path).unit == "user:pid" and Budget.load(records_budget.path).unit == "record"
     assert "unit" not in json.loads(records_budget.path.read_text())  # record-level files read as before
+    shown = Budget.load(users.path).describe()
+    assert "add or remove one user" in shown and "one record" not in shown
     users.check([], neighboring=Neighboring.ADD_REMOVE, delta=1e-6, unit="user:pid")
     with pytest.raises(OptionError, match="unit of privacy must be one user .*--user-field pid"):
         users.check([], neighboring=Neighboring.ADD_REMOVE, delta=1e-6, unit="record")

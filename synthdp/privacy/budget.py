@@ -185,8 +185,11 @@ class Budget:
 
     def describe(self) -> str:
         spent = self.spent()
-        relation = (f"Neighbouring relation: {self.neighboring}, fixed at `synthdp budget init`: "
-                    f"{NEIGHBORING_WORDS[self.neighboring]}." if self.neighboring else
+        words = NEIGHBORING_WORDS[self.neighboring] if self.neighboring else ""
+        if self.unit != RECORD:
+            words = f"add or remove one user: all the records with the same `{self.unit.removeprefix('user:')}`"
+        relation = (f"Neighbouring relation: {self.neighboring}, fixed at `synthdp budget init`: {words}."
+                    if self.neighboring else
                     "Neighbouring relation: not recorded (a file from an earlier synthdp); no run can be charged "
                     'until "neighboring" is added to the file.')
         lines = [
