@@ -96,17 +96,21 @@ def records_by_label(records: list[Record]) -> dict[str | None, list[Record]]:
     return by_label
 
 
+def label_batches(records: list[Record], labels: tuple[str | None, ...], salt: bytes, counts: dict[str | None, int],
+                  per_user: bool) -> dict[str | None, list[tuple[list[str], list[int] | None]]]:
+    """Each label's `counts[label]` hash batches as (texts, groups): by record (groups None), or at user level by
+    user (`user_hash_batches`: each row's user index in its batch)."""
+    by_label = records_by_label(records)
+    if per_user:
+        return {label: user_hash_batches(by_label.get(label, []), salt, counts[label]) for label in labels}
+    return {label: [(texts, None) for texts in hash_batches([r.text for r in by_label.get(label, [])], label, salt,
+                                                            counts[label])] for label in labels}
+
+
 def digest_rows(texts: list[str], groups: list[int] | None) -> list[str]:
     """A batch's rows for the checkpoint's digest (operator-only): the texts, with each row's user index at user
     level (a resumed run must group the rows as its first start did)."""
     return texts if groups is None else [f"{g}\x00{t}" for g, t in zip(groups, texts)]
-
-
-def texts_by_label(records: list[Record]) -> dict[str | None, list[str]]:
-    by_label: dict[str | None, list[str]] = {}
-    for rec in records:
-        by_label.setdefault(rec.label, []).append(rec.text)
-    return by_label
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

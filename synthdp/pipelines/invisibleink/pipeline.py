@@ -38,10 +38,7 @@ from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.batching import (
-    batch_rows, batches_per_label, digest_rows, hash_batches, records_by_label, split_evenly, texts_by_label,
-    user_hash_batches,
-)
+from synthdp.pipelines.batching import batch_rows, batches_per_label, digest_rows, label_batches, split_evenly
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import (
     MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
@@ -194,13 +191,7 @@ class InvisibleInk:
         user level by user, each row with its user's index in the batch."""
         salt = ctx.noise_rng.bytes(16)  # secret (a ChaCha20 stream), and the same on every rank of a torchrun run
         units: list[Unit] = []
-        if ctx.unit.per_user:
-            records_of = records_by_label(records)
-            rows = {label: user_hash_batches(records_of.get(label, []), salt, batches[label]) for label in labels}
-        else:
-            by_label = texts_by_label(records)
-            rows = {label: [(texts, None) for texts in hash_batches(by_label.get(label, []), label, salt,
-                                                                      batches[label])] for label in labels}
+        rows = label_batches(records, labels, salt, batches, ctx.unit.per_user)
         for label in labels:
             wants = split_evenly(quotas[label], batches[label])
             units += [Unit(label, texts, want, fork_noise(ctx.noise_rng, f"batch {len(units) + i}"), i, groups=groups)

@@ -23,10 +23,7 @@ from synthdp.public_data import PublicData, choose, length_default, longest_exam
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.batching import (
-    batch_rows, batches_per_label, digest_rows, hash_batches, records_by_label, split_evenly, texts_by_label,
-    user_hash_batches,
-)
+from synthdp.pipelines.batching import batch_rows, batches_per_label, digest_rows, label_batches, split_evenly
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.private_prediction.decoding import batch_decoder, batch_memory_plan, generate_batch
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
@@ -112,7 +109,7 @@ class PrivatePrediction:
         per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None)).values()  # public: uniform
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, plan, ctx)  # public sizes, or the DP label histogram
-        by_label = records_by_label(records) if ctx.unit.per_user else texts_by_label(records)
+        rows_of = label_batches(records, labels, salt, b_by_label, ctx.unit.per_user)
         prompted = {label: options for label in labels}
         if ctx.public is not None:  # a public draw per label (its own stream: the chunks' streams stay as they were)
             pick = fork_public(ctx.rng, "examples")
@@ -120,8 +117,7 @@ class PrivatePrediction:
                         for label in labels}
         batches: list[Batch] = []
         for label, quota in zip(labels, per_label):
-            rows = (user_hash_batches(by_label.get(label, []), salt, b_by_label[label]) if ctx.unit.per_user else
-                    [(texts, None) for texts in hash_batches(by_label.get(label, []), label, salt, b_by_label[label])])
+            rows = rows_of[label]
             for (texts, groups), want in zip(rows, split_evenly(quota, len(rows))):
                 tag = f"batch {len(batches)}"
                 batches.append(Batch(label, texts, want, fork_noise(ctx.noise_rng, tag), fork_public(ctx.rng, tag),
