@@ -36,7 +36,7 @@ from synthdp.pipelines.finetune.lora import attach_lora
 from synthdp.privacy.budget import Budget
 from synthdp.privacy.ledger import Ledger
 
-from conftest import PRIVATE_ROWS, fast_flags
+from conftest import PRIVATE_ROWS, fast_flags, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP, SIGMA, EXPECTED_BATCH, DRAWS = 0.5, 1.3, 8.0, 12
@@ -163,9 +163,13 @@ def adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["private data only", "with a public warm-up"])
 def test_a_two_rank_run_gives_the_one_rank_corpus_ledger_and_adapter(tmp_path: Path, data_file: Path,
-                                                                    tiny_model_dir: Path) -> None:
-    args = ("--seed", "7", "--set", "epochs=2")
+                                                                    tiny_model_dir: Path, public: bool) -> None:
+    args: tuple[str, ...] = ("--seed", "7", "--set", "epochs=2")
+    if public:  # the warm-up runs on every rank, then rank 0's adapter is broadcast
+        rows = [{"text": f"public note {i} on the trains", "label": "ham" if i % 2 else "spam"} for i in range(6)]
+        args += ("--public-data", str(write_jsonl(tmp_path / "public.jsonl", rows)), "--set", "public_steps=3")
     one, two = tmp_path / "one", tmp_path / "two"
     result = CliRunner().invoke(app, generate_args(data_file, one, tiny_model_dir, *args))
     assert result.exit_code == 0, result.output

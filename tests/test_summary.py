@@ -25,7 +25,7 @@ KEYS = {
                      "batches_per_label"},
     "private-evolution": {"records", "requested", "public_texts_in_first_population", "dropped_texts",
                           "dropped_empty", "generation_requests", "cached_answers_reused", "samples_per_label"},
-    "dp-finetune": {"records", "requested", "training_steps", "dropped_texts", "label_counts"},
+    "dp-finetune": {"records", "requested", "training_steps", "public_warm_up_steps", "dropped_texts", "label_counts"},
 }
 
 

@@ -32,6 +32,7 @@ class Count(StrEnum):
     GENERATION_REQUESTS = "generation_requests"  # requests sent to the generator (not answered from its cache)
     CACHED_ANSWERS_REUSED = "cached_answers_reused"  # answers taken from the response cache
     TRAINING_STEPS = "training_steps"  # DP-SGD steps taken by this process's run (a resume counts its own)
+    PUBLIC_WARM_UP_STEPS = "public_warm_up_steps"  # dp-finetune's steps on --public-data before DP-SGD (no noise)
 
 
 COUNT_NAMES = frozenset(c.value for c in Count)

@@ -66,6 +66,9 @@ class FinetuneOptions:
                                  "unset: the 90th percentile of the public texts' token lengths plus one",
                              maximum=MAX_TOKENS)
     sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)", maximum=MAX_BATCH)
+    public_steps: int = option(
+        100, "with --public-data: steps of plain training (Adam, no clipping, no noise: the data is public) of the "
+             "adapter on the public rows before DP-SGD, micro_batch_size rows each; 0: off", maximum=MAX_STEPS)
     checkpoint_every: int = option(20, "save the training state every K steps (resume continues from it)")
     grad_engine: Literal["opacus", "torch.func"] = option("opacus", "per-example gradients: opacus hooks or torch.func vmap")
     sharding: Literal["ddp", "fsdp2"] = option("ddp", "under torchrun: ddp (every process holds the whole model) or "
@@ -82,6 +85,8 @@ class FinetuneOptions:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"`{name}` must be > 0. Found {value}.")
+        if self.public_steps < 0:
+            raise ValueError(f"`public_steps` must be >= 0 (0: no public warm-up). Found {self.public_steps}.")
         if self.noise is not None and not self.noise > 0:
             raise ValueError(f"`noise` must be > 0 or unset (calibrated). Found {self.noise}.")
         if self.temperature < 1e-6:  # logits / temperature overflow float32 far below this

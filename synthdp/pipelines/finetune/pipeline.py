@@ -26,9 +26,10 @@ from synthdp.pipelines.finetune.encoding import encode_example
 from synthdp.pipelines.finetune.lora import check_causal_lm, lora_config
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan, dpsgd_cost, public_size, schedule
-from synthdp.pipelines.finetune.ranks import lora_model
+from synthdp.pipelines.finetune.ranks import lora_model, resumed_state, sync_from_rank0
 from synthdp.pipelines.finetune.replicated import Replicated
 from synthdp.pipelines.finetune.training import GradientStrategy, train_and_sample
+from synthdp.pipelines.finetune.warmup import public_examples, warm_up
 from synthdp.pipelines.labels import LabelPolicy, as_text
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, epsilon_report
 from synthdp.privacy.costs import DpSgdSteps
@@ -50,10 +51,9 @@ class DPFinetune:
     supports_distributed: ClassVar[bool] = True  # torchrun: DP-SGD on data-parallel ranks, sampling shared
     # user level: users Poisson-sampled (q = B / n_users), each user's gradient the mean of its records', clipped
     supports_users: ClassVar[bool] = True
-    counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.DROPPED_TEXTS)
-    # Pretraining the adapter on the public data before the DP phase is not built: it could not be measured on a
-    # CPU (a quarter epoch of DP-SGD already left the texts at the base model's).
-    public_data_use: ClassVar[str] = "the default max_tokens of the sampled texts"
+    counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.PUBLIC_WARM_UP_STEPS, Count.DROPPED_TEXTS)
+    public_data_use: ClassVar[str] = ("the adapter's warm-up before DP-SGD (public_steps steps of plain training on "
+                                      "the public rows, no noise) and the default max_tokens of the sampled texts")
 
     def public_defaults(self, options: FinetuneOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
         return {"max_tokens": length_default([r.text for r in public.records], tokenizer_counter(lm.tokenizer))}
@@ -63,6 +63,12 @@ class DPFinetune:
         check_causal_lm(lm)
         lora_config(options, lm.model)  # a bad target module name fails here, before anything is spent
         return lm
+
+    def preflight(self, options: FinetuneOptions, labels: tuple[str, ...], resources: LocalLM,
+                  public: PublicData | None = None) -> None:
+        """The public warm-up's rows encoded once before anything is spent (a row that cannot be fails here)."""
+        if public is not None and options.public_steps:
+            public_examples(resources, options, public, tuple(labels))
 
     def record_check(self, options: FinetuneOptions, labels: tuple[str, ...],
                      resources: LocalLM) -> Callable[[Record], object]:
@@ -129,6 +135,9 @@ class DPFinetune:
         over the gradient strategy of `sharding`."""
         lm: LocalLM = ctx.resources
         model = lora_model(lm, options, ctx)  # the same initial adapter on every rank
+        found = resumed_state(ctx, plan)  # a checkpoint or the adapter replaces every trainable parameter
+        if found is None and warm_up(model, lm, options, ctx.public, ctx):  # public, no noise: before sharding
+            sync_from_rank0(ctx.world, model)
         strategy: GradientStrategy
         if options.sharding == "fsdp2":  # the model sharded over the ranks
             from synthdp.pipelines.finetune.sharded import Sharded
@@ -136,7 +145,7 @@ class DPFinetune:
             strategy = Sharded(model, options, plan, ctx.world, lm.pad_id)
         else:
             strategy = Replicated(model, options, plan, ctx.world)
-        yield from train_and_sample(strategy, records, options, plan, ctx,
+        yield from train_and_sample(strategy, found, records, options, plan, ctx,
                                     lambda: self.label_weights(records, plan, ctx), self.after_step)
 
     @staticmethod

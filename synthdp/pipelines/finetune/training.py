@@ -34,7 +34,6 @@ from synthdp.pipelines.finetune.encoding import rank_examples, sampled_micro_bat
 from synthdp.pipelines.finetune.lora import ADAPTER_DIR, save_adapter
 from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.finetune.plan import FinetunePlan
-from synthdp.pipelines.finetune.ranks import resumed_state
 from synthdp.pipelines.finetune.texts import generate
 from synthdp.pipelines.shared import split_by_weights
 from synthdp.pipelines.summary import Count
@@ -77,15 +76,16 @@ class GradientStrategy(Protocol):
         """Remove what `open` attached."""
 
 
-def train_and_sample(strategy: GradientStrategy, records: list[Record], options: FinetuneOptions, plan: FinetunePlan,
-                     ctx: RunContext, label_weights: Callable[[], list[float]],
+def train_and_sample(strategy: GradientStrategy, found: tuple[str, Any] | None, records: list[Record],
+                     options: FinetuneOptions, plan: FinetunePlan, ctx: RunContext,
+                     label_weights: Callable[[], list[float]],
                      after_step: Callable[[int], None]) -> Iterator[SyntheticRecord]:
-    """Train (or resume: from the saved adapter, or from the last checkpoint), save the adapter from rank 0, sample.
-    `label_weights` draws the label weights (the DP histogram, paid in the plan) when no checkpoint holds them."""
+    """Train (or resume from `found`, ranks.resumed_state: the saved adapter or the last checkpoint), save the
+    adapter from rank 0, sample. `label_weights` draws the label weights (the DP histogram, paid in the plan) when
+    no checkpoint holds them."""
     lm: LocalLM = ctx.resources
     work = Path(ctx.work_dir) if ctx.work_dir is not None and ctx.world.main else None
     labels: tuple[str | None, ...] = ctx.labels or (None,)
-    found = resumed_state(ctx, plan)
     if found is not None and found[0] == "adapter":  # trained before the crash
         adapter, weights = found[1]
         strategy.load_adapter(adapter)
