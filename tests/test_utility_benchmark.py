@@ -359,3 +359,24 @@ def test_the_comparison_shows_a_failed_user_arm_beside_its_dedup_arm() -> None:
             dict(base, unit=DEDUP, records_used=1218, repeat=1, texts=200, accuracy=0.5)]
     assert comparison(rows).splitlines()[-1] == ("| ag_news | invisibleink | 3 | 5185 | failed | OptionError: no / "
                                                  "user level | 1218 | 200 x 2 | 0.450 ± 0.050 | — | — |")
+
+
+def test_the_baseline_draws_an_empty_text_again_so_it_writes_what_it_is_asked_for(monkeypatch) -> None:
+    import numpy as np
+
+    from benchmarks.utility import runner
+
+    calls: list[list[str]] = []
+
+    def fake(lm, options, labels, rng, chunk=32, public=None):
+        calls.append(list(labels))
+        return ["" if len(calls) < 3 and label == "b" else f"{label} text" for label in labels]
+
+    monkeypatch.setattr(runner, "public_texts", fake)
+    texts = runner.filled_public_texts(None, None, ["a", "b", "c"], np.random.default_rng(0))
+    assert texts == ["a text", "b text", "c text"] and calls == [["a", "b", "c"], ["b"], ["b"]]
+    calls.clear()
+    monkeypatch.setattr(runner, "public_texts", lambda lm, options, labels, rng, chunk=32, public=None:
+                        calls.append(list(labels)) or ["" for _ in labels])
+    assert runner.filled_public_texts(None, None, ["a"], np.random.default_rng(0)) == [""]  # gives up, kept empty
+    assert len(calls) == 1 + runner.EMPTY_RETRIES

@@ -119,6 +119,23 @@ def _timed(row: dict[str, Any], data: Dataset, work: Any) -> dict[str, Any]:
     return row
 
 
+EMPTY_RETRIES = 3  # an empty baseline text is drawn again at most this many times, as the pipelines retry theirs
+
+
+def filled_public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Generator,
+                        public: Any = None) -> list[str]:
+    """`public_texts`, each empty text drawn again (same label, up to EMPTY_RETRIES times), so that the baseline
+    writes as many texts as it is asked for, as the pipelines do (an empty text is retried, not released)."""
+    texts = public_texts(lm, options, labels, rng, public=public)
+    for _ in range(EMPTY_RETRIES):
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if not empty:
+            break
+        for i, text in zip(empty, public_texts(lm, options, [labels[i] for i in empty], rng, public=public)):
+            texts[i] = text
+    return texts
+
+
 @torch.no_grad()
 def public_texts(lm: LocalLM, options: Any, labels: list[str], rng: np.random.Generator,
                  chunk: int = 32, public: Any = None) -> list[str]:
@@ -186,7 +203,7 @@ def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, share
             options = dataclasses.replace(options, **InvisibleInk().public_defaults(options, public, lm))
         labels = [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, [1.0] * len(data.labels)))
                   for _ in range(k)]
-        texts = public_texts(lm, options, labels, np.random.default_rng(), public=public)
+        texts = filled_public_texts(lm, options, labels, np.random.default_rng(), public=public)
         kept = [(t, lbl) for t, lbl in zip(texts, labels) if t.strip()]
         return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen, "max_tokens": options.max_tokens}
 
