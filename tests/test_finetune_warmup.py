@@ -28,11 +28,11 @@ from synthdp.public_data import PublicData
 from conftest import FAST_OPTIONS, write_jsonl
 
 PUBLIC_ROWS = [{"text": f"public line {i} on the weather and the trains", "label": "ham" if i % 2 else "spam"}
-               for i in range(10)]
+               for i in range(60)]
 
 
-def public_data(labelled: bool = True) -> PublicData:
-    records = tuple(Record(r["text"], r["label"] if labelled else None) for r in PUBLIC_ROWS)
+def public_data(labelled: bool = True, rows: int = 60) -> PublicData:
+    records = tuple(Record(r["text"], r["label"] if labelled else None) for r in PUBLIC_ROWS[:rows])
     return PublicData(source="public.jsonl", records=records, labelled=labelled, skipped={})
 
 
@@ -42,7 +42,7 @@ def context(lm: LocalLM, labels: tuple[str, ...] = ("ham", "spam")) -> RunContex
 
 
 def public_loss(model: torch.nn.Module, lm: LocalLM, options: FinetuneOptions) -> float:
-    ids, labels = collate(public_examples(lm, options, public_data(), ("ham", "spam")), lm.pad_id, lm.device)
+    ids, labels = collate(public_examples(lm, options, public_data(rows=10), ("ham", "spam")), lm.pad_id, lm.device)
     with torch.no_grad():
         return float(per_sequence_loss(model(input_ids=ids).logits, labels).mean())
 
@@ -78,6 +78,15 @@ def test_no_public_data_or_zero_steps_leaves_the_adapter_and_the_public_stream_a
     assert warm_up(model, lm, options, None if case == "no public data" else public_data(), ctx) == 0
     assert all(torch.equal(p, snapshot(model)[k]) for k, p in before.items())
     assert ctx.rng.bit_generator.state == state  # the texts sampled later are those of a run without a warm-up
+
+
+def test_a_few_public_rows_are_passed_over_at_most_three_times(tiny_model_dir: Path) -> None:
+    lm = LocalLM.load(tiny_model_dir, device="cpu")
+    options = FinetuneOptions(public_steps=100, micro_batch_size=4, max_record_tokens=24)
+    model = attach_lora(lm, options)
+    ctx = context(lm)
+    assert warm_up(model, lm, options, public_data(rows=10), ctx) == 8  # ceil(3 passes x 10 rows / 4 rows a step)
+    assert ctx.summary.counts[Count.PUBLIC_WARM_UP_STEPS] == 8
 
 
 def test_rows_come_in_whole_fresh_permutations() -> None:

@@ -3,7 +3,8 @@
 The public data is public (the ledger's public assumptions name it), so training on it costs no privacy: DP-SGD's
 guarantee holds for any starting point chosen without the private records (Abadi et al. 2016), and the warmed
 adapter is such a point. The warm-up is plain training: `public_steps` Adam steps of `micro_batch_size` public rows
-each, the rows taken in a public random order (a fresh permutation per pass), the loss the DP phase's
+each, and never more than MAX_PASSES passes over the public rows (a few hand-written examples are not learnt by
+heart), the rows taken in a public random order (a fresh permutation per pass), the loss the DP phase's
 (mechanisms/dpsgd.per_sequence_loss, averaged over the rows), no clipping, no noise. The DP phase then starts its
 own Adam state from the warmed adapter. Each public row is encoded as a private one would be
 (pipelines/finetune/encoding.encode_example): its own label's control prompt when the public data is labelled and
@@ -31,6 +32,8 @@ from synthdp.pipelines.finetune.options import FinetuneOptions
 from synthdp.pipelines.summary import Count
 from synthdp.public_data import PublicData
 
+MAX_PASSES = 3  # the warm-up stops after this many passes over the public rows, whatever public_steps says
+
 
 def public_examples(lm: LocalLM, options: FinetuneOptions, public: PublicData,
                     labels: tuple[str, ...]) -> list[Example]:
@@ -52,14 +55,15 @@ def warm_up(model: Any, lm: LocalLM, options: FinetuneOptions, public: PublicDat
         return 0
     examples = public_examples(lm, options, public, tuple(ctx.labels))
     batch = options.micro_batch_size
+    steps = min(options.public_steps, math.ceil(MAX_PASSES * len(examples) / batch))
     rng = np.random.default_rng(int(ctx.rng.integers(2**63)))  # public: the same on every rank
-    order = row_order(len(examples), options.public_steps * batch, rng)
+    order = row_order(len(examples), steps * batch, rng)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=options.learning_rate)
-    ctx.stage("public warm-up (no noise)", options.public_steps, "step")
+    ctx.stage("public warm-up (no noise)", steps, "step")
     model.train()
     try:
-        for step in range(options.public_steps):
+        for step in range(steps):
             rows = [examples[int(i)] for i in order[step * batch:(step + 1) * batch]]
             ids, labels = collate(rows, lm.pad_id, lm.device)
             per_sequence_loss(model(input_ids=ids).logits, labels).mean().backward()
@@ -69,4 +73,4 @@ def warm_up(model: Any, lm: LocalLM, options: FinetuneOptions, public: PublicDat
             ctx.progress(1, None)
     finally:
         model.eval()
-    return options.public_steps
+    return steps
