@@ -35,11 +35,15 @@ from synthdp.public_data import PublicData
 MAX_PASSES = 3  # the warm-up stops after this many passes over the public rows, whatever public_steps says
 
 
+def public_example(lm: LocalLM, options: FinetuneOptions, row: Record, labels: tuple[str, ...]) -> Example:
+    """The training row of one public row (its label only where the run has labels)."""
+    return encode_example(lm, options, Record(text=row.text, label=row.label if labels else None))
+
+
 def public_examples(lm: LocalLM, options: FinetuneOptions, public: PublicData,
                     labels: tuple[str, ...]) -> list[Example]:
-    """The training rows of the public data (a public row's label only where the run has labels)."""
-    return [encode_example(lm, options, Record(text=r.text, label=r.label if labels else None))
-            for r in public.records]
+    """Every public row's training row (the preflight encodes them all before anything is spent)."""
+    return [public_example(lm, options, row, labels) for row in public.records]
 
 
 def row_order(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,19 +57,19 @@ def warm_up(model: Any, lm: LocalLM, options: FinetuneOptions, public: PublicDat
     data or public_steps = 0)."""
     if public is None or not public.records or options.public_steps == 0:
         return 0
-    examples = public_examples(lm, options, public, tuple(ctx.labels))
-    batch = options.micro_batch_size
-    steps = min(options.public_steps, math.ceil(MAX_PASSES * len(examples) / batch))
+    rows, batch = public.records, options.micro_batch_size
+    steps = min(options.public_steps, math.ceil(MAX_PASSES * len(rows) / batch))
     rng = np.random.default_rng(int(ctx.rng.integers(2**63)))  # public: the same on every rank
-    order = row_order(len(examples), steps * batch, rng)
+    order = row_order(len(rows), steps * batch, rng)
+    examples = {i: public_example(lm, options, rows[i], tuple(ctx.labels)) for i in sorted(set(order.tolist()))}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=options.learning_rate)
     ctx.stage("public warm-up (no noise)", steps, "step")
     model.train()
     try:
         for step in range(steps):
-            rows = [examples[int(i)] for i in order[step * batch:(step + 1) * batch]]
-            ids, labels = collate(rows, lm.pad_id, lm.device)
+            ids, labels = collate([examples[int(i)] for i in order[step * batch:(step + 1) * batch]], lm.pad_id,
+                                  lm.device)
             per_sequence_loss(model(input_ids=ids).logits, labels).mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
