@@ -220,13 +220,32 @@ def plan_for(options: InvisibleInkOptions, labels: tuple[str, ...], records: lis
 def test_plan_pays_the_histogram_only_when_the_sizes_are_not_public() -> None:
     records = [Record(f"r{i}", "a") for i in range(20)]
     dp = plan_for(InvisibleInkOptions(), ("a", "b"), records)
-    public = plan_for(InvisibleInkOptions(label_sizes="a:40,b:16"), ("a", "b"), records)
-    replace = plan_for(InvisibleInkOptions(), ("a",), records, neighboring="replace_one")
+    public = plan_for(InvisibleInkOptions(label_sizes="a:40,b:16", batch_size=8), ("a", "b"), records)
+    replace = plan_for(InvisibleInkOptions(batch_size=8), ("a",), records, neighboring="replace_one")
     assert [e.name for e in dp.events] == ["label histogram", "invisibleink batch"] and dp.batches_per_label is None
     assert [e.name for e in public.events] == ["invisibleink batch"] and public.batches_per_label == {"a": 5, "b": 2}
     assert replace.batches_per_label == {"a": 2} and len(replace.events) == 1  # n public under replace-one
     assert public.rho_batch > dp.rho_batch  # the histogram's share is paid from the same budget
     assert public.published()["rho_batch"] == public.rho_batch
+    # unset batch_size: s (so B) is chosen at run time, even from public sizes; the ledger says how
+    auto = plan_for(InvisibleInkOptions(label_sizes="a:40,b:16"), ("a", "b"), records)
+    assert auto.divisor_s is None and auto.batches_per_label is None and auto.rho_batch == public.rho_batch
+    assert "at which every batch writes one text" in auto.events[-1].description
+    assert "s is chosen at run time" in auto.public_assumptions[0]
+
+
+def test_an_unset_batch_size_is_the_largest_s_at_which_every_batch_writes_one_text() -> None:
+    records = [Record(f"r{i}", "a") for i in range(20)]
+    plan = plan_for(InvisibleInkOptions(label_sizes="a:400,b:160"), ("a", "b"), records)
+    # n / N = 28. s = 29: B = round(13.8) = 14 and round(5.5) = 6, one text each; s = 30: B_a = 13 < 14
+    assert plan.choose_divisor({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == 29
+    # few records per text (m > 1 even at s = 8): the low end, 8; many: the top, 32
+    assert plan.choose_divisor({"a": 40.0, "b": 16.0}, {"a": 7, "b": 3}) == 8
+    assert plan.choose_divisor({"a": 40_000.0, "b": 16_000.0}, {"a": 7, "b": 3}) == 32
+    # a noisy size below zero or a label without texts changes nothing
+    assert plan.choose_divisor({"a": 400.0, "b": -3.0}, {"a": 14, "b": 0}) == 29
+    fixed = plan_for(InvisibleInkOptions(label_sizes="a:400,b:160", batch_size=5), ("a", "b"), records)
+    assert fixed.choose_divisor({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == 5
 
 
 class ScriptedLM:
@@ -288,14 +307,24 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
 
 def test_m_is_the_fewest_texts_per_batch_and_every_batch_is_charged_m_times_T(monkeypatch: pytest.MonkeyPatch) -> None:
     # B = 5 (a) and 2 (b); 10 texts split uniformly: 5 and 5, so m = ceil(5 / 2) = 3
-    short, ctx, plan = scripted_run(monkeypatch, [3, 4, 0], 10, label_counts="uniform", max_tokens=20)
+    short, ctx, plan = scripted_run(monkeypatch, [3, 4, 0], 10, label_counts="uniform", max_tokens=20, batch_size=8)
     assert ctx.summary["texts_per_batch"] == 3 and len(short) == 10 and set(short) == {"3 4"}
     c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=plan.divisor_s, temperature=plan.temperature,
                     neighboring="add_remove")
     assert ctx.summary["clip"] == c  # charged m*T = 60 tokens although each text had 2
     # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = ceil(3 / 2) = 2
-    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)
+    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20, batch_size=8)
     assert ctx.summary["texts_per_batch"] == 2
+
+
+def test_an_unset_batch_size_sets_the_run_s_and_its_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sizes 40:16 and 2 texts (dp counts: 1 and 1): every label has B >= 1, so every s gives one text per batch
+    _, ctx, plan = scripted_run(monkeypatch, [3, 0], 2, max_tokens=20)
+    assert ctx.summary["batch_size"] == 32 and ctx.summary["texts_per_batch"] == 1
+    assert ctx.summary["clip"] == ink.clip_for(plan.rho_batch, tokens=20, divisor=32, temperature=plan.temperature,
+                                               neighboring="add_remove")
+    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)  # 7 and 3 texts: m = 2 even at s = 8
+    assert ctx.summary["batch_size"] == 8 and ctx.summary["texts_per_batch"] == 2
 
 
 def test_a_text_cut_at_max_tokens_is_released_and_an_empty_one_retried(monkeypatch: pytest.MonkeyPatch) -> None:

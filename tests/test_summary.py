@@ -21,7 +21,7 @@ from synthdp.privacy.neighboring import Neighboring
 KEYS = {
     "private-prediction": {"records", "requested", "truncated_texts", "batches_out_of_budget", "public_tokens",
                            "private_tokens", "dropped_texts", "short_texts", "batches_per_label_from_dp_histogram"},
-    "invisibleink": {"records", "requested", "cut_at_max_tokens", "dropped_texts", "texts_per_batch", "clip",
+    "invisibleink": {"records", "requested", "cut_at_max_tokens", "dropped_texts", "batch_size", "texts_per_batch", "clip",
                      "batches_per_label"},
     "private-evolution": {"records", "requested", "public_texts_in_first_population", "dropped_texts",
                           "dropped_empty", "generation_requests", "cached_answers_reused", "samples_per_label"},

@@ -50,10 +50,12 @@ def public_batches(labels: LabelPolicy, s: int) -> dict[str | None, int] | None:
     return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None else None
 
 
-def batches_assumption(labels: LabelPolicy, s: int, unit: PrivacyUnit = PrivacyUnit()) -> str:
-    """The ledger's words on how the batch counts are known."""
-    batches = public_batches(labels, s)
+def batches_assumption(labels: LabelPolicy, s: int | None, unit: PrivacyUnit = PrivacyUnit(),
+                       chosen: str = "") -> str:
+    """The ledger's words on how the batch counts are known; s None: chosen at run time as `chosen` says."""
+    batches = public_batches(labels, s) if s is not None else None
     words = ("the number of hash batches per label is B = max(1, round(size / s)); " + labels.sizes_words
+             + (f"; s is chosen at run time from those sizes and the number of texts: {chosen}" if s is None else "")
              + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else ""))
     if not unit.per_user:
         return words + "; each record goes to a batch by a salted hash of its own content"

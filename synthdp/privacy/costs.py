@@ -200,12 +200,13 @@ class DifferenceClippedBatch:
     NAME: ClassVar[str] = "invisibleink batch"
     rho_batch: float
     max_tokens: int  # T
-    divisor: int  # s
+    divisor: int | None  # s; None: chosen at run time (the words say how)
     temperature: float  # tau
     top_k: int | None
     neighboring: str
     unit: str = "record"
     max_records: int | None = None  # k (user level)
+    divisor_words: str = ""  # how s is chosen when `divisor` is None
 
     @staticmethod
     def charge(rho_batch: float) -> dp_event.DpEvent:
@@ -223,7 +224,7 @@ class DifferenceClippedBatch:
         return (
             f"per hash batch{where} (batches are disjoint and compose in parallel): m texts of at most T = "
             f"{self.max_tokens} tokens, charged m*T tokens whatever their lengths; each token the exponential "
-            f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor}, tau = "
+            f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor or self.divisor_words}, tau = "
             f"{self.temperature:g}, over the public top-k+ set (k = {self.top_k})"
             f"{user_term_words(self.unit, self.max_records, 'clipped differences', 'each score by at most C/s')}: "
             f"(2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "

@@ -24,9 +24,9 @@ __all__ = ["MultiBatchDecoder", "StepShape", "row_bytes", "step_memory_plan", "s
 
 
 def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int], rows: int | None = None) -> MemoryPlan:
-    """The memory of one step of G batches of up to `rows` rows each (None: s), and what to change when it does not
+    """The memory of one step of G batches of up to `rows` rows each (None: the largest s, `planned_batch`), and what to change when it does not
     fit (the largest G that does)."""
-    rows = o.batch_size if rows is None else rows
+    rows = o.planned_batch if rows is None else rows
     shape = step_shape(lm, rows, widths[0], o.max_tokens, o.batches_per_step)
     plan = step_memory(lm, shape, rows, widths, o.max_tokens, "")
 
@@ -37,7 +37,7 @@ def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int], rows: int | N
     fitting = next((g for g in range(shape.batches, 0, -1) if fits(g)), None)
     lower = (f"Lower batches_per_step (now {shape.batches}; {fitting} fits) with --set batches_per_step={fitting}"
              if fitting else f"Lower batches_per_step (now {shape.batches}; even 1 does not fit)")
-    users = "" if rows == o.batch_size else ", or lower --max-records-per-user (a batch of s users holds s k rows)"
+    users = "" if rows == o.planned_batch else ", or lower --max-records-per-user (a batch of s users holds s k rows)"
     return dataclasses.replace(plan, knob=f"{lower}, or lower max_tokens / max_record_tokens (they set every row's "
                                           f"width){users}, or use a smaller model or a device with more free memory.")
 

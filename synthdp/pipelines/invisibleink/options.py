@@ -15,6 +15,7 @@ DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Pl
 DEFAULT_PLACEHOLDER = "<a {domain} with {label_name}: {label}>"
 DEFAULT_HEADER = "Examples of {domain}s ({label_name}: {label}):"
 PROMPT_STYLES = ("list", "chat")
+AUTO_BATCH = (8, 32)  # the range of s an unset batch_size chooses from (plan.choose_divisor)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,14 +25,19 @@ class InvisibleInkOptions:
 
     Ours (benchmarks/tune_invisibleink.py; docs/benchmarks.md, "Defaults by measurement (tau, k, T)"): tau = 0.7
     with k = 20 gives the paper's settings' utility with more fluent text; T = 64, since a shorter cap cuts many
-    texts mid-sentence; s = 8, from the paper's range.
+    texts mid-sentence; s chosen per run from 8 to 32 (the paper's range) so that every record is read
+    (plan.choose_divisor; docs/benchmarks.md, "The batch size s").
 
     Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
     record, since small models answer the paper's chat request with echoes of it (docs/benchmarks.md, "The first
     run"); `chat` keeps that request for models that follow it."""
 
-    batch_size: int = option(8, "expected batch size s: records (users, at user level) per hash batch, the fixed "
-                                "divisor of the clipped differences", maximum=MAX_BATCH)
+    batch_size: int | None = option(None, "expected batch size s: records (users, at user level) per hash batch, "
+                                          "the fixed divisor of the clipped differences; unset: the largest s from "
+                                          f"{AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which every batch writes one text "
+                                          "(so every record is read), by the label sizes that set the batch counts "
+                                          f"(no extra cost); {AUTO_BATCH[0]} when even that needs several texts per "
+                                          "batch", maximum=MAX_BATCH)
     temperature: float = option(0.7, "tau of the private sampling (the exponential mechanism)")
     top_k: int | None = option(20, "k of the public set {y : z_pub(y) >= l_k - 2C/s} (public: free); "
                                    "none: the whole vocabulary")
@@ -65,14 +71,21 @@ class InvisibleInkOptions:
     batches_per_step: int | None = option(None, "hash batches decoded together in one forward pass (public); "
                                                 "default: as many as the device's row budget holds", maximum=MAX_BATCH)
 
+    @property
+    def planned_batch(self) -> int:
+        """The largest s a run can use (its steps and memory are planned for it): batch_size, or the top of
+        AUTO_BATCH when unset."""
+        return self.batch_size if self.batch_size is not None else AUTO_BATCH[1]
+
     def __post_init__(self) -> None:
         check_option_values(self)
-        positive = {"batch_size": self.batch_size, "temperature": self.temperature, "max_tokens": self.max_tokens,
+        positive = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                     "max_record_tokens": self.max_record_tokens}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"`{name}` must be > 0. Found {value}.")
-        for name, value in (("top_k", self.top_k), ("batches_per_step", self.batches_per_step)):
+        for name, value in (("batch_size", self.batch_size), ("top_k", self.top_k),
+                            ("batches_per_step", self.batches_per_step)):
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1 or unset. Found {value}.")
         if self.prompt_style not in PROMPT_STYLES:

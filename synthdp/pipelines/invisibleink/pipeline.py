@@ -118,11 +118,11 @@ class InvisibleInk:
                     public: PublicData | None = None, unit: PrivacyUnit = PrivacyUnit()) -> MemoryPlan:
         """One decoding step's memory on the device (checked before the write-ahead; shown by --dry-run), with
         prompts showing the longest public examples a run could draw, and batches of up to s (s k at user level)
-        rows."""
+        rows, s the largest the run can choose (`planned_batch`)."""
         labels = labels or (None,)
         examples = longest_examples(public, labels, options.max_examples, tokenizer_counter(lm.tokenizer))
         return step_memory_plan(lm, options, self.widths(self.prompts(lm, options, examples), labels, options),
-                                batch_rows(options.batch_size, unit))
+                                batch_rows(options.planned_batch, unit))
 
     # ------------------------------------------------------------------ run
 
@@ -133,15 +133,16 @@ class InvisibleInk:
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         sizes = plan.labels.draw(records, ctx.noise_rng)  # public, or the DP label histogram
         assert sizes is not None  # the batch counts always have sizes
-        batches = batches_per_label(sizes, plan.divisor_s)
         quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))
+        s = plan.choose_divisor(sizes, quotas)
+        batches = batches_per_label(sizes, s)
         m = max((math.ceil(q / batches[lbl]) for lbl, q in quotas.items()), default=0)
         if m == 0:
             return
-        mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=plan.divisor_s,
+        mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=s,
                                   temperature=plan.temperature, neighboring=plan.neighboring),
-                         plan.divisor_s, plan.temperature, plan.top_k, plan.max_tokens,
-                         batch_rows(plan.divisor_s, ctx.unit))
+                         s, plan.temperature, plan.top_k, plan.max_tokens, batch_rows(s, ctx.unit))
+        ctx.summary.set("batch_size", s)
         ctx.summary.set("texts_per_batch", m)
         ctx.summary.set("clip", mech.clip)
         ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})

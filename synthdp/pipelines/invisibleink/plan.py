@@ -4,18 +4,24 @@ calibrated by dp_accounting before any record is read."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from synthdp.data import LoadedData, label_set_words
 from synthdp.mechanisms.invisibleink import calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
-from synthdp.pipelines.invisibleink.options import InvisibleInkOptions
-from synthdp.pipelines.labels import LabelPolicy, as_text
-from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
+from synthdp.pipelines.invisibleink.options import AUTO_BATCH, InvisibleInkOptions
+from synthdp.pipelines.labels import Label, LabelPolicy, as_text
+from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
+
+
+AUTO_WORDS = (f"the largest s from {AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which every batch writes one text, "
+              f"{AUTO_BATCH[0]} when none does (a function of the batch counts' sizes and the texts per label: "
+              "post-processing; the run summary's `batch_size`)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,7 +30,7 @@ class InvisibleInkPlan(PrivacyPlan):
     counts are known: C = s tau sqrt(2 rho_batch / (factor m T))), and the batch counts where they are public."""
 
     rho_batch: float  # zCDP of one hash batch: m T C^2 / (2 s^2 tau^2) (x4 under replace-one)
-    divisor_s: int
+    divisor_s: int | None  # None: chosen at run time from the sizes (`choose_divisor`)
     max_tokens: int  # T: every text is charged T tokens
     temperature: float
     top_k: int | None
@@ -33,12 +39,30 @@ class InvisibleInkPlan(PrivacyPlan):
 
     @property
     def batches_per_label(self) -> dict[str | None, int] | None:
-        """B per label where the sizes are public; None: from the DP label histogram, drawn at run time."""
-        return public_batches(self.labels, self.divisor_s)
+        """B per label where the sizes and s are public; None: set at run time (the DP label histogram's sizes, or
+        s chosen from the sizes and the number of texts)."""
+        return None if self.divisor_s is None else public_batches(self.labels, self.divisor_s)
+
+    def choose_divisor(self, sizes: Mapping[Label, float], quotas: Mapping[Label, int]) -> int:
+        """s: batch_size when set; else the largest s in AUTO_BATCH at which every batch writes one text (m = 1, so
+        the batches hold every record), the low end when none does. A function of the sizes (public, or the DP
+        histogram's) and the texts per label only: post-processing. At m = 1 the records' say per token grows as s
+        (C = s tau sqrt(2 rho / T)); past it, batches write several texts and the say grows only as sqrt(s)."""
+        if self.divisor_s is not None:
+            return self.divisor_s
+
+        def texts_per_batch(s: int) -> int:
+            batches = batches_per_label(dict(sizes), s)
+            return max((math.ceil(q / batches[label]) for label, q in quotas.items()), default=0)
+
+        low, high = AUTO_BATCH
+        return max((s for s in range(low, high + 1) if texts_per_batch(s) <= 1), default=low)
 
     def published(self) -> dict[str, Any]:
         batches, sizes = self.batches_per_label, self.labels.sizes
-        return {"rho_batch": self.rho_batch, "divisor_s": self.divisor_s, "max_tokens": self.max_tokens,
+        low, high = AUTO_BATCH
+        divisor = self.divisor_s if self.divisor_s is not None else f"chosen at run time, from {low} to {high}"
+        return {"rho_batch": self.rho_batch, "divisor_s": divisor, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "top_k": self.top_k, "neighboring": self.neighboring,
                 "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
                 "label_sizes": None if sizes is None else {str(k): float(v) for k, v in sizes.items()},
@@ -52,13 +76,13 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
                               purpose=BATCH_COUNTS_PURPOSE)
     rho = calibrate_batch_rho(target.epsilon, target.delta, labels.dp_events)
     unit = target.unit
-    cost = DifferenceClippedBatch(rho_batch=rho, max_tokens=options.max_tokens, divisor=s,
+    cost = DifferenceClippedBatch(rho_batch=rho, max_tokens=options.max_tokens, divisor=s, divisor_words=AUTO_WORDS,
                                   temperature=options.temperature, top_k=options.top_k, neighboring=target.neighboring,
                                   **({"unit": unit.noun, "max_records": unit.max_records} if unit.per_user else {}))
     counts_words = ("in proportion to the label sizes that set the batch counts" if options.label_counts == "dp"
                     else f"set by label_counts = {as_text(options.label_counts)!r}")
     assumptions = (
-        batches_assumption(labels, s, unit),
+        batches_assumption(labels, s, unit, AUTO_WORDS),
         label_set_words(data),
         "the prompt templates, the domain, the public placeholder prompt and the model are public",
         f"the number of synthetic texts is public; the texts per label are {counts_words}",
