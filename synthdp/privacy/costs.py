@@ -224,8 +224,8 @@ class DifferenceClippedBatch:
         return (
             f"per hash batch{where} (batches are disjoint and compose in parallel): m texts of at most T = "
             f"{self.max_tokens} tokens, charged m*T tokens whatever their lengths; each token the exponential "
-            f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = {self.divisor or self.divisor_words}, tau = "
-            f"{self.temperature:g}, over the public top-k+ set (k = {self.top_k})"
+            f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = "
+            f"{self.divisor or self.divisor_words}, tau = {self.temperature:g}, over the public top-k+ set (k = {self.top_k})"
             f"{user_term_words(self.unit, self.max_records, 'clipped differences', 'each score by at most C/s')}: "
             f"(2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
             f"{self.rho_batch:.6g}-zCDP per batch; m is the fewest texts per batch that meet the requested number "

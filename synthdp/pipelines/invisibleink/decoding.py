@@ -24,8 +24,8 @@ __all__ = ["MultiBatchDecoder", "StepShape", "row_bytes", "step_memory_plan", "s
 
 
 def step_memory_plan(lm: LocalLM, o: Any, widths: tuple[int, int], rows: int | None = None) -> MemoryPlan:
-    """The memory of one step of G batches of up to `rows` rows each (None: the largest s, `planned_batch`), and what to change when it does not
-    fit (the largest G that does)."""
+    """The memory of one step of G batches of up to `rows` rows each (None: the largest s, `planned_batch`), and
+    what to change when it does not fit (the largest G that does)."""
     rows = o.planned_batch if rows is None else rows
     shape = step_shape(lm, rows, widths[0], o.max_tokens, o.batches_per_step)
     plan = step_memory(lm, shape, rows, widths, o.max_tokens, "")

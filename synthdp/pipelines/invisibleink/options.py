@@ -26,7 +26,7 @@ class InvisibleInkOptions:
     Ours (benchmarks/tune_invisibleink.py; docs/benchmarks.md, "Defaults by measurement (tau, k, T)"): tau = 0.7
     with k = 20 gives the paper's settings' utility with more fluent text; T = 64, since a shorter cap cuts many
     texts mid-sentence; s chosen per run from 8 to 32 (the paper's range) so that every record is read
-    (plan.choose_divisor; docs/benchmarks.md, "The batch size s").
+    (plan.choose_divisor; docs/benchmarks.md, "The batch size s on TREC").
 
     Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
     record, since small models answer the paper's chat request with echoes of it (docs/benchmarks.md, "The first
