@@ -11,9 +11,11 @@ A batch of s users holds up to s k rows (`batch_rows`)."""
 from __future__ import annotations
 
 import hashlib
+import math
+from typing import Mapping
 
 from synthdp.data import Record
-from synthdp.pipelines.labels import LabelPolicy
+from synthdp.pipelines.labels import Label, LabelPolicy
 from synthdp.pipelines.shared import split_by_weights
 from synthdp.privacy.unit import PrivacyUnit
 
@@ -39,6 +41,11 @@ def batch_rows(s: int, unit: PrivacyUnit) -> int:
 def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
     """B_l = max(1, round(n_l / s)), n_l a public size or a DP (noisy) count."""
     return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
+
+
+def texts_per_batch(quotas: Mapping[Label, int], batches: Mapping[Label, int]) -> int:
+    """m: the fewest texts per batch with which every label's batches write its quota (0: no texts)."""
+    return max((math.ceil(q / batches[label]) for label, q in quotas.items()), default=0)
 
 
 # What the DP label histogram is for, in the ledger, when it sets the batch counts.

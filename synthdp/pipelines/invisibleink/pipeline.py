@@ -24,7 +24,6 @@ Steps and memory are planned for batches of up to s k rows (`batch_rows`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -38,7 +37,9 @@ from synthdp.mechanisms.randomness import fork_noise, fork_public
 from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
-from synthdp.pipelines.batching import batch_rows, batches_per_label, digest_rows, label_batches, split_evenly
+from synthdp.pipelines.batching import (
+    batch_rows, batches_per_label, digest_rows, label_batches, split_evenly, texts_per_batch,
+)
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import (
     MultiBatchDecoder, StepShape, step_memory_plan, step_shape,
@@ -136,7 +137,7 @@ class InvisibleInk:
         quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))
         s = plan.choose_divisor(sizes, quotas)
         batches = batches_per_label(sizes, s)
-        m = max((math.ceil(q / batches[lbl]) for lbl, q in quotas.items()), default=0)
+        m = texts_per_batch(quotas, batches)
         if m == 0:
             return
         mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=s,

@@ -4,7 +4,6 @@ calibrated by dp_accounting before any record is read."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -13,7 +12,9 @@ from synthdp.mechanisms.invisibleink import calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import AUTO_BATCH, InvisibleInkOptions
 from synthdp.pipelines.labels import Label, LabelPolicy, as_text
-from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches
+from synthdp.pipelines.batching import (
+    BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches, texts_per_batch,
+)
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
@@ -50,13 +51,9 @@ class InvisibleInkPlan(PrivacyPlan):
         (C = s tau sqrt(2 rho / T)); past it, batches write several texts and the say grows only as sqrt(s)."""
         if self.divisor_s is not None:
             return self.divisor_s
-
-        def texts_per_batch(s: int) -> int:
-            batches = batches_per_label(dict(sizes), s)
-            return max((math.ceil(q / batches[label]) for label, q in quotas.items()), default=0)
-
         low, high = AUTO_BATCH
-        return max((s for s in range(low, high + 1) if texts_per_batch(s) <= 1), default=low)
+        return max((s for s in range(low, high + 1) if texts_per_batch(quotas, batches_per_label(dict(sizes), s)) <= 1),
+                   default=low)
 
     def published(self) -> dict[str, Any]:
         batches, sizes = self.batches_per_label, self.labels.sizes
