@@ -52,15 +52,16 @@ def texts_per_batch(quotas: Mapping[Label, int], batches: Mapping[Label, int]) -
 BATCH_COUNTS_PURPOSE = "sets the number of hash batches per label, B = max(1, round(noisy count / s))"
 
 
-def public_batches(labels: LabelPolicy, s: int) -> dict[str | None, int] | None:
-    """B per label from the policy's public sizes; None when the DP label histogram sets them at run time."""
-    return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None else None
+def public_batches(labels: LabelPolicy, s: int | None) -> dict[str | None, int] | None:
+    """B per label from the policy's public sizes and s; None when either is set at run time (the DP label
+    histogram's sizes, or s chosen from the sizes)."""
+    return batches_per_label(dict(labels.sizes), s) if labels.sizes is not None and s is not None else None
 
 
 def batches_assumption(labels: LabelPolicy, s: int | None, unit: PrivacyUnit = PrivacyUnit(),
                        chosen: str = "") -> str:
     """The ledger's words on how the batch counts are known; s None: chosen at run time as `chosen` says."""
-    batches = public_batches(labels, s) if s is not None else None
+    batches = public_batches(labels, s)
     words = ("the number of hash batches per label is B = max(1, round(size / s)); " + labels.sizes_words
              + (f"; s is chosen at run time from those sizes and the number of texts: {chosen}" if s is None else "")
              + ("; B = " + ", ".join(f"{lbl}: {b}" for lbl, b in batches.items()) if batches is not None else ""))

@@ -68,7 +68,8 @@ class FinetuneOptions:
     sample_batch_size: int = option(16, "texts decoded together (batched, KV cache)", maximum=MAX_BATCH)
     public_steps: int = option(
         100, "with --public-data: steps of plain training (Adam, no clipping, no noise: the data is public) of the "
-             "adapter on the public rows before DP-SGD, micro_batch_size rows each, at most 3 passes over them; 0: off", maximum=MAX_STEPS)
+             "adapter on the public rows before DP-SGD, micro_batch_size rows each, at most 3 passes over them; 0: off",
+        maximum=MAX_STEPS)
     checkpoint_every: int = option(20, "save the training state every K steps (resume continues from it)")
     grad_engine: Literal["opacus", "torch.func"] = option("opacus", "per-example gradients: opacus hooks or torch.func vmap")
     sharding: Literal["ddp", "fsdp2"] = option("ddp", "under torchrun: ddp (every process holds the whole model) or "

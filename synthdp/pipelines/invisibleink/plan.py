@@ -42,7 +42,7 @@ class InvisibleInkPlan(PrivacyPlan):
     def batches_per_label(self) -> dict[str | None, int] | None:
         """B per label where the sizes and s are public; None: set at run time (the DP label histogram's sizes, or
         s chosen from the sizes and the number of texts)."""
-        return None if self.divisor_s is None else public_batches(self.labels, self.divisor_s)
+        return public_batches(self.labels, self.divisor_s)
 
     def choose_divisor(self, sizes: Mapping[Label, float], quotas: Mapping[Label, int]) -> int:
         """s: batch_size when set; else the largest s in AUTO_BATCH at which every batch writes one text (m = 1, so
