@@ -66,7 +66,7 @@ def plan_of(labels: tuple[str, ...], epsilon: float = 2.0, delta: float = 1e-5, 
 
 def test_parallel_composition_across_labels() -> None:
     """All labels' votes in a round are one Gaussian release: epsilon does not grow with the labels."""
-    plans = [plan_of(tuple(f"l{i}" for i in range(k))) for k in (1, 2, 7)]
+    plans = [plan_of(tuple(f"l{i}" for i in range(k)), label_counts="uniform") for k in (1, 2, 7)]
     epsilons = [epsilon_report([e.event for e in p.events], 1e-5).epsilon for p in plans]
     assert all(len(p.events) == 1 for p in plans)
     assert epsilons[0] == pytest.approx(epsilons[1]) == pytest.approx(epsilons[2])
@@ -75,7 +75,7 @@ def test_parallel_composition_across_labels() -> None:
 
 
 def test_plan_is_t_gaussian_compositions_at_the_calibrated_sigma() -> None:
-    plan = plan_of(("a", "b"), iterations=4)
+    plan = plan_of(("a", "b"), iterations=4, label_counts="uniform")
     event = plan.events[0].event
     assert event == DiscreteGaussianRelease(noise_multiplier=plan.noise_multiplier, count=4).event
     assert plan.noise_std == plan.noise_multiplier
@@ -142,13 +142,28 @@ def run_pipeline(records: list[Record], labels: tuple[str, ...], backend: object
 def test_run_releases_per_label_counts_and_never_copies_private_counts(tmp_path: Path) -> None:
     data = data_of(("big", "small"))
     records = data.records * 1 + [Record(f"big extra {i}", "big") for i in range(40)]
-    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=6)
+    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=6,
+                               label_counts="uniform")
     assert len(out) == 6 and [r.label for r in out].count("big") == 3  # uniform, not 46:6
     assert ctx.summary["samples_per_label"] == {"big": 3, "small": 3}
     assert all(not r.text.startswith(("big review", "small review", "big extra")) for r in out)
     weighted, _, _ = run_pipeline(data.records, ("big", "small"), EchoBackend(), None, num_samples=4,
                                   label_counts="big:1,small:3")
     assert [r.label for r in weighted].count("small") == 3
+
+
+def test_texts_follow_the_dp_label_counts_by_default(tmp_path: Path) -> None:
+    """The default `label_counts` is dp: with two or more labels the plan pays for the DP label histogram and the
+    texts split as its noisy counts do (400:40 private records, histogram noise sigma 18: 10:1 within noise); with
+    one label no histogram is drawn."""
+    assert [e.name for e in plan_of(("a", "b")).events] == ["private-evolution label histogram",
+                                                            "private-evolution votes"]
+    assert [e.name for e in plan_of(("a",)).events] == ["private-evolution votes"]
+    records = [Record(f"big note {i}", "big") for i in range(400)] + [Record(f"small note {i}", "small")
+                                                                       for i in range(40)]
+    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=22, variations=1)
+    big = [r.label for r in out].count("big")
+    assert len(out) == 22 and big >= 3 * (22 - big) and ctx.summary["samples_per_label"]["big"] == big
 
 
 def test_duplicate_private_records_are_counted() -> None:
@@ -249,11 +264,11 @@ def test_generate_private_evolution_end_to_end_on_a_tiny_model(tmp_path: Path, t
     ])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and sorted(r["label"] for r in records) == ["ham", "ham", "spam", "spam"]
+    assert len(records) == 4 and {r["label"] for r in records} <= {"ham", "spam"}  # split by the DP histogram
     assert all(r["text"] and "message number" not in r["text"] for r in records)
     ledger = Ledger.read(out)
     assert ledger.status == "complete" and 2.9 < ledger.epsilon <= 3.0
-    assert [e.name for e in ledger.events] == ["private-evolution votes"]
+    assert [e.name for e in ledger.events] == ["private-evolution label histogram", "private-evolution votes"]
     assert "message number" not in (out / "ledger.json").read_text()
     assert (out / ".synthdp-private-evolution" / "responses.jsonl").is_file()
     assert "private-evolution" in runner.invoke(app, ["pipelines"]).output
@@ -274,7 +289,9 @@ def old_parameters(sigma: float, iterations: int, neighboring: str, dp_labels: b
 @pytest.mark.parametrize("case", ["calibrated", "noise", "dp", "replace_one"])
 def test_typed_plan_publishes_the_parameters_of_earlier_releases(case: str) -> None:
     pipe = get_pipeline("private-evolution")
-    options = {"calibrated": {}, "noise": {"noise": "50"}, "dp": {"label_counts": "dp"}, "replace_one": {}}[case]
+    uniform = {"label_counts": "uniform"}
+    options = {"calibrated": uniform, "noise": {"noise": "50", **uniform}, "dp": {"label_counts": "dp"},
+               "replace_one": uniform}[case]
     neighboring = "replace_one" if case == "replace_one" else "add_remove"
     labels = ("a", "b", "c")
     plan = pipe.plan(parse_options(pipe.options_class, {"iterations": "5", **options}),

@@ -187,7 +187,8 @@ def test_planned_epsilon_is_the_record_level_one(label_counts: str) -> None:
 
 def run_users(records: list[Record], backend: EchoBackend, work_dir: Path, *,
               resume: bool = False) -> tuple[list[Any], RunContext]:
-    opts = parse_options(PIPE.options_class, {"iterations": "3", "variations": "2", "probe": "0"})
+    opts = parse_options(PIPE.options_class, {"iterations": "3", "variations": "2", "probe": "0",
+                                              "label_counts": "uniform"})
     resources = PrivateEvolutionResources(CachedGenerator(backend), HashEmbedder())  # type: ignore[arg-type]
     data = LoadedData(records, ("a", "b"), True, {}, "test")
     plan = PIPE.plan(opts, Target(4.0, 1e-5, unit=USERS), data, resources)
@@ -291,7 +292,8 @@ def test_a_crashed_user_level_run_resumes_and_is_charged_once(tmp_path: Path, mo
     with pytest.raises(RuntimeError, match="went away"):
         synthdp.generate(data=write_jsonl(tmp_path / "notes.jsonl", user_rows()), pipeline="private-evolution",
                          user_field="pid", max_records_per_user=3, epsilon=3, delta=1e-5, num_samples=4, out=out,
-                         budget=budget, options={"iterations": 3, "variations": 1, "probe": 0})
+                         budget=budget, options={"iterations": 3, "variations": 1, "probe": 0,
+                                                                 "label_counts": "uniform"})
     crashed = Ledger.read(out)
     assert crashed.status == "failed" and len(seen) == 2
     done = resume_run(out, show_progress=False)
