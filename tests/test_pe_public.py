@@ -110,3 +110,44 @@ def test_the_length_default_of_an_api_model_is_estimated_from_words() -> None:
     api = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())
     texts = PublicData("t", tuple(Record(" ".join(["w"] * n), None) for n in range(1, 11)), False, {})
     assert PrivateEvolution().public_defaults(options(), texts, api) == {"max_tokens": 14}  # lengths 2..14: quantile 12.2, up to 13, + 1
+
+
+def test_the_first_vote_also_chooses_among_other_public_texts() -> None:
+    """`public_candidates`: round 1's candidates are the first population, its variations and up to that many other
+    public texts of the label (public stream, no duplicates); 0 leaves them as they were."""
+    stats = GenerationStats()
+    apis = Apis(CachedGenerator(EchoBackend()), options(), "salt", ["a", "b"], stats, public=PUBLIC)
+    first = {"a": ["a public 0", "a variation"], "b": []}
+    more = apis.with_public(first)
+    assert more["a"][:2] == first["a"] and sorted(more["a"][2:]) == ["a public 1", "a public 2"]
+    assert sorted(more["b"]) == sorted(PUBLIC.pool("b")) and stats.public_candidates == 5
+    two = Apis(CachedGenerator(EchoBackend()), options(public_candidates=2), "salt", ["a"], GenerationStats(),
+               public=PUBLIC).with_public({"a": []})["a"]
+    assert len(two) == 2 and set(two) <= set(PUBLIC.pool("a"))
+    assert Apis(CachedGenerator(EchoBackend()), options(public_candidates=0), "salt", ["a"], GenerationStats(),
+                public=PUBLIC).with_public(first)["a"] == first["a"]
+    unlabelled = PublicData("u", (Record("any label 1", None), Record("any label 2", None)), False, {})
+    assert Apis(CachedGenerator(EchoBackend()), options(), "salt", ["a", "b"], GenerationStats(),
+                public=unlabelled).with_public({"a": [], "b": []})["b"] != []  # unlabelled rows serve every label
+
+
+def test_the_votes_keep_the_public_text_nearest_the_private_records(tmp_path: Path) -> None:
+    """A run: the private records all sit next to one public text; whatever the first population drew, the first
+    vote (noise sigma about 1e-4 at epsilon 1e6) keeps it among the 2 texts released."""
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import RunContext, Target, get_pipeline
+
+    pipe = get_pipeline("private-evolution")
+    nearest = "alpha beta gamma delta"
+    public = PublicData("p", tuple(Record(t, "a") for t in [nearest] + [f"filler text {i}" for i in range(30)]),
+                        True, {})
+    records = [Record("alpha beta gamma", "a") for _ in range(20)]
+    opts = options(iterations=1, variations=1, probe=0, label_counts="uniform")
+    resources = PrivateEvolutionResources(CachedGenerator(EchoBackend(lambda p, n: f"answer {n}")), HashEmbedder())
+    plan = pipe.plan(opts, Target(1e6, 1e-5), LoadedData(records, ("a",), True, {}, "test"), resources)
+    ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=2, labels=("a",), resources=resources,
+                     work_dir=tmp_path, public=public)
+    out = [r.text for r in pipe.run(records, opts, plan, ctx)]
+    assert len(out) == 2 and out[0] == nearest  # the most voted first
+    first = ctx.summary["public_texts_in_first_population"]
+    assert first == 2 and ctx.summary["public_candidates"] == 31 - first

@@ -23,8 +23,9 @@ KEYS = {
                            "private_tokens", "dropped_texts", "short_texts", "batches_per_label_from_dp_histogram"},
     "invisibleink": {"records", "requested", "cut_at_max_tokens", "dropped_texts", "batch_size", "texts_per_batch", "clip",
                      "batches_per_label"},
-    "private-evolution": {"records", "requested", "public_texts_in_first_population", "dropped_texts",
-                          "dropped_empty", "generation_requests", "cached_answers_reused", "samples_per_label"},
+    "private-evolution": {"records", "requested", "public_texts_in_first_population", "public_candidates",
+                          "dropped_texts", "dropped_empty", "generation_requests", "cached_answers_reused",
+                          "samples_per_label"},
     "dp-finetune": {"records", "requested", "training_steps", "public_warm_up_steps", "dropped_texts", "label_counts"},
 }
 

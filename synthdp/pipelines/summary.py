@@ -29,6 +29,7 @@ class Count(StrEnum):
     PRIVATE_TOKENS = "private_tokens"  # tokens chosen by the private mechanism (each one charged)
     PUBLIC_TOKENS = "public_tokens"  # tokens taken from the public row (SVT below its threshold: free)
     PUBLIC_TEXTS_IN_FIRST_POPULATION = "public_texts_in_first_population"  # public data in PE's first population
+    PUBLIC_CANDIDATES = "public_candidates"  # more public texts PE's first vote chose from (public_candidates)
     GENERATION_REQUESTS = "generation_requests"  # requests sent to the generator (not answered from its cache)
     CACHED_ANSWERS_REUSED = "cached_answers_reused"  # answers taken from the response cache
     TRAINING_STEPS = "training_steps"  # DP-SGD steps taken by this process's run (a resume counts its own)

@@ -28,6 +28,7 @@ class GenerationStats:
     """Counts of the run's generations (public: they depend on synthetic text only) and seconds per phase."""
 
     public_first: int = 0  # public texts in the first population
+    public_candidates: int = 0  # more public texts among the first vote's candidates
     empty_generations: int = 0
     dropped_empty: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"generation": 0.0, "embedding": 0.0,
@@ -103,6 +104,19 @@ class Apis:
         self.stats.public_first += sum(len(texts) for texts in drawn.values())
         fresh = self.random_api({lbl: counts[lbl] - len(drawn[lbl]) for lbl in self.labels})
         return {lbl: drawn[lbl] + fresh[lbl] for lbl in self.labels}
+
+    def with_public(self, candidates: Population) -> Population:
+        """The first vote's candidates: the first population and its variations, plus up to `public_candidates`
+        other public texts of each label (drawn by the public stream), so that the votes choose among the public
+        data itself, and unlabelled public data is sorted into labels by them."""
+        out: Population = {}
+        for lbl in self.labels:
+            have = set(candidates[lbl])
+            drawn = choose(self.pool(lbl), self.options.public_candidates, public_rng(self.salt, f"candidates|{lbl}"))
+            extra = [t for t in dict.fromkeys(t.strip() for t in drawn) if t and t not in have]
+            self.stats.public_candidates += len(extra)
+            out[lbl] = candidates[lbl] + extra
+        return out
 
     def random_api(self, counts: dict[Label, int]) -> Population:
         """counts[c] fresh samples of each label c, written from public prompts."""

@@ -60,6 +60,9 @@ class PrivateEvolutionOptions:
                 "for an API model")
     list_header: str = option(LIST_HEADER, "first line of a list prompt; {domain}, {label_name}, {label}")
     max_examples: int = option(3, "public examples (from --public-data) per prompt, drawn per request", maximum=100)
+    public_candidates: int = option(1000, "public texts of each label (from --public-data) that the first vote may "
+                                          "keep beside the first population and its variations, drawn by the public "
+                                          "stream; 0: none", maximum=MAX_COUNT)
     empty_retries: int = option(3, "regenerations of an empty answer before it is dropped", maximum=100)
     probe: int = option(4, "public RANDOM_API requests checked for empty answers before anything is spent",
                         maximum=1000)

@@ -5,6 +5,7 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
 
     E = embed(private records)                                     once, per label
     S_c = RANDOM_API(prompt(c), n_c) + (L-1) x VARIATION_API         |S_c| = L n_c
+          (with public data: n_c public texts of c first, and up to `public_candidates` more in S_c for round 1)
     for t in 1..T:
         h = votes of D_c for their nearest candidates in S_c; h~ = h + N(0, sigma^2); threshold H
         keep = top n_c of h~ (rank) or n_c draws prop. to h~ (sample)
@@ -58,11 +59,12 @@ class PrivateEvolution:
     options_class: ClassVar[type] = PrivateEvolutionOptions
     supports_resume: ClassVar[bool] = True  # votes are checkpointed before use; answers are cached
     supports_users: ClassVar[bool] = True  # one vote vector per user: the mean of its records' votes
-    counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.DROPPED_TEXTS,
-                                             Count.DROPPED_EMPTY, Count.GENERATION_REQUESTS,
+    counters: ClassVar[tuple[Count, ...]] = (Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, Count.PUBLIC_CANDIDATES,
+                                             Count.DROPPED_TEXTS, Count.DROPPED_EMPTY, Count.GENERATION_REQUESTS,
                                              Count.CACHED_ANSWERS_REUSED)
     public_data_use: ClassVar[str] = ("the first population (public texts of each label, drawn by the public stream; "
-                                      "RANDOM_API for the rest), the examples of the prompts (max_examples per "
+                                      "RANDOM_API for the rest), more candidates of the first vote "
+                                      "(public_candidates), the examples of the prompts (max_examples per "
                                       "request) and the default max_tokens")
 
     def load_resources(self, options: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
@@ -142,7 +144,7 @@ class Evolution:
         # Progress: one stage per round; a step is one generation request or one label's DP selection.
         ctx.stage(f"PE round 0/{o.iterations}", sum(n_c.values()) * (1 + o.variations), "step")
         kept = apis.initial(n_c)  # public texts, then RANDOM_API
-        candidates = apis.variation_api(kept, 0)  # |S_c| = L n_c
+        candidates = apis.with_public(apis.variation_api(kept, 0))  # L n_c, plus other public texts
         for t in range(1, o.iterations + 1):
             ctx.stage(f"PE round {t}/{o.iterations}",
                       len(labels) + (sum(n_c.values()) * o.variations if t < o.iterations else 0), "step")
@@ -198,6 +200,7 @@ class Evolution:
         generator, summary = self.res.generator, self.ctx.summary
         generator.cache.close()
         for counter, n in ((Count.PUBLIC_TEXTS_IN_FIRST_POPULATION, stats.public_first),
+                           (Count.PUBLIC_CANDIDATES, stats.public_candidates),
                            (Count.DROPPED_TEXTS, stats.empty_generations),
                            (Count.DROPPED_EMPTY, stats.dropped_empty),
                            (Count.GENERATION_REQUESTS, generator.new_requests - requests_before),
