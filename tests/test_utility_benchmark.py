@@ -380,3 +380,13 @@ def test_the_baseline_draws_an_empty_text_again_so_it_writes_what_it_is_asked_fo
                         calls.append(list(labels)) or ["" for _ in labels])
     assert runner.filled_public_texts(None, None, ["a"], np.random.default_rng(0)) == [""]  # gives up, kept empty
     assert len(calls) == 1 + runner.EMPTY_RETRIES
+
+
+def test_a_row_counts_its_texts_per_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each arm's row says how its texts split over the labels (the pipelines follow DP counts, the baseline splits
+    evenly), so a reader can tell a gain from the label split apart from one in the texts."""
+    from benchmarks.utility import runner
+
+    monkeypatch.setattr(runner, "accuracy", lambda texts, labels, data: 0.5)
+    row = runner._timed({}, None, lambda: (["t1", "t2", "t3"], ["spam", "ham", "spam"], {}))  # type: ignore[arg-type]
+    assert row["texts_per_label"] == {"ham": 1, "spam": 2} and row["texts"] == 3 and row["accuracy"] == 0.5

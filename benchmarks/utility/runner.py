@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -110,6 +111,7 @@ def _timed(row: dict[str, Any], data: Dataset, work: Any) -> dict[str, Any]:
         texts, labels, extra = work()
         row.update(extra)
         row["texts"] = len(texts)
+        row["texts_per_label"] = {str(k): v for k, v in sorted(Counter(labels).items(), key=lambda kv: str(kv[0]))}
         if not texts:
             raise RuntimeError("the run wrote no text")
         row["accuracy"] = accuracy(texts, labels, data)
