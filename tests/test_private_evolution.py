@@ -152,16 +152,18 @@ def test_run_releases_per_label_counts_and_never_copies_private_counts(tmp_path:
     assert [r.label for r in weighted].count("small") == 3
 
 
-def test_texts_follow_the_dp_label_counts_by_default(tmp_path: Path) -> None:
-    """The default `label_counts` is dp: with two or more labels the plan pays for the DP label histogram and the
-    texts split as its noisy counts do (400:40 private records, histogram noise sigma 18: 10:1 within noise); with
-    one label no histogram is drawn."""
-    assert [e.name for e in plan_of(("a", "b")).events] == ["private-evolution label histogram",
-                                                            "private-evolution votes"]
-    assert [e.name for e in plan_of(("a",)).events] == ["private-evolution votes"]
+def test_texts_follow_the_dp_label_counts_with_label_counts_dp(tmp_path: Path) -> None:
+    """`label_counts=dp`: with two or more labels the plan pays for the DP label histogram and the texts split as its
+    noisy counts do (400:40 private records, histogram noise sigma 18: 10:1 within noise); with one label no
+    histogram is drawn. The default (uniform) draws none."""
+    assert [e.name for e in plan_of(("a", "b"), label_counts="dp").events] == ["private-evolution label histogram",
+                                                                               "private-evolution votes"]
+    assert [e.name for e in plan_of(("a",), label_counts="dp").events] == ["private-evolution votes"]
+    assert [e.name for e in plan_of(("a", "b")).events] == ["private-evolution votes"]
     records = [Record(f"big note {i}", "big") for i in range(400)] + [Record(f"small note {i}", "small")
                                                                        for i in range(40)]
-    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=22, variations=1)
+    out, ctx, _ = run_pipeline(records, ("big", "small"), EchoBackend(), tmp_path, num_samples=22, variations=1,
+                               label_counts="dp")
     big = [r.label for r in out].count("big")
     assert len(out) == 22 and big >= 3 * (22 - big) and ctx.summary["samples_per_label"]["big"] == big
 
@@ -264,11 +266,11 @@ def test_generate_private_evolution_end_to_end_on_a_tiny_model(tmp_path: Path, t
     ])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and {r["label"] for r in records} <= {"ham", "spam"}  # split by the DP histogram
+    assert len(records) == 4 and sorted(r["label"] for r in records) == ["ham", "ham", "spam", "spam"]
     assert all(r["text"] and "message number" not in r["text"] for r in records)
     ledger = Ledger.read(out)
     assert ledger.status == "complete" and 2.9 < ledger.epsilon <= 3.0
-    assert [e.name for e in ledger.events] == ["private-evolution label histogram", "private-evolution votes"]
+    assert [e.name for e in ledger.events] == ["private-evolution votes"]
     assert "message number" not in (out / "ledger.json").read_text()
     assert (out / ".synthdp-private-evolution" / "responses.jsonl").is_file()
     assert "private-evolution" in runner.invoke(app, ["pipelines"]).output

@@ -46,7 +46,7 @@ class PrivateEvolutionOptions:
     selection: Literal["rank", "sample"] = option("rank", "rank: keep the top n_c; sample: draw prop. to votes")
     variation: Literal["paraphrase", "blanks"] = option("paraphrase", "VARIATION_API: paraphrase or fill in the blanks")
     variation_degree: float = option(0.5, "fill-in-the-blanks: probability that a word is masked")
-    label_counts: LabelCounts = option("dp", LABEL_COUNTS_HELP)
+    label_counts: LabelCounts = option("uniform", LABEL_COUNTS_HELP)
     concurrency: int = option(8, "API requests in flight at once, per endpoint (--api-base)", maximum=1024)
     temperature: float = option(1.0, "sampling temperature of both APIs")
     top_p: float = option(1.0, "nucleus sampling of both APIs")
