@@ -60,7 +60,8 @@ def spreads(name: str, sizes: list[int], draws: int, embedder: Embedder | None,
                     scores["embeddings + LR"].append(embedding_logreg(embedder.embed(x), y, held, labels,
                                                                       classes)["accuracy"])
             for classifier, accs in scores.items():
-                out.append((name, rows_name + (", balanced" if balanced else ""), str(n), classifier, f"{statistics.mean(accs):.3f}",
+                drawn_from = rows_name + (", balanced" if balanced else "")
+                out.append((name, drawn_from, str(n), classifier, f"{statistics.mean(accs):.3f}",
                             f"{statistics.stdev(accs):.3f}", f"{min(accs):.3f}", f"{max(accs):.3f}"))
     return out
 
