@@ -105,12 +105,16 @@ class Apis:
         fresh = self.random_api({lbl: counts[lbl] - len(drawn[lbl]) for lbl in self.labels})
         return {lbl: drawn[lbl] + fresh[lbl] for lbl in self.labels}
 
-    def with_public(self, candidates: Population) -> Population:
+    def with_public(self, candidates: Population, counts: dict[Label, int]) -> Population:
         """The first vote's candidates: the first population and its variations, plus up to `public_candidates`
-        other public texts of each label (drawn by the public stream), so that the votes choose among the public
-        data itself, and unlabelled public data is sorted into labels by them."""
+        other public texts of each label that keeps texts (counts[c] > 0: the others cast no vote), drawn by the
+        public stream, so that the votes choose among the public data itself, and unlabelled public data is sorted
+        into labels by them."""
         out: Population = {}
         for lbl in self.labels:
+            if counts[lbl] == 0:
+                out[lbl] = candidates[lbl]
+                continue
             have = set(candidates[lbl])
             drawn = choose(self.pool(lbl), self.options.public_candidates, public_rng(self.salt, f"candidates|{lbl}"))
             extra = [t for t in dict.fromkeys(t.strip() for t in drawn) if t and t not in have]

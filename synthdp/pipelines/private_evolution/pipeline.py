@@ -144,7 +144,7 @@ class Evolution:
         # Progress: one stage per round; a step is one generation request or one label's DP selection.
         ctx.stage(f"PE round 0/{o.iterations}", sum(n_c.values()) * (1 + o.variations), "step")
         kept = apis.initial(n_c)  # public texts, then RANDOM_API
-        candidates = apis.with_public(apis.variation_api(kept, 0))  # L n_c, plus other public texts
+        candidates = apis.with_public(apis.variation_api(kept, 0), n_c)  # L n_c, plus other public texts
         for t in range(1, o.iterations + 1):
             ctx.stage(f"PE round {t}/{o.iterations}",
                       len(labels) + (sum(n_c.values()) * o.variations if t < o.iterations else 0), "step")
