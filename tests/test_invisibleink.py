@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -23,6 +24,7 @@ from synthdp.mechanisms import invisibleink as ink
 from synthdp.mechanisms.randomness import noise_generator, secure_generator
 from synthdp.pipelines.base import RunContext, Target, parse_options
 from synthdp.pipelines.invisibleink import InvisibleInk, InvisibleInkOptions, InvisibleInkPlan
+from synthdp.pipelines.invisibleink import pipeline as pipe
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.costs import DifferenceClippedBatch, DifferenceClippedToken, zcdp_tokens
 
@@ -230,22 +232,25 @@ def test_plan_pays_the_histogram_only_when_the_sizes_are_not_public() -> None:
     # unset batch_size: s (so B) is chosen at run time, even from public sizes; the ledger says how
     auto = plan_for(InvisibleInkOptions(label_sizes="a:40,b:16"), ("a", "b"), records)
     assert auto.divisor_s is None and auto.batches_per_label is None and auto.rho_batch == public.rho_batch
-    assert "at which every batch writes one text" in auto.events[-1].description
+    assert "at which each of its batches writes at most one text" in auto.events[-1].description
     assert "s is chosen at run time" in auto.public_assumptions[0]
 
 
-def test_an_unset_batch_size_is_the_largest_s_at_which_every_batch_writes_one_text() -> None:
+def test_an_unset_batch_size_is_for_each_label_the_largest_s_at_which_its_batches_write_one_text() -> None:
     records = [Record(f"r{i}", "a") for i in range(20)]
     plan = plan_for(InvisibleInkOptions(label_sizes="a:400,b:160"), ("a", "b"), records)
     # n / N = 28. s = 29: B = round(13.8) = 14 and round(5.5) = 6, one text each; s = 30: B_a = 13 < 14
-    assert plan.choose_divisor({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == 29
-    # few records per text (m > 1 even at s = 8): the low end, 8; many: the top, 32
-    assert plan.choose_divisor({"a": 40.0, "b": 16.0}, {"a": 7, "b": 3}) == 8
-    assert plan.choose_divisor({"a": 40_000.0, "b": 16_000.0}, {"a": 7, "b": 3}) == 32
-    # a noisy size below zero or a label without texts changes nothing
-    assert plan.choose_divisor({"a": 400.0, "b": -3.0}, {"a": 14, "b": 0}) == 29
+    assert plan.choose_divisors({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == {"a": 29, "b": 29}
+    # per label: 10 texts of a need only B_a >= 10, which s = 32 gives (round(12.5) = 12); b still needs s <= 29
+    assert plan.choose_divisors({"a": 400.0, "b": 160.0}, {"a": 10, "b": 6}) == {"a": 32, "b": 29}
+    # few records per text (m > 1 even at s = 8): the low end, 8, for that label only; many: the top, 32
+    assert plan.choose_divisors({"a": 40.0, "b": 16.0}, {"a": 7, "b": 3}) == {"a": 8, "b": 8}
+    assert plan.choose_divisors({"a": 400.0, "b": 16.0}, {"a": 5, "b": 5}) == {"a": 32, "b": 8}
+    assert plan.choose_divisors({"a": 40_000.0, "b": 16_000.0}, {"a": 7, "b": 3}) == {"a": 32, "b": 32}
+    # a noisy size below zero or a label without texts leaves the other label's s where it was
+    assert plan.choose_divisors({"a": 400.0, "b": -3.0}, {"a": 14, "b": 0})["a"] == 29
     fixed = plan_for(InvisibleInkOptions(label_sizes="a:400,b:160", batch_size=5), ("a", "b"), records)
-    assert fixed.choose_divisor({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == 5
+    assert fixed.choose_divisors({"a": 400.0, "b": 160.0}, {"a": 14, "b": 6}) == {"a": 5, "b": 5}
 
 
 class ScriptedLM:
@@ -261,7 +266,6 @@ class ScriptedLM:
 
 def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples: int, **opts: object
                  ) -> tuple[list[str], RunContext, InvisibleInkPlan]:
-    import synthdp.pipelines.invisibleink.pipeline as pipe
 
     class Decoder:
         def __init__(self, lm: ScriptedLM, private: list, public: list, *args: object, **kwargs: object) -> None:
@@ -305,26 +309,42 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
     return out, ctx, plan
 
 
-def test_m_is_the_fewest_texts_per_batch_and_every_batch_is_charged_m_times_T(monkeypatch: pytest.MonkeyPatch) -> None:
-    # B = 5 (a) and 2 (b); 10 texts split uniformly: 5 and 5, so m = ceil(5 / 2) = 3
+def test_every_batch_is_charged_its_own_m_times_t_and_gets_the_clip_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[float, int]] = []
+    real = pipe.choose_token
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append((kw["clip"], kw["divisor"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipe, "choose_token", spy)
+    # B = 5 (a) and 2 (b); 10 texts split uniformly: 5 and 5, so a's batches write 1 each, b's 3 and 2
     short, ctx, plan = scripted_run(monkeypatch, [3, 4, 0], 10, label_counts="uniform", max_tokens=20, batch_size=8)
-    assert ctx.summary["texts_per_batch"] == 3 and len(short) == 10 and set(short) == {"3 4"}
-    c = ink.clip_for(plan.rho_batch, tokens=3 * 20, divisor=plan.divisor_s, temperature=plan.temperature,
-                    neighboring="add_remove")
-    assert ctx.summary["clip"] == c  # charged m*T = 60 tokens although each text had 2
-    # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = ceil(3 / 2) = 2
+
+    def clip(m: int) -> float:  # charged m*T tokens although each text had 2
+        return ink.clip_for(plan.rho_batch, tokens=m * 20, divisor=8, temperature=plan.temperature,
+                            neighboring="add_remove")
+
+    assert len(short) == 10 and set(short) == {"3 4"}
+    assert ctx.summary["texts_per_batch"] == {"a": 1, "b": 3} and ctx.summary["clip"] == {"a": clip(1), "b": clip(3)}
+    assert sorted(set(seen)) == sorted({(clip(1), 8), (clip(2), 8), (clip(3), 8)})  # each batch its own C
+    assert seen.count((clip(3), 8)) == 3 * 3 and seen.count((clip(2), 8)) == 2 * 3  # 3 tokens a text, one try each
+    # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = 2 for both labels
     _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20, batch_size=8)
-    assert ctx.summary["texts_per_batch"] == 2
+    assert ctx.summary["texts_per_batch"] == {"a": 2, "b": 2}
 
 
-def test_an_unset_batch_size_sets_the_run_s_and_its_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unset_batch_size_sets_each_label_s_and_its_clip(monkeypatch: pytest.MonkeyPatch) -> None:
     # sizes 40:16 and 2 texts (dp counts: 1 and 1): every label has B >= 1, so every s gives one text per batch
     _, ctx, plan = scripted_run(monkeypatch, [3, 0], 2, max_tokens=20)
-    assert ctx.summary["batch_size"] == 32 and ctx.summary["texts_per_batch"] == 1
-    assert ctx.summary["clip"] == ink.clip_for(plan.rho_batch, tokens=20, divisor=32, temperature=plan.temperature,
-                                               neighboring="add_remove")
+    assert ctx.summary["batch_size"] == {"a": 32, "b": 32} and ctx.summary["texts_per_batch"] == {"a": 1, "b": 1}
+    c32 = ink.clip_for(plan.rho_batch, tokens=20, divisor=32, temperature=plan.temperature, neighboring="add_remove")
+    assert ctx.summary["clip"] == {"a": c32, "b": c32}
+    # 2 texts per label: a needs B_a = round(40 / s) >= 2 (s <= 26), b round(16 / s) >= 2 (s <= 10)
+    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 4, max_tokens=20, label_counts="uniform")
+    assert ctx.summary["batch_size"] == {"a": 26, "b": 10} and ctx.summary["texts_per_batch"] == {"a": 1, "b": 1}
     _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)  # 7 and 3 texts: m = 2 even at s = 8
-    assert ctx.summary["batch_size"] == 8 and ctx.summary["texts_per_batch"] == 2
+    assert ctx.summary["batch_size"] == {"a": 8, "b": 8} and ctx.summary["texts_per_batch"] == {"a": 2, "b": 2}
 
 
 def test_a_text_cut_at_max_tokens_is_released_and_an_empty_one_retried(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,7 +123,7 @@ def invisibleink_trace(lm: LocalLM, first: list[str], monkeypatch: pytest.Monkey
     options = pipe.InvisibleInkOptions(batch_size=2, max_tokens=STEPS + 1, max_record_tokens=48)
     prompts = pipe.InvisibleInk.prompts(lm, options, {})
     tokens = usable_tokens(lm, prompts, 8)
-    units = [pipe.Unit("spam", texts, 2, secure_generator(), j)
+    units = [pipe.Unit("spam", texts, 2, secure_generator(), j, divisor=2, clip=1.0)
              for j, texts in enumerate([first, RECORDS[:2], RECORDS[2:5]])]
     seen: dict[int, list[torch.Tensor]] = {1: [], 2: []}
 
@@ -134,10 +134,10 @@ def invisibleink_trace(lm: LocalLM, first: list[str], monkeypatch: pytest.Monkey
         return tokens[(len(seen.get(j, [])) + 3 * j) % len(tokens)]
 
     monkeypatch.setattr(pipe, "choose_token", scripted)
-    mech = pipe.Mechanism(clip=1.0, divisor=2, temperature=1.0, top_k=20, max_tokens=STEPS + 1)
+    mech = pipe.Mechanism(temperature=1.0, top_k=20, max_tokens=STEPS + 1, rows=2)
     ctx = RunContext(rng=secure_generator(), seeded=False, num_samples=6, labels=("spam",), resources=lm)
     widths = pipe.InvisibleInk.widths(prompts, ("spam",), options)
-    pipe.InvisibleInk().decode_group(prompts, units, 2, mech, widths, StepShape(3, 80, "cpu"), ctx)
+    pipe.InvisibleInk().decode_group(prompts, units, mech, widths, StepShape(3, 80, "cpu"), ctx)
     assert all(len(u.made) == 2 for u in units[1:])
     return [seen[1], seen[2]]
 

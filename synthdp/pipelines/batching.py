@@ -38,9 +38,10 @@ def batch_rows(s: int, unit: PrivacyUnit) -> int:
     return s * unit.max_records if unit.per_user else s
 
 
-def batches_per_label(n_by_label: dict[str | None, float], s: int) -> dict[str | None, int]:
-    """B_l = max(1, round(n_l / s)), n_l a public size or a DP (noisy) count."""
-    return {label: max(1, int(round(float(n) / s))) for label, n in n_by_label.items()}
+def batches_per_label(n_by_label: dict[str | None, float], s: int | Mapping[Label, int]) -> dict[str | None, int]:
+    """B_l = max(1, round(n_l / s_l)), n_l a public size or a DP (noisy) count; s one for every label or per label."""
+    return {label: max(1, int(round(float(n) / (s if isinstance(s, int) else s[label]))))
+            for label, n in n_by_label.items()}
 
 
 def texts_per_batch(quotas: Mapping[Label, int], batches: Mapping[Label, int]) -> int:

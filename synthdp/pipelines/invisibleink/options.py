@@ -15,7 +15,7 @@ DEFAULT_PROMPT = "Here is a {domain} with {label_name}: {label}. Text: {text} Pl
 DEFAULT_PLACEHOLDER = "<a {domain} with {label_name}: {label}>"
 DEFAULT_HEADER = "Examples of {domain}s ({label_name}: {label}):"
 PROMPT_STYLES = ("list", "chat")
-AUTO_BATCH = (8, 32)  # the range of s an unset batch_size chooses from (plan.choose_divisor)
+AUTO_BATCH = (8, 32)  # the range of s an unset batch_size chooses from (plan.choose_divisors)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,19 +25,20 @@ class InvisibleInkOptions:
 
     Ours (benchmarks/tune_invisibleink.py; docs/benchmarks.md, "Defaults by measurement (tau, k, T)"): tau = 0.7
     with k = 20 gives the paper's settings' utility with more fluent text; T = 64, since a shorter cap cuts many
-    texts mid-sentence; s chosen per run from 8 to 32 (the paper's range) so that every record is read
-    (plan.choose_divisor; docs/benchmarks.md, "The batch size s on TREC").
+    texts mid-sentence; s chosen per run and label from 8 to 32 (the paper's range) so that every record is read
+    (plan.choose_divisors; docs/benchmarks.md, "The batch size s on TREC").
 
     Prompts (prompts.py): `list` by default, the model continuing a numbered list of public examples and the
     record, since small models answer the paper's chat request with echoes of it (docs/benchmarks.md, "The first
     run"); `chat` keeps that request for models that follow it."""
 
     batch_size: int | None = option(None, "expected batch size s: records (users, at user level) per hash batch, "
-                                          "the fixed divisor of the clipped differences; unset: the largest s from "
-                                          f"{AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which every batch writes one text "
-                                          "(so every record is read), by the label sizes that set the batch counts "
-                                          f"(no extra cost); {AUTO_BATCH[0]} when even that needs several texts per "
-                                          "batch", maximum=MAX_BATCH)
+                                          "the fixed divisor of the clipped differences; unset: for each label, the "
+                                          f"largest s from {AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which each of its "
+                                          "batches writes at most one text (so every record is read), by the label "
+                                          "sizes that set the batch counts (no extra cost); "
+                                          f"{AUTO_BATCH[0]} when even that needs several texts per batch",
+                                    maximum=MAX_BATCH)
     temperature: float = option(0.7, "tau of the private sampling (the exponential mechanism)")
     top_k: int | None = option(20, "k of the public set {y : z_pub(y) >= l_k - 2C/s} (public: free); "
                                    "none: the whole vocabulary")

@@ -58,7 +58,9 @@ MAX_EXAMPLE_SETS = 256  # distinct sets of public examples per label at most (th
 
 @dataclass
 class Unit:
-    """One hash batch: its label, its records, how many texts it should write, its own noise stream."""
+    """One hash batch: its label, its records, how many texts it writes (m, at most one try each), its own noise
+    stream, and its s and C (`calibrate`: C = s tau sqrt(2 rho_batch / (factor m T)), so every batch spends the same
+    rho_batch whatever its m)."""
 
     label: str | None
     texts: list[str]
@@ -67,18 +69,18 @@ class Unit:
     index: int = 0  # its place among its label's batches (public): which public examples it shows
     made: list[str] = field(default_factory=list)
     groups: list[int] | None = None  # user level: each text's user index within the batch (one term per user)
+    divisor: int = 0  # s of its label (set by `calibrate`)
+    clip: float = 0.0  # C for its m = want texts of T tokens (set by `calibrate`)
 
 
 @dataclass(frozen=True)
 class Mechanism:
-    """The per-token parameters of a run (C is set once the batch counts are known)."""
+    """The per-token parameters of a run that every batch shares (s and C are each batch's own: `Unit`)."""
 
-    clip: float
-    divisor: int
     temperature: float
     top_k: int | None
     max_tokens: int
-    rows: int | None = None  # the rows a batch is planned for (None: s; s k at user level): the passes' sizes
+    rows: int  # the most rows a batch is planned for (the largest s; s k at user level): the passes' sizes
 
 
 @register_pipeline
@@ -135,25 +137,25 @@ class InvisibleInk:
         sizes = plan.labels.draw(records, ctx.noise_rng)  # public, or the DP label histogram
         assert sizes is not None  # the batch counts always have sizes
         quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))
-        s = plan.choose_divisor(sizes, quotas)
-        batches = batches_per_label(sizes, s)
-        m = texts_per_batch(quotas, batches)
-        if m == 0:
-            return
-        mech = Mechanism(clip_for(plan.rho_batch, tokens=m * plan.max_tokens, divisor=s,
-                                  temperature=plan.temperature, neighboring=plan.neighboring),
-                         s, plan.temperature, plan.top_k, plan.max_tokens, batch_rows(s, ctx.unit))
-        ctx.summary.set("batch_size", s)
-        ctx.summary.set("texts_per_batch", m)
-        ctx.summary.set("clip", mech.clip)
-        ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})
+        divisors = plan.choose_divisors(sizes, quotas)
+        batches = batches_per_label(sizes, divisors)
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]
+        if not units:
+            return
+        self.calibrate(units, divisors, plan)
+        mech = Mechanism(plan.temperature, plan.top_k, plan.max_tokens,
+                         batch_rows(max(u.divisor for u in units), ctx.unit))
+        kept = sorted({u.label for u in units}, key=labels.index)
+        ctx.summary.set("batch_size", {str(k): divisors[k] for k in kept})
+        ctx.summary.set("texts_per_batch", {str(k): max(u.want for u in units if u.label == k) for k in kept})
+        ctx.summary.set("clip", {str(k): min(u.clip for u in units if u.label == k) for k in kept})
+        ctx.summary.set("batches_per_label", {str(k): v for k, v in batches.items()})
         wanted = {label: min(batches[label], MAX_EXAMPLE_SETS) * options.max_examples for label in labels}
         pick = fork_public(ctx.rng, "examples") if ctx.public is not None else None
         prompts = self.prompts(lm, options, example_pools(ctx.public, wanted, pick) if pick is not None else {})
         widths = self.widths(prompts, labels, options)
         # The step shape comes from the device (its free memory): rank 0's, so that every rank groups alike.
-        shape = ctx.world.broadcast(step_shape(lm, mech.rows or mech.divisor, widths[0], plan.max_tokens,
+        shape = ctx.world.broadcast(step_shape(lm, mech.rows, widths[0], plan.max_tokens,
                                                options.batches_per_step) if ctx.world.main else None)
         # A resumed run groups the batches as its first start did (its step shape), and must rebuild the same ones.
         digest = batches_digest((u.label, digest_rows(u.texts, u.groups), u.want) for u in units)
@@ -166,7 +168,7 @@ class InvisibleInk:
         def decode(i: int) -> tuple[list[list[str]], dict[str, Any]]:
             """Group todo[i] (on rank i mod N under torchrun): its units' texts and its summary counts."""
             part = dataclasses.replace(ctx, summary=ctx.summary.part())
-            self.decode_group(prompts, groups[todo[i]], m, mech, widths, shape, part)
+            self.decode_group(prompts, groups[todo[i]], mech, widths, shape, part)
             return [unit.made for unit in groups[todo[i]]], part.summary.as_dict()
 
         # Each group depends only on its units (their records, quotas and noise streams), so the corpus is the
@@ -200,6 +202,21 @@ class InvisibleInk:
                       for i, ((texts, groups), want) in enumerate(zip(rows[label], wants))]
         return units
 
+    @staticmethod
+    def calibrate(units: list[Unit], divisors: dict[str | None, int], plan: InvisibleInkPlan) -> None:
+        """Each batch's s (its label's) and C for its own m = want texts of T tokens: the same rho_batch for every
+        batch, so a batch writing fewer texts, or a label with larger batches, gets a larger C. m, s and C are
+        functions of the batch counts' sizes and the texts per label (public, or the DP histogram's): no new
+        cost."""
+        clips: dict[tuple[int, int], float] = {}
+        for unit in units:
+            unit.divisor = divisors[unit.label]
+            key = (unit.want, unit.divisor)
+            if key not in clips:
+                clips[key] = clip_for(plan.rho_batch, tokens=unit.want * plan.max_tokens, divisor=unit.divisor,
+                                      temperature=plan.temperature, neighboring=plan.neighboring)
+            unit.clip = clips[key]
+
     # ------------------------------------------------------------------ decoding
 
     @staticmethod
@@ -223,28 +240,27 @@ class InvisibleInk:
         return prompts.private(unit.label, unit.index, text, width=width)
 
     @torch.no_grad()
-    def decode_group(self, prompts: Prompts, units: list[Unit], m: int, mech: Mechanism,
-                     widths: tuple[int, int], shape: StepShape, ctx: RunContext) -> None:
-        """Up to m texts for each unit of the group (fewer when its quota is met), into `unit.made`."""
+    def decode_group(self, prompts: Prompts, units: list[Unit], mech: Mechanism, widths: tuple[int, int],
+                     shape: StepShape, ctx: RunContext) -> None:
+        """Each unit's `want` texts (one try each: its C is set for want texts of T tokens; an empty one is
+        dropped), into `unit.made`."""
         lm = prompts.lm
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
             [prompts.public(u.label, u.index) for u in units],
-            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape,
-            divisor=mech.rows or mech.divisor)
+            mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.rows)
         users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long, device=lm.device)
                  for u in units]
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
-        for _ in range(m):
-            active = [len(u.made) < u.want for u in units]
-            if not any(active):
-                return
+        for attempt in range(max(u.want for u in units)):
+            active = [attempt < u.want for u in units]
+            writing = list(active)
             tokens: list[list[int]] = [[] for _ in units]
             for step in range(mech.max_tokens):
                 chosen = torch.full((len(units),), lm.pad_id, dtype=torch.long)
                 for i, unit in enumerate(units):
                     if active[i]:
-                        chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=mech.clip, divisor=mech.divisor,
+                        chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=unit.clip, divisor=unit.divisor,
                                                  temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng,
                                                  exclude=prompts.banned(step), groups=users[i])
                         token = int(chosen[i])
@@ -255,8 +271,8 @@ class InvisibleInk:
                     break
                 logits = decoder.step(chosen)
             ctx.summary.add(Count.CUT_AT_MAX_TOKENS, sum(active))
-            for unit, ids in zip(units, tokens):
-                if len(unit.made) < unit.want:
+            for unit, ids, wrote in zip(units, tokens, writing):
+                if wrote:
                     text = prompts.finish(ids)
                     if text:
                         unit.made.append(text)

@@ -20,18 +20,19 @@ from synthdp.privacy.ledger import LedgerEvent
 from synthdp.privacy.neighboring import Neighboring
 
 
-AUTO_WORDS = (f"the largest s from {AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which every batch writes one text, "
-              f"{AUTO_BATCH[0]} when none does (a function of the batch counts' sizes and the texts per label: "
-              "post-processing; the run summary's `batch_size`)")
+AUTO_WORDS = (f"for each label, the largest s from {AUTO_BATCH[0]} to {AUTO_BATCH[1]} at which each of its batches "
+              f"writes at most one text, {AUTO_BATCH[0]} when none does (a function of that label's batch-count size "
+              "and texts: post-processing; the run summary's `batch_size`)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class InvisibleInkPlan(PrivacyPlan):
-    """What the run needs: the zCDP charge of one batch (m and C follow from it at run time, once the batch
-    counts are known: C = s tau sqrt(2 rho_batch / (factor m T))), and the batch counts where they are public."""
+    """What the run needs: the zCDP charge of one batch (s, m and C of each batch follow from it at run time, once
+    the batch counts are known: C = s tau sqrt(2 rho_batch / (factor m T))), and the batch counts where they are
+    public."""
 
     rho_batch: float  # zCDP of one hash batch: m T C^2 / (2 s^2 tau^2) (x4 under replace-one)
-    divisor_s: int | None  # None: chosen at run time from the sizes (`choose_divisor`)
+    divisor_s: int | None  # None: chosen at run time from the sizes (`choose_divisors`, per label)
     max_tokens: int  # T: every text is charged T tokens
     temperature: float
     top_k: int | None
@@ -44,16 +45,20 @@ class InvisibleInkPlan(PrivacyPlan):
         s chosen from the sizes and the number of texts)."""
         return public_batches(self.labels, self.divisor_s)
 
-    def choose_divisor(self, sizes: Mapping[Label, float], quotas: Mapping[Label, int]) -> int:
-        """s: batch_size when set; else the largest s in AUTO_BATCH at which every batch writes one text (m = 1, so
-        the batches hold every record), the low end when none does. A function of the sizes (public, or the DP
-        histogram's) and the texts per label only: post-processing. At m = 1 the records' say per token grows as s
-        (C = s tau sqrt(2 rho / T)); past it, batches write several texts and the say grows only as sqrt(s)."""
+    def choose_divisors(self, sizes: Mapping[Label, float], quotas: Mapping[Label, int]) -> dict[Label, int]:
+        """s per label: batch_size when set; else, for each label, the largest s in AUTO_BATCH at which each of its
+        batches writes at most one text (m = 1, so its batches hold every record of it), the low end when none does.
+        A function of the label's size (public, or the DP histogram's) and its texts only: post-processing. At m = 1
+        the records' say per token grows as s (C = s tau sqrt(2 rho / T)); past it, batches write several texts and
+        the say grows only as sqrt(s). Per label, so that a small label needing several texts per batch leaves the
+        other labels' s (and C) where their own sizes put them: each batch spends the same rho_batch."""
         if self.divisor_s is not None:
-            return self.divisor_s
+            return {label: self.divisor_s for label in sizes}
         low, high = AUTO_BATCH
-        return max((s for s in range(low, high + 1) if texts_per_batch(quotas, batches_per_label(dict(sizes), s)) <= 1),
-                   default=low)
+        return {label: max((s for s in range(low, high + 1)
+                            if texts_per_batch({label: quotas.get(label, 0)}, batches_per_label({label: n}, s)) <= 1),
+                           default=low)
+                for label, n in sizes.items()}
 
     def published(self) -> dict[str, Any]:
         batches, sizes = self.batches_per_label, self.labels.sizes
