@@ -264,15 +264,16 @@ class ScriptedLM:
         self.script, self.vocab = script, vocab
 
 
-def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples: int, **opts: object
-                 ) -> tuple[list[str], RunContext, InvisibleInkPlan]:
+def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples: int, *, empty_rounds: int = 0,
+                 **opts: object) -> tuple[list[str], RunContext, InvisibleInkPlan]:
+    """A run whose every text follows `script` (token 0 ends it), after `empty_rounds` rounds of empty texts."""
 
     class Decoder:
         def __init__(self, lm: ScriptedLM, private: list, public: list, *args: object, **kwargs: object) -> None:
-            self.units, self.k = [len(p) for p in private], 0
+            self.units, self.k, self.round = [len(p) for p in private], 0, -1
 
         def logits(self) -> list[torch.Tensor]:
-            token = self.script[min(self.k, len(self.script) - 1)]
+            token = 0 if self.round < empty_rounds else self.script[min(self.k, len(self.script) - 1)]
             rows = []
             for n in self.units:
                 z = torch.full((n + 1, 12), -60.0)
@@ -281,7 +282,7 @@ def scripted_run(monkeypatch: pytest.MonkeyPatch, script: list[int], num_samples
             return rows
 
         def prefill(self) -> list[torch.Tensor]:
-            self.k = 0
+            self.k, self.round = 0, self.round + 1
             return self.logits()
 
         def step(self, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -350,8 +351,12 @@ def test_an_unset_batch_size_sets_each_label_s_and_its_clip(monkeypatch: pytest.
 def test_a_text_cut_at_max_tokens_is_released_and_an_empty_one_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     cut, ctx, _ = scripted_run(monkeypatch, [5, 6, 7, 8, 9], 4, max_tokens=3)
     assert cut == ["5 6 7"] * 4 and ctx.summary["cut_at_max_tokens"] == 4
+    # an empty text costs its one token, and the batch tries again while its m T tokens last: 4 texts, 12 tokens
     empty, ctx, _ = scripted_run(monkeypatch, [0], 4, max_tokens=3)
-    assert empty == [] and ctx.summary["dropped_texts"] >= 4
+    assert empty == [] and ctx.summary["dropped_texts"] == 4 * 3
+    # after one empty round every batch still writes its texts, the last cut where its tokens run out
+    again, ctx, _ = scripted_run(monkeypatch, [3, 4, 0], 4, max_tokens=3, empty_rounds=1)
+    assert again == ["3 4"] * 4 and 0 < ctx.summary["dropped_texts"] <= 4 and ctx.summary["cut_at_max_tokens"] > 0
 
 
 def run_tiny(lm: object, batches_per_step: int) -> list[tuple[str | None, str]]:

@@ -190,8 +190,8 @@ class DifferenceClippedToken(ExponentialToken):
 
 @dataclass(frozen=True, kw_only=True)
 class DifferenceClippedBatch:
-    """One hash batch of InvisibleInk: m texts of at most T tokens, charged m*T `DifferenceClippedToken`s whatever
-    their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). The plan fixes
+    """One hash batch of InvisibleInk: m texts of at most T tokens from at most m*T tokens, charged m*T
+    `DifferenceClippedToken`s whatever their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). The plan fixes
     rho_batch; each batch's C follows at run time from its m and s (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in
     parallel, so this event is the whole run's. User level (`unit` "user"): all of a user's records are in one
     batch, and the sum runs over users, each the mean of its at most k rows' clipped differences: one user moves
@@ -223,14 +223,15 @@ class DifferenceClippedBatch:
         where = "" if self.unit == "record" else f" of {self.unit}s, all of a {self.unit}'s records in one batch"
         return (
             f"per hash batch{where} (batches are disjoint and compose in parallel): m texts of at most T = "
-            f"{self.max_tokens} tokens, charged m*T tokens whatever their lengths; each token the exponential "
+            f"{self.max_tokens} tokens from at most m*T tokens (an empty text's tokens count, and the batch tries "
+            f"again while tokens remain), charged m*T tokens whatever their lengths; each token the exponential "
             f"mechanism on z_pub + (1/s) sum clip(z_i - z_pub, -C, C) with s = "
             f"{self.divisor or self.divisor_words}, tau = {self.temperature:g}, over the public top-k+ set "
             f"(k = {self.top_k})"
             f"{user_term_words(self.unit, self.max_records, 'clipped differences', 'each score by at most C/s')}: "
             f"(2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
             f"{self.rho_batch:.6g}-zCDP per batch; m is the number of texts the batch writes (its share of its "
-            f"label's texts, one try each, given the batch counts), and each batch's C = s tau sqrt(2 rho / (m T)) "
+            f"label's texts, given the batch counts), and each batch's C = s tau sqrt(2 rho / (m T)) "
             f"is set from its m and s at run time (Vinod, Pillutla & Thakurta 2025)"
         )
 

@@ -58,7 +58,7 @@ MAX_EXAMPLE_SETS = 256  # distinct sets of public examples per label at most (th
 
 @dataclass
 class Unit:
-    """One hash batch: its label, its records, how many texts it writes (m, at most one try each), its own noise
+    """One hash batch: its label, its records, how many texts it writes (m, from at most m T tokens), its own noise
     stream, and its s and C (`calibrate`: C = s tau sqrt(2 rho_batch / (factor m T)), so every batch spends the same
     rho_batch whatever its m)."""
 
@@ -242,8 +242,9 @@ class InvisibleInk:
     @torch.no_grad()
     def decode_group(self, prompts: Prompts, units: list[Unit], mech: Mechanism, widths: tuple[int, int],
                      shape: StepShape, ctx: RunContext) -> None:
-        """Each unit's `want` texts (one try each: its C is set for want texts of T tokens; an empty one is
-        dropped), into `unit.made`."""
+        """Each unit's `want` texts into `unit.made`, from at most want T private tokens (its charge: its C is set
+        for them). A text ends at its end token, or at T, or when the unit's tokens run out (then it is cut); an
+        empty one is dropped, its tokens counted, and the unit tries again while it has tokens left."""
         lm = prompts.lm
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
@@ -251,10 +252,13 @@ class InvisibleInk:
             mech.max_tokens, full_width=widths[0], public_width=widths[1], shape=shape, divisor=mech.rows)
         users = [None if u.groups is None else torch.tensor(u.groups, dtype=torch.long, device=lm.device)
                  for u in units]
+        left = [u.want * mech.max_tokens for u in units]  # private tokens each unit may still sample
         logits = decoder.prefill()  # per unit: (its records + 1, V), the public row last
-        for attempt in range(max(u.want for u in units)):
-            active = [attempt < u.want for u in units]
-            writing = list(active)
+        while True:  # every round samples at least one token of a unit with tokens left: it ends
+            writing = [len(u.made) < u.want and left[i] > 0 for i, u in enumerate(units)]
+            if not any(writing):
+                return
+            active, ended = list(writing), [False] * len(units)
             tokens: list[list[int]] = [[] for _ in units]
             for step in range(mech.max_tokens):
                 chosen = torch.full((len(units),), lm.pad_id, dtype=torch.long)
@@ -263,14 +267,16 @@ class InvisibleInk:
                         chosen[i] = choose_token(logits[i][:-1], logits[i][-1], clip=unit.clip, divisor=unit.divisor,
                                                  temperature=mech.temperature, top_k=mech.top_k, rng=unit.rng,
                                                  exclude=prompts.banned(step), groups=users[i])
+                        left[i] -= 1
                         token = int(chosen[i])
                         if token not in lm.stop_ids:
                             tokens[i].append(token)
-                        active[i] = not prompts.ends(token)
+                        ended[i] = prompts.ends(token)
+                        active[i] = not ended[i] and left[i] > 0
                 if not any(active) or step == mech.max_tokens - 1:
                     break
                 logits = decoder.step(chosen)
-            ctx.summary.add(Count.CUT_AT_MAX_TOKENS, sum(active))
+            ctx.summary.add(Count.CUT_AT_MAX_TOKENS, sum(w and not e for w, e in zip(writing, ended)))
             for unit, ids, wrote in zip(units, tokens, writing):
                 if wrote:
                     text = prompts.finish(ids)
