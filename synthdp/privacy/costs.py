@@ -191,11 +191,12 @@ class DifferenceClippedToken(ExponentialToken):
 @dataclass(frozen=True, kw_only=True)
 class DifferenceClippedBatch:
     """One hash batch of InvisibleInk: m texts of at most T tokens from at most m*T tokens, charged m*T
-    `DifferenceClippedToken`s whatever their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one). The plan fixes
-    rho_batch; each batch's C follows at run time from its m and s (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in
-    parallel, so this event is the whole run's. User level (`unit` "user"): all of a user's records are in one
-    batch, and the sum runs over users, each the mean of its at most k rows' clipped differences: one user moves
-    every score by at most C/s, as one record does at record level, with s counting users; the same rho."""
+    `DifferenceClippedToken`s whatever their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under
+    replace-one). The plan fixes rho_batch; each batch's C follows at run time from its m and s
+    (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in parallel, so this event is the whole run's.
+    User level (`unit` "user"): all of a user's records are in one batch, and the sum runs over users, each the
+    mean of its at most k rows' clipped differences: one user moves every score by at most C/s, as one record does
+    at record level, with s counting users; the same rho."""
 
     NAME: ClassVar[str] = "invisibleink batch"
     rho_batch: float

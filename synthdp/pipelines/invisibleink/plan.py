@@ -63,7 +63,8 @@ class InvisibleInkPlan(PrivacyPlan):
     def published(self) -> dict[str, Any]:
         batches, sizes = self.batches_per_label, self.labels.sizes
         low, high = AUTO_BATCH
-        divisor = self.divisor_s if self.divisor_s is not None else f"chosen at run time, from {low} to {high}"
+        divisor = (self.divisor_s if self.divisor_s is not None
+                   else f"chosen at run time for each label, from {low} to {high}")
         return {"rho_batch": self.rho_batch, "divisor_s": divisor, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "top_k": self.top_k, "neighboring": self.neighboring,
                 "batches_per_label": None if batches is None else {str(k): v for k, v in batches.items()},
