@@ -331,20 +331,20 @@ def test_every_batch_is_charged_its_own_m_times_t_and_gets_the_clip_of_it(monkey
     assert sorted(set(seen)) == sorted({(clip(1), 8), (clip(2), 8), (clip(3), 8)})  # each batch its own C
     assert seen.count((clip(3), 8)) == 3 * 3 and seen.count((clip(2), 8)) == 2 * 3  # 3 tokens a text, one try each
     # label_counts=dp: in proportion to the sizes 40:16, so 7 and 3 texts and m = 2 for both labels
-    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20, batch_size=8)
+    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20, batch_size=8, label_counts="dp")
     assert ctx.summary["texts_per_batch"] == {"a": 2, "b": 2}
 
 
 def test_an_unset_batch_size_sets_each_label_s_and_its_clip(monkeypatch: pytest.MonkeyPatch) -> None:
     # sizes 40:16 and 2 texts (dp counts: 1 and 1): every label has B >= 1, so every s gives one text per batch
-    _, ctx, plan = scripted_run(monkeypatch, [3, 0], 2, max_tokens=20)
+    _, ctx, plan = scripted_run(monkeypatch, [3, 0], 2, max_tokens=20, label_counts="dp")
     assert ctx.summary["batch_size"] == {"a": 32, "b": 32} and ctx.summary["texts_per_batch"] == {"a": 1, "b": 1}
     c32 = ink.clip_for(plan.rho_batch, tokens=20, divisor=32, temperature=plan.temperature, neighboring="add_remove")
     assert ctx.summary["clip"] == {"a": c32, "b": c32}
     # 2 texts per label: a needs B_a = round(40 / s) >= 2 (s <= 26), b round(16 / s) >= 2 (s <= 10)
     _, ctx, _ = scripted_run(monkeypatch, [3, 0], 4, max_tokens=20, label_counts="uniform")
     assert ctx.summary["batch_size"] == {"a": 26, "b": 10} and ctx.summary["texts_per_batch"] == {"a": 1, "b": 1}
-    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20)  # 7 and 3 texts: m = 2 even at s = 8
+    _, ctx, _ = scripted_run(monkeypatch, [3, 0], 10, max_tokens=20, label_counts="dp")  # 7 and 3: m = 2 at s = 8
     assert ctx.summary["batch_size"] == {"a": 8, "b": 8} and ctx.summary["texts_per_batch"] == {"a": 2, "b": 2}
 
 

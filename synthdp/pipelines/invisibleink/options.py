@@ -66,9 +66,11 @@ class InvisibleInkOptions:
                                                           "{domain}, {label_name}, {label}")
     assistant_prefix: str = option("Text:", "pre-filled start of the assistant turn")
     label_sizes: LabelSizes = option("dp", LABEL_SIZES_HELP)
-    label_counts: LabelCounts = option("dp", "texts per label: dp (in proportion to the label sizes that set the batch "
-                                             "counts: no extra cost), uniform, or public weights as a table "
-                                             "{ham = 3, spam = 1} (--set label_counts=ham:3,spam:1)")
+    label_counts: LabelCounts = option("uniform", "texts per label: uniform (the same number for every label: a "
+                                                  "balanced corpus; a small label's batches write more texts each, at "
+                                                  "a smaller C), dp (in proportion to the label sizes that set the "
+                                                  "batch counts: no extra cost), or public weights as a table "
+                                                  "{ham = 3, spam = 1} (--set label_counts=ham:3,spam:1)")
     batches_per_step: int | None = option(None, "hash batches decoded together in one forward pass (public); "
                                                 "default: as many as the device's row budget holds", maximum=MAX_BATCH)
 
