@@ -38,7 +38,7 @@ from synthdp.models.local import LocalLM
 from synthdp.models.memory import MemoryPlan
 from synthdp.pipelines.base import ModelSpec, PrivacyPlan, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.batching import (
-    batch_rows, batches_per_label, digest_rows, label_batches, split_evenly, texts_per_batch,
+    batch_rows, batches_per_label, digest_rows, label_batches, split_evenly,
 )
 from synthdp.pipelines.checkpoint import BatchCheckpoint, batches_digest
 from synthdp.pipelines.invisibleink.decoding import (
