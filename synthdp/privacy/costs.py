@@ -191,12 +191,11 @@ class DifferenceClippedToken(ExponentialToken):
 @dataclass(frozen=True, kw_only=True)
 class DifferenceClippedBatch:
     """One hash batch of InvisibleInk: m texts of at most T tokens from at most m*T tokens, charged m*T
-    `DifferenceClippedToken`s whatever their lengths, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under
-    replace-one). The plan fixes rho_batch; each batch's C follows at run time from its m and s
-    (`mechanisms.invisibleink.clip_for`). Disjoint batches compose in parallel, so this event is the whole run's.
-    User level (`unit` "user"): all of a user's records are in one batch, and the sum runs over users, each the
-    mean of its at most k rows' clipped differences: one user moves every score by at most C/s, as one record does
-    at record level, with s counting users; the same rho."""
+    `DifferenceClippedToken`s, as one zCDP event rho_batch = m T C^2/(2 s^2 tau^2) (x4 under replace-one); each
+    batch's C follows at run time from its m and s (`mechanisms.invisibleink.clip_for`). Disjoint batches compose
+    in parallel: this event is the whole run's. User level (`unit` "user"): a user's records are in one batch, and
+    the sum runs over users, each the mean of its at most k rows' clipped differences: one user moves every score
+    by at most C/s, as one record does at record level, with s counting users; the same rho."""
 
     NAME: ClassVar[str] = "invisibleink batch"
     rho_batch: float
@@ -231,9 +230,8 @@ class DifferenceClippedBatch:
             f"(k = {self.top_k})"
             f"{user_term_words(self.unit, self.max_records, 'clipped differences', 'each score by at most C/s')}: "
             f"(2C/(s tau))-bounded range, C^2/(2 s^2 tau^2)-zCDP{factor}; in all rho = "
-            f"{self.rho_batch:.6g}-zCDP per batch; m is the number of texts the batch writes (its share of its "
-            f"label's texts, given the batch counts), and each batch's C = s tau sqrt(2 rho / (m T)) "
-            f"is set from its m and s at run time (Vinod, Pillutla & Thakurta 2025)"
+            f"{self.rho_batch:.6g}-zCDP per batch; m is the batch's share of its label's texts given the batch "
+            f"counts, and its C = s tau sqrt(2 rho / (m T)) is set from its m and s at run time (Vinod et al. 2025)"
         )
 
 
