@@ -245,6 +245,7 @@ class InvisibleInk:
         """Each unit's `want` texts into `unit.made`, from at most want T private tokens (its charge: its C is set
         for them). A text ends at its end token, or at T, or when the unit's tokens run out (then it is cut); an
         empty one is dropped, its tokens counted, and the unit tries again while it has tokens left."""
+        assert all(u.divisor > 0 and u.clip > 0 for u in units), "every batch needs its s and C (calibrate)"
         lm = prompts.lm
         decoder = MultiBatchDecoder(
             lm, [[self.prompt(prompts, t, u, widths[0]) for t in u.texts] for u in units],
