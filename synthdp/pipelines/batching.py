@@ -1,7 +1,7 @@
 """Hash batching (Amin et al. 2024, Assumption 1), shared by the pipelines that prompt with batches of records
 (private prediction, InvisibleInk): each record goes to one of B disjoint batches of its label by a salted hash
 of its own content, B = max(1, round(n / s)), so that a record's batch never depends on another record and the
-batches compose in parallel. Also how many texts each batch writes, and the summary of a run done in parts.
+batches compose in parallel. Also how a label's texts split over its batches.
 
 At user level (records bounded to one label and at most k records per user: synthdp/users.py) the unit is a user:
 all of a user's records go to ONE batch of its label, by a salted hash of its user id alone, n counts users, and
@@ -11,7 +11,6 @@ A batch of s users holds up to s k rows (`batch_rows`)."""
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Mapping
 
 from synthdp.data import Record
@@ -42,11 +41,6 @@ def batches_per_label(n_by_label: dict[str | None, float], s: int | Mapping[Labe
     """B_l = max(1, round(n_l / s_l)), n_l a public size or a DP (noisy) count; s one for every label or per label."""
     return {label: max(1, int(round(float(n) / (s if isinstance(s, int) else s[label]))))
             for label, n in n_by_label.items()}
-
-
-def texts_per_batch(quotas: Mapping[Label, int], batches: Mapping[Label, int]) -> int:
-    """m: the fewest texts per batch with which every label's batches write its quota (0: no texts)."""
-    return max((math.ceil(q / batches[label]) for label, q in quotas.items()), default=0)
 
 
 # What the DP label histogram is for, in the ledger, when it sets the batch counts.

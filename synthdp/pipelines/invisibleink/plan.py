@@ -13,7 +13,7 @@ from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import AUTO_BATCH, InvisibleInkOptions
 from synthdp.pipelines.labels import Label, LabelPolicy, as_text
 from synthdp.pipelines.batching import (
-    BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches, texts_per_batch,
+    BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches,
 )
 from synthdp.privacy.costs import DifferenceClippedBatch
 from synthdp.privacy.ledger import LedgerEvent
@@ -55,9 +55,8 @@ class InvisibleInkPlan(PrivacyPlan):
         if self.divisor_s is not None:
             return {label: self.divisor_s for label in sizes}
         low, high = AUTO_BATCH
-        return {label: max((s for s in range(low, high + 1)
-                            if texts_per_batch({label: quotas.get(label, 0)}, batches_per_label({label: n}, s)) <= 1),
-                           default=low)
+        return {label: max((s for s in range(low, high + 1)  # at most one text each: no more texts than batches
+                            if quotas.get(label, 0) <= batches_per_label({label: n}, s)[label]), default=low)
                 for label, n in sizes.items()}
 
     def published(self) -> dict[str, Any]:
