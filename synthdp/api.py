@@ -42,7 +42,8 @@ def generate(
     """Generate a DP synthetic corpus into `out` (synthetic.jsonl, ledger.json, config.toml, RELEASE.md).
 
     Each argument is an option of `synthdp generate`; None leaves it unset: the `config` file's value, else
-    the default (pipeline invisibleink, text_field "text", label_field "label", neighboring add_remove).
+    the default (pipeline: private-evolution with `public_data` in one process, else invisibleink; text_field
+    "text", label_field "label", neighboring add_remove).
     `data=None` uses the bundled SMS Spam sample and `model=None` the embedded default model. `public_data`: text
     you declare public (same formats and fields as `data`), used for prompt examples, Private Evolution's first
     population and the default length; never checked against `data` (the ledger names it as public).

@@ -54,7 +54,7 @@ def generate(
     public_data: Annotated[Optional[str], typer.Option(help="Text you declare public, same formats and fields as --data (e.g. public reviews of the same kind): prompt examples, Private Evolution's first population, the default length. Never checked against --data; the ledger names it as public. Default: none (the bundled sample: its own public examples).")] = None,
     text_field: Annotated[Optional[str], typer.Option(help="Field holding the text. Default: text.")] = None,
     label_field: Annotated[Optional[str], typer.Option(help="Field holding the label; '' for unlabelled data. Default: label.")] = None,
-    pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: invisibleink.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(help="Pipeline name (see `synthdp pipelines`). Default: private-evolution with --public-data (not under torchrun), else invisibleink.")] = None,
     epsilon: EpsilonOpt = None,
     delta: BudgetDeltaOpt = None,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", "-n", help="Number of synthetic texts.")] = None,
@@ -99,6 +99,8 @@ def generate(
     values.update({k: v for k, v in flags.items() if v is not None})
     values["options"].update(parse_set_pairs(set_ or []))
     cfg = resolve_config(values, lambda name: "--" + name.replace("_", "-"), GENERATE_EXAMPLE)
+    if cfg.pipeline_note:
+        typer.echo(cfg.pipeline_note, err=True)
     if dry_run:
         planned = plan_run(cfg)
         for line in planned.lines():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthdp.errors import OptionError, OutputError, PrivacyParameterError, UserError
-from synthdp.pipelines.base import MAX_COUNT, ModelSpec
+from synthdp.pipelines.base import MAX_COUNT, ModelSpec, parse_options
 from synthdp.privacy.accounting import check_delta, check_epsilon
 from synthdp.privacy.neighboring import Neighboring
 from synthdp.privacy.unit import DEFAULT_MAX_RECORDS, PrivacyUnit, check_unit
@@ -23,7 +23,7 @@ class RunConfig:
     epsilon: float
     delta: float
     num_samples: int
-    pipeline: str = "invisibleink"
+    pipeline: str = "invisibleink"  # resolve_config: default_pipeline() when none is named
     data: str | None = None
     public_data: str | None = None  # text the user declares public, read like `data` (synthdp/public_data.py)
     text_field: str = "text"
@@ -39,6 +39,8 @@ class RunConfig:
     device: str | None = None
     user_field: str | None = None  # the unit of privacy is one user: all records with the same value (privacy/unit.py)
     max_records_per_user: int = DEFAULT_MAX_RECORDS  # k: records used per user (user level only)
+    # Why resolve_config chose `pipeline` ('' where the user named it); not part of config.toml.
+    pipeline_note: str = field(default="", init=False, repr=False, compare=False)
 
     @property
     def unit(self) -> PrivacyUnit:
@@ -49,7 +51,7 @@ class RunConfig:
                          seed=self.seed)
 
     def to_toml_dict(self, resolved_options: Any) -> dict[str, Any]:
-        run = {k: v for k, v in dataclasses.asdict(self).items() if k != "options"}
+        run = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("options", "pipeline_note")}
         run["out"] = str(self.out)
         if self.label_field is None:  # TOML has no null: '' says unlabelled (a missing key would mean "label")
             run["label_field"] = ""
@@ -59,6 +61,22 @@ class RunConfig:
 
 
 REQUIRED = ("epsilon", "delta", "num_samples", "out")
+DEFAULT_PIPELINE = "invisibleink"
+PUBLIC_DATA_PIPELINE = "private-evolution"
+
+
+def default_pipeline(public_data: Any) -> tuple[str, str]:
+    """The pipeline of a run that names none, and why: Private Evolution where the user gives public data to a run of
+    one process, InvisibleInk otherwise. With public data, Private Evolution measured above its public-prompt
+    baseline beyond the readout's spread on all three benchmark sets, and InvisibleInk on none (docs/benchmarks.md,
+    "Which pipeline by default"). Private Evolution runs in one process, so a torchrun launch keeps InvisibleInk."""
+    from synthdp.distributed import launched
+
+    if public_data is None or launched():
+        return DEFAULT_PIPELINE, ""
+    return PUBLIC_DATA_PIPELINE, (
+        f"pipeline: {PUBLIC_DATA_PIPELINE}, the default with public data (it starts from the public texts and the "
+        f"private records vote for which survive); pass --pipeline {DEFAULT_PIPELINE} for InvisibleInk.")
 
 
 def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example: str) -> RunConfig:
@@ -79,7 +97,23 @@ def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example:
     if missing:
         raise UserError(f"Missing {', '.join(map(spell, missing))}. Example: {example} ({spell('delta')} may be "
                         f"left out with a {spell('budget')} file: its delta).")
-    return RunConfig(**values)
+    note = ""
+    if "pipeline" not in values:
+        values["pipeline"], note = default_pipeline(values.get("public_data"))
+    cfg = RunConfig(**values)
+    cfg.pipeline_note = note
+    return cfg
+
+
+def run_options(cfg: RunConfig, options_class: type, values: dict[str, Any]) -> Any:
+    """The pipeline's options (`parse_options`); an error says why the pipeline was chosen where the user named none
+    (an option of InvisibleInk given to a run that chose Private Evolution)."""
+    try:
+        return parse_options(options_class, values)
+    except OptionError as err:
+        if not cfg.pipeline_note:
+            raise
+        raise OptionError(f"{err} ({cfg.pipeline_note})") from None
 
 
 def check_config(cfg: RunConfig) -> None:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from synthdp.config import RunConfig, check_config
+from synthdp.config import RunConfig, check_config, run_options
 from synthdp.corpus import check_out_dir
 from synthdp.data import BUNDLED_SOURCE, LoadedData
 from synthdp.errors import UserError
 from synthdp.models.memory import MemoryPlan
-from synthdp.pipelines.base import PrivacyPlan, Target, check_unit_supported, get_pipeline, parse_options
+from synthdp.pipelines.base import PrivacyPlan, Target, check_unit_supported, get_pipeline
 from synthdp.privacy.accounting import epsilon_report
 from synthdp.privacy.budget import Budget
 from synthdp.privacy.neighboring import Neighboring
@@ -90,7 +90,7 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
     check_unit_supported(pipeline, cfg.unit)
-    options = parse_options(pipeline.options_class, options_values)
+    options = run_options(cfg, pipeline.options_class, options_values)
     check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None
     data = public_facts(cfg)

@@ -27,9 +27,9 @@ from synthdp.data import BUNDLED_OPTIONS, LoadedData, keep_checked, load_records
 from synthdp.dryrun import DryRun, dry_run, unit_argument
 from synthdp.errors import UserError
 from synthdp.mechanisms.randomness import fresh_keys, run_streams
-from synthdp.config import RunConfig, check_config, load_config_file
+from synthdp.config import RunConfig, check_config, load_config_file, run_options
 from synthdp.pipelines.base import PrivacyPlan, RunContext, SyntheticRecord, Target, check_unit_supported
-from synthdp.pipelines.base import get_pipeline, parse_options
+from synthdp.pipelines.base import get_pipeline
 from synthdp.pipelines.summary import RunSummary
 from synthdp.privacy.accounting import check_delta_against_n, epsilon_report
 from synthdp.privacy.budget import Budget
@@ -86,7 +86,7 @@ def prepare_run(cfg: RunConfig, warn: Callable[[str], None], *, resuming: bool =
     check_config(cfg)
     pipeline = get_pipeline(cfg.pipeline)
     check_unit_supported(pipeline, cfg.unit)
-    options = parse_options(pipeline.options_class, _with_data_defaults(pipeline.options_class, cfg))
+    options = run_options(cfg, pipeline.options_class, _with_data_defaults(pipeline.options_class, cfg))
     if not resuming:
         check_out_dir(cfg.out)
     budget = Budget.load(Path(cfg.budget)) if cfg.budget else None

@@ -64,7 +64,7 @@ def test_the_public_data_is_named_as_public_and_sets_max_tokens_unless_it_is_giv
 
     public = public_file(tmp_path)
     common = ["--data", str(data_file), "--labels", "ham,spam", "--public-data", str(public), "--epsilon", "3",
-              "--delta", "1e-5", "--num-samples", "2", "--model", str(tiny_model_dir)]
+              "--delta", "1e-5", "--num-samples", "2", "--model", str(tiny_model_dir), "--pipeline", "invisibleink"]
     flags = fast_flags("invisibleink")
     derived = flags[:flags.index("max_tokens=6") - 1] + flags[flags.index("max_tokens=6") + 1:]  # no max_tokens
     result = runner.invoke(app, ["generate", *common, "--out", str(tmp_path / "a"), *derived])
