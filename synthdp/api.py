@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -86,4 +87,6 @@ def generate(
         raise OptionError(f"`options` must be a dict of option names to values, e.g. {{'clip': 10}}. Found {options!r}.")
     values["options"] = {**values.get("options", {}), **(options or {})}
     cfg = resolve_config(values, lambda name: name, EXAMPLE)
+    if cfg.pipeline_note:  # as the CLI says it
+        print(cfg.pipeline_note, file=sys.stderr)
     return plan_run(cfg) if dry_run else generate_run(cfg, show_progress=show_progress)

@@ -65,7 +65,7 @@ DEFAULT_PIPELINE = "invisibleink"
 PUBLIC_DATA_PIPELINE = "private-evolution"
 
 
-def default_pipeline(public_data: Any) -> tuple[str, str]:
+def default_pipeline(public_data: Any, spell: Callable[[str], str] = lambda name: "--" + name) -> tuple[str, str]:
     """The pipeline of a run that names none, and why: Private Evolution where the user gives public data to a run of
     one process, InvisibleInk otherwise. With public data, Private Evolution measured above its public-prompt
     baseline beyond the readout's spread on all three benchmark sets, and InvisibleInk on none (docs/benchmarks.md,
@@ -76,7 +76,7 @@ def default_pipeline(public_data: Any) -> tuple[str, str]:
         return DEFAULT_PIPELINE, ""
     return PUBLIC_DATA_PIPELINE, (
         f"pipeline: {PUBLIC_DATA_PIPELINE}, the default with public data (it starts from the public texts and the "
-        f"private records vote for which survive); pass --pipeline {DEFAULT_PIPELINE} for InvisibleInk.")
+        f"private records vote for which survive); pass {spell('pipeline')} {DEFAULT_PIPELINE} for InvisibleInk.")
 
 
 def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example: str) -> RunConfig:
@@ -99,7 +99,7 @@ def resolve_config(values: dict[str, Any], spell: Callable[[str], str], example:
                         f"left out with a {spell('budget')} file: its delta).")
     note = ""
     if "pipeline" not in values:
-        values["pipeline"], note = default_pipeline(values.get("public_data"))
+        values["pipeline"], note = default_pipeline(values.get("public_data"), spell)
     cfg = RunConfig(**values)
     cfg.pipeline_note = note
     return cfg

@@ -20,7 +20,7 @@ REQUIRED = {"epsilon": 3.0, "delta": 1e-5, "num_samples": 2, "out": "out"}
 
 
 def resolved(**values: object) -> tuple[str, str]:
-    cfg = resolve_config({**REQUIRED, "options": {}, **values}, str, "example")
+    cfg = resolve_config({**REQUIRED, "options": {}, **values}, lambda name: "--" + name, "example")
     return cfg.pipeline, cfg.pipeline_note
 
 
@@ -29,6 +29,8 @@ def test_public_data_chooses_private_evolution_unless_a_pipeline_is_named_or_tor
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     pipeline, note = resolved(public_data="public.jsonl")
     assert pipeline == "private-evolution" and "--pipeline invisibleink" in note
+    library = resolve_config({**REQUIRED, "options": {}, "public_data": "p.jsonl"}, str, "example").pipeline_note
+    assert "pass pipeline invisibleink" in library  # spelled as the caller knows the setting
     assert resolved() == ("invisibleink", "")
     assert resolved(public_data="public.jsonl", pipeline="invisibleink") == ("invisibleink", "")
     assert resolved(public_data="public.jsonl", pipeline="dp-finetune") == ("dp-finetune", "")
