@@ -97,8 +97,9 @@ def dry_run(cfg: RunConfig, options_values: dict[str, Any]) -> DryRun:
     memory_plan = getattr(pipeline, "memory_plan", None)
     resources = LocalLM.load_meta(cfg.model, cfg.device) if memory_plan is not None else None
     public = run_public_data(cfg, pipeline, options, data, lambda message: None)  # public text: read in a dry run too
-    if resources is not None:  # the options the real run derives from the public data (max_tokens)
-        options = with_public_defaults(pipeline, options, public, resources, cfg)
+    # The options the real run derives from the public data (max_tokens; Private Evolution's rounds). A pipeline
+    # without a memory plan gets no model here (None) and returns what needs none.
+    options = with_public_defaults(pipeline, options, public, resources, cfg)
     plan = pipeline.plan(options, Target(cfg.epsilon, cfg.delta, cfg.neighboring, cfg.unit), data, resources)
     events = [e.event for e in plan.events]
     if budget is not None:

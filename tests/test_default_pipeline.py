@@ -72,3 +72,26 @@ def test_an_invisibleink_option_with_public_data_and_no_pipeline_says_why_and_le
     assert "Traceback" not in result.output
     assert not out.exists() or not any(out.iterdir())
     assert budget.read_bytes() == before
+
+
+def test_with_public_data_private_evolution_takes_3_rounds_unless_given_and_the_dry_run_plans_the_same(
+        tmp_path: Path, data_file: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthdp
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    public = write_jsonl(tmp_path / "public.jsonl", public_rows())
+    common = {"data": data_file, "public_data": public, "labels": ["ham", "spam"], "epsilon": 3, "delta": 1e-5,
+              "num_samples": 2, "model": tiny_model_dir, "pipeline": "private-evolution", "show_progress": False}
+    fast = {"variations": 1, "max_tokens": 8, "probe": 2}  # iterations unset
+    planned = synthdp.generate(out=tmp_path / "plan", options=fast, dry_run=True, **common)
+    result = synthdp.generate(out=tmp_path / "a", options=fast, **common)
+    assert planned.plan.iterations == result.ledger.parameters["iterations"] == 3
+    assert planned.plan.noise_multiplier == pytest.approx(result.ledger.parameters["noise_multiplier"])
+    assert tomllib.loads((tmp_path / "a" / "config.toml").read_text())["options"]["iterations"] == 3
+    given = synthdp.generate(out=tmp_path / "b", options={**fast, "iterations": 2}, **common)
+    assert given.ledger.parameters["iterations"] == 2  # a value the user sets wins
+    plain = synthdp.generate(out=tmp_path / "c", options={**fast, "iterations": 2}, dry_run=True,
+                             **{**common, "public_data": None})
+    assert plain.plan.iterations == 2
+    from synthdp.pipelines.private_evolution import PrivateEvolutionOptions
+    assert PrivateEvolutionOptions().iterations == 10  # without public data: the paper's T

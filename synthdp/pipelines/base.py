@@ -148,7 +148,8 @@ class Pipeline(Protocol):
     # each starts at 0, and counting any other raises.
     # Optional: `public_data_use: ClassVar[str]`, what the pipeline does with --public-data (the ledger names it);
     # without it --public-data is refused. Optional: `public_defaults(options, public, resources) -> dict`, option
-    # values derived from the public data only (e.g. `max_tokens`), used where the user left the option unset.
+    # values derived from the public data only (e.g. `max_tokens`), used where the user left the option unset;
+    # `resources` is None in the dry run of a pipeline without a memory plan (no model loaded): return what needs none.
 
     def plan(self, options: Any, target: Target, data: LoadedData, resources: Any) -> PrivacyPlan:
         """The DpEvents of the run and its calibrated parameters. Uses only public facts of `data`

@@ -55,7 +55,9 @@ class DPFinetune:
     public_data_use: ClassVar[str] = ("the adapter's warm-up before DP-SGD (public_steps steps of plain training on "
                                       "the public rows, no noise) and the default max_tokens of the sampled texts")
 
-    def public_defaults(self, options: FinetuneOptions, public: PublicData, lm: LocalLM) -> dict[str, Any]:
+    def public_defaults(self, options: FinetuneOptions, public: PublicData, lm: LocalLM | None) -> dict[str, Any]:
+        if lm is None:  # a dry run loads no model; max_tokens is the sampled texts' length, not in the privacy plan
+            return {}
         return {"max_tokens": length_default([r.text for r in public.records], tokenizer_counter(lm.tokenizer))}
 
     def load_resources(self, options: FinetuneOptions, spec: ModelSpec) -> LocalLM:

@@ -27,6 +27,9 @@ STYLES = ("in a casual way", "in a formal way", "in a concise way", "with more d
 # What the prompt templates may be filled with.
 PROMPT_FIELDS = ("domain", "label_name", "label", "keyword", "style", "text", "words")
 LIST_HEADER = "Examples of {domain}s ({label_name}: {label}):"
+# T with --public-data: the first population is public text of the kind wanted, and with the 135M model later rounds
+# lowered the readout (docs/benchmarks.md, "Rounds: the readout after each vote").
+PUBLIC_ITERATIONS = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +39,8 @@ class PrivateEvolutionOptions:
 
     population: int | None = option(None, "N: samples kept per iteration, over all labels; default: --num-samples",
                                    maximum=MAX_COUNT)
-    iterations: int = option(10, "T: rounds of DP voting and selection", maximum=1000)
+    iterations: int = option(10, "T: rounds of DP voting and selection; with --public-data and iterations unset: 3",
+                             maximum=1000)
     variations: int = option(3, "L-1: variations generated per kept sample (L = 4 in Aug-PE with GPT-3.5)",
                              maximum=100)
     threshold: float = option(0.0, "H: noisy vote counts below H count as 0")

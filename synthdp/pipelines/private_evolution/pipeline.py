@@ -37,7 +37,7 @@ from synthdp.mechanisms.nn_histogram import dp_nn_histogram, rank_select, sample
 from synthdp.models.api import ApiGenerator
 from synthdp.pipelines.base import ModelSpec, RunContext, SyntheticRecord, Target, register_pipeline
 from synthdp.pipelines.private_evolution.generation import Apis, GenerationStats, probe
-from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+from synthdp.pipelines.private_evolution.options import PUBLIC_ITERATIONS, PrivateEvolutionOptions
 from synthdp.pipelines.private_evolution.plan import PrivateEvolutionPlan, make_plan
 from synthdp.pipelines.private_evolution.resources import (
     PrivateEvolutionResources, list_style, load_resources, token_counter,
@@ -71,8 +71,13 @@ class PrivateEvolution:
         return load_resources(options, spec)
 
     def public_defaults(self, options: PrivateEvolutionOptions, public: PublicData,
-                        resources: PrivateEvolutionResources) -> dict[str, Any]:
-        return {"max_tokens": length_default([r.text for r in public.records], token_counter(resources))}
+                        resources: PrivateEvolutionResources | None) -> dict[str, Any]:
+        """PUBLIC_ITERATIONS rounds (the first population is public text already), and max_tokens from the public
+        texts' lengths (not in a dry run, which loads no model: None)."""
+        defaults: dict[str, Any] = {"iterations": PUBLIC_ITERATIONS}
+        if resources is not None:
+            defaults["max_tokens"] = length_default([r.text for r in public.records], token_counter(resources))
+        return defaults
 
     def preflight(self, options: PrivateEvolutionOptions, labels: Sequence[str],
                   resources: PrivateEvolutionResources, public: PublicData | None = None) -> None:
