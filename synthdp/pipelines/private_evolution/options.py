@@ -39,8 +39,8 @@ class PrivateEvolutionOptions:
 
     population: int | None = option(None, "N: samples kept per iteration, over all labels; default: --num-samples",
                                    maximum=MAX_COUNT)
-    iterations: int = option(10, "T: rounds of DP voting and selection; with --public-data and iterations unset: 3",
-                             maximum=1000)
+    iterations: int = option(10, "T: rounds of DP voting and selection; with --public-data and iterations unset: "
+                                 f"{PUBLIC_ITERATIONS}", maximum=1000)
     variations: int = option(3, "L-1: variations generated per kept sample (L = 4 in Aug-PE with GPT-3.5)",
                              maximum=100)
     threshold: float = option(0.0, "H: noisy vote counts below H count as 0")
