@@ -65,7 +65,7 @@ DEFAULT_PIPELINE = "invisibleink"
 PUBLIC_DATA_PIPELINE = "private-evolution"
 
 
-def default_pipeline(public_data: Any, spell: Callable[[str], str] = lambda name: "--" + name) -> tuple[str, str]:
+def default_pipeline(public_data: Any, spell: Callable[[str], str]) -> tuple[str, str]:
     """The pipeline of a run that names none, and why: Private Evolution where the user gives public data to a run of
     one process, InvisibleInk otherwise. With public data, Private Evolution measured above its public-prompt
     baseline beyond the readout's spread on all three benchmark sets, and InvisibleInk on none (docs/benchmarks.md,
