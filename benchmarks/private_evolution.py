@@ -85,7 +85,7 @@ def main() -> None:
         t_emb = time.perf_counter() - start
         start = time.perf_counter()
         noisy = dp_nn_histogram(private, emb, noise_multiplier=10.0, rng=rng)
-        rank_select(noisy, args.population, rng)
+        rank_select(noisy, args.population)
         t_hist = time.perf_counter() - start
         total = t_gen + t_emb + t_hist
         print(f"\none iteration: N = {args.population}, L = {args.variations + 1}, {args.private} private records, "

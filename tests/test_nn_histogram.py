@@ -110,9 +110,18 @@ def test_noise_comes_only_from_the_given_generator() -> None:
 def test_threshold_zeroes_small_counts_and_rank_select_keeps_the_largest() -> None:
     assert apply_threshold(np.array([0.5, 2.0, -1.0, 3.0]), 1.0).tolist() == [0.0, 2.0, 0.0, 3.0]
     rng = np.random.default_rng(8)
-    assert sorted(rank_select(np.array([0.1, 5.0, 3.0, -2.0]), 2, rng).tolist()) == [1, 2]
+    assert sorted(rank_select(np.array([0.1, 5.0, 3.0, -2.0]), 2).tolist()) == [1, 2]
     picks = sample_select(np.array([0.0, 0.0, 1.0]), 20, rng)
     assert set(picks.tolist()) == {2}
+
+
+def test_rank_select_breaks_ties_by_position_so_earlier_texts_stay() -> None:
+    """Ties, those the threshold set to 0 included, keep the earlier candidates (the caller lists its kept texts
+    first): with no count above H, the first `keep` stay, in order; a count above H still wins over them."""
+    zeros = apply_threshold(np.array([1.0, -2.0, 0.5, 3.0, 1.5, -0.5]), 4.0)
+    assert rank_select(zeros, 3).tolist() == [0, 1, 2]
+    assert rank_select(apply_threshold(np.array([1.0, -2.0, 0.5, 3.0, 9.0, -0.5]), 4.0), 3).tolist() == [4, 0, 1]
+    assert rank_select(np.array([2.0, 5.0, 2.0, 2.0]), 3).tolist() == [1, 0, 2]  # equal counts: earlier first
 
 
 def test_empty_private_set_is_pure_noise() -> None:

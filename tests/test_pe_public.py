@@ -115,23 +115,27 @@ def test_the_length_default_of_an_api_model_is_estimated_from_words() -> None:
 
 
 def test_the_first_vote_also_chooses_among_other_public_texts() -> None:
-    """`public_candidates`: round 1's candidates are the first population, its variations and up to that many other
-    public texts of the label (public stream, no duplicates); 0 leaves them as they were."""
+    """`public_candidates`: round 1's candidates are the first population, then up to that many other public texts
+    of the label (public stream, no duplicates), then the variations (so ties keep public text first); 0 leaves
+    them as they were."""
     stats = GenerationStats()
     apis = Apis(CachedGenerator(EchoBackend()), options(), "salt", ["a", "b"], stats, public=PUBLIC)
-    first = {"a": ["a public 0", "a variation"], "b": []}
-    more = apis.with_public(first, {"a": 2, "b": 1})
-    assert more["a"][:2] == first["a"] and sorted(more["a"][2:]) == ["a public 1", "a public 2"]
+    none: dict[str | None, list[str]] = {"a": [], "b": []}
+    kept = {"a": ["a public 0"], "b": []}
+    first = {"a": ["a public 0", "a variation"], "b": []}  # what variation_api returns: kept, then variations
+    more = apis.with_public(kept, first, {"a": 2, "b": 1})
+    assert more["a"][0] == "a public 0" and more["a"][-1] == "a variation"
+    assert sorted(more["a"][1:3]) == ["a public 1", "a public 2"] and len(more["a"]) == 4
     assert sorted(more["b"]) == sorted(PUBLIC.pool("b")) and stats.public_candidates == 5
     two = Apis(CachedGenerator(EchoBackend()), options(public_candidates=2), "salt", ["a"], GenerationStats(),
-               public=PUBLIC).with_public({"a": []}, {"a": 1})["a"]
+               public=PUBLIC).with_public({"a": []}, {"a": []}, {"a": 1})["a"]
     assert len(two) == 2 and set(two) <= set(PUBLIC.pool("a"))
     assert Apis(CachedGenerator(EchoBackend()), options(public_candidates=0), "salt", ["a"], GenerationStats(),
-                public=PUBLIC).with_public(first, {"a": 2, "b": 1})["a"] == first["a"]
+                public=PUBLIC).with_public(kept, first, {"a": 2, "b": 1})["a"] == first["a"]
     unlabelled = PublicData("u", (Record("any label 1", None), Record("any label 2", None)), False, {})
     assert Apis(CachedGenerator(EchoBackend()), options(), "salt", ["a", "b"], GenerationStats(),
-                public=unlabelled).with_public({"a": [], "b": []}, {"a": 1, "b": 1})["b"] != []  # serve every label
-    assert apis.with_public({"a": [], "b": []}, {"a": 0, "b": 1})["a"] == []  # a label that keeps none casts no vote
+                public=unlabelled).with_public(none, none, {"a": 1, "b": 1})["b"] != []  # serve every label
+    assert apis.with_public(none, none, {"a": 0, "b": 1})["a"] == []  # a label that keeps none casts no vote
 
 
 def test_the_votes_keep_the_public_text_nearest_the_private_records(tmp_path: Path) -> None:

@@ -285,7 +285,8 @@ def old_parameters(sigma: float, iterations: int, neighboring: str, dp_labels: b
     return {"noise_multiplier": sigma, "noise_std": sigma * sensitivity, "l2_sensitivity": sensitivity,
             "iterations": iterations, "gaussian_releases": iterations + int(dp_labels), "dp_label_histogram": dp_labels,
             "label_histogram": label_histogram.plan_parameters(label_histogram.calibrate_noise(2.0, 1e-5), neighboring)
-            if dp_labels else None, "calibrated": calibrated, "neighboring": neighboring}
+            if dp_labels else None, "calibrated": calibrated, "neighboring": neighboring,
+            "threshold": 2.0 * sigma * sensitivity}  # H: two noise standard deviations unless given
 
 
 @pytest.mark.parametrize("case", ["calibrated", "noise", "dp", "replace_one"])
@@ -308,6 +309,15 @@ def test_typed_plan_publishes_the_parameters_of_earlier_releases(case: str) -> N
     assert list(plan.published()) == list(expected)  # same keys, same order in ledger.json
     with pytest.raises(AttributeError):  # frozen: the run reads the plan, never changes it
         plan.iterations = 6  # type: ignore[misc]
+
+
+def test_a_given_threshold_wins_and_the_ledger_names_the_one_used() -> None:
+    pipe = get_pipeline("private-evolution")
+    for given, expected in (({"threshold": "1.5"}, 1.5), ({"threshold": "0"}, 0.0), ({}, 2.0 * 50.0)):
+        plan = pipe.plan(parse_options(pipe.options_class, {"noise": "50", **given}), Target(2.0, 1e-5),
+                         data_of(("a",)), None)
+        assert isinstance(plan, PrivateEvolutionPlan) and plan.threshold == expected
+        assert f"threshold H = {expected:.4g}." in plan.events[-1].description
 
 
 def test_plan_sends_no_request() -> None:

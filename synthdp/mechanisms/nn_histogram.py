@@ -1,7 +1,8 @@
 """The DP nearest-neighbour histogram of Private Evolution (Lin et al. 2023; Xie et al. 2024, Aug-PE).
 
 Each private record votes for its k nearest candidates (in embedding space); the vote vector is
-released with (discrete) Gaussian noise, then an optional threshold H zeroes the small counts.
+released with (discrete) Gaussian noise, then a threshold H zeroes the small counts; rank selection breaks ties by
+position (the caller lists the texts it kept before first).
 
 Sensitivity. A record casts k votes (weight 1 each) for k distinct candidates, so the integer vote vector
 moves by a 0/1 vector with k ones when one record is added or removed: L2 sensitivity sqrt(k) under
@@ -154,11 +155,12 @@ def dp_nn_histogram(
     return apply_threshold(noisy, threshold)
 
 
-def rank_select(noisy: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the `keep` largest noisy counts, ties broken at random (post-processing)."""
+def rank_select(noisy: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the `keep` largest noisy counts, ties (those the threshold set to 0 included) broken by position,
+    earlier first (post-processing): a caller that lists the texts kept before ahead of new ones keeps them unless
+    the votes say otherwise."""
     keep = min(keep, noisy.shape[0])
-    order = np.lexsort((rng.random(noisy.shape[0]), -noisy))  # primary key: -noisy; ties: random
-    return order[:keep]
+    return np.argsort(-noisy, kind="stable")[:keep]
 
 
 def sample_select(noisy: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:

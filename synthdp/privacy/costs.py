@@ -337,7 +337,7 @@ class VoteRounds(DiscreteGaussianRelease):
         once = " once the scale is divided out" if self.unit == "user" else ""
         return (f"T = {self.count} rounds of the DP nearest-neighbour histogram: {cast} "
                 f"{self.noise_multiplier * sens:.4g}{once} (noise multiplier {self.noise_multiplier:.4g}), threshold "
-                f"H = {self.threshold:g}. " + ("Labels partition the records, so" if self.unit == "record" else
+                f"H = {self.threshold:.4g}. " + ("Labels partition the records, so" if self.unit == "record" else
                                                "Each user has one label, so labels partition the users and")
                 + " all labels' votes in a round are one Gaussian release (parallel composition: the cost does "
                 "not grow with the number of labels)")

@@ -105,11 +105,11 @@ class Apis:
         fresh = self.random_api({lbl: counts[lbl] - len(drawn[lbl]) for lbl in self.labels})
         return {lbl: drawn[lbl] + fresh[lbl] for lbl in self.labels}
 
-    def with_public(self, candidates: Population, counts: dict[Label, int]) -> Population:
-        """The first vote's candidates: the first population and its variations, plus up to `public_candidates`
-        other public texts of each label that keeps texts (counts[c] > 0: the others cast no vote), drawn by the
-        public stream, so that the votes choose among the public data itself, and unlabelled public data is sorted
-        into labels by them."""
+    def with_public(self, kept: Population, candidates: Population, counts: dict[Label, int]) -> Population:
+        """The first vote's candidates: the first population (`kept`), then up to `public_candidates` other public
+        texts of each label that keeps texts (counts[c] > 0: the others cast no vote), drawn by the public stream, then
+        the variations. So the votes choose among the public data itself, unlabelled public data is sorted into labels
+        by them, and where the votes tie (rank selection keeps the earlier), public text goes before variations."""
         out: Population = {}
         for lbl in self.labels:
             if counts[lbl] == 0:
@@ -119,7 +119,8 @@ class Apis:
             drawn = choose(self.pool(lbl), self.options.public_candidates, public_rng(self.salt, f"candidates|{lbl}"))
             extra = [t for t in dict.fromkeys(t.strip() for t in drawn) if t and t not in have]
             self.stats.public_candidates += len(extra)
-            out[lbl] = candidates[lbl] + extra
+            first = len(kept[lbl])  # `candidates` starts with the first population (variation_api)
+            out[lbl] = candidates[lbl][:first] + extra + candidates[lbl][first:]
         return out
 
     def random_api(self, counts: dict[Label, int]) -> Population:

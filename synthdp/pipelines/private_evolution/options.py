@@ -30,6 +30,9 @@ LIST_HEADER = "Examples of {domain}s ({label_name}: {label}):"
 # T with --public-data: the first population is public text of the kind wanted, and with the 135M model later rounds
 # lowered the readout (docs/benchmarks.md, "Rounds: the readout after each vote").
 PUBLIC_ITERATIONS = 3
+# Default H in noise standard deviations: a candidate needs about this many votes' worth of evidence to count, so a
+# vote that is mostly noise (a label with few records) leaves its kept texts in place rather than drifting.
+THRESHOLD_STDS = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +46,9 @@ class PrivateEvolutionOptions:
                                  f"{PUBLIC_ITERATIONS}", maximum=1000)
     variations: int = option(3, "L-1: variations generated per kept sample (L = 4 in Aug-PE with GPT-3.5)",
                              maximum=100)
-    threshold: float = option(0.0, "H: noisy vote counts below H count as 0")
+    threshold: float | None = option(None, "H: noisy vote counts below H count as 0; ties (those at 0 included) keep "
+                                           "the kept texts first, then public texts, then new variations; default: "
+                                           f"{THRESHOLD_STDS:g} x the votes' noise standard deviation")
     votes: int = option(1, "k: nearest candidates each private record votes for (each vote weighs 1/sqrt(k))",
                         maximum=1000)
     noise: float | None = option(None, "noise multiplier sigma; default: calibrated from --epsilon (must fit it)")

@@ -7,8 +7,8 @@ it. They only vote, through the DP nearest-neighbour histogram, for which candid
     S_c = RANDOM_API(prompt(c), n_c) + (L-1) x VARIATION_API         |S_c| = L n_c
           (with public data: n_c public texts of c first, and up to `public_candidates` more in S_c for round 1)
     for t in 1..T:
-        h = votes of D_c for their nearest candidates in S_c; h~ = h + N(0, sigma^2); threshold H
-        keep = top n_c of h~ (rank) or n_c draws prop. to h~ (sample)
+        h = votes of D_c for their nearest candidates in S_c; h~ = h + N(0, sigma^2); below H (2 std): 0
+        keep = top n_c of h~ (rank; ties: the kept texts, then public texts, then variations) or n_c draws prop. to h~
         S_c = keep + (L-1) x VARIATION_API(keep)                     (not after the last round)
     release keep
 
@@ -149,7 +149,7 @@ class Evolution:
         # Progress: one stage per round; a step is one generation request or one label's DP selection.
         ctx.stage(f"PE round 0/{o.iterations}", sum(n_c.values()) * (1 + o.variations), "step")
         kept = apis.initial(n_c)  # public texts, then RANDOM_API
-        candidates = apis.with_public(apis.variation_api(kept, 0), n_c)  # L n_c, plus other public texts
+        candidates = apis.with_public(kept, apis.variation_api(kept, 0), n_c)  # L n_c, plus other public texts
         for t in range(1, o.iterations + 1):
             ctx.stage(f"PE round {t}/{o.iterations}",
                       len(labels) + (sum(n_c.values()) * o.variations if t < o.iterations else 0), "step")
@@ -183,7 +183,8 @@ class Evolution:
                         stats: GenerationStats) -> Population:
         """One round: per label, the DP nearest-neighbour histogram of the private votes, then selection."""
         o, plan, ctx, embedder = self.o, self.plan, self.ctx, self.res.embedder
-        choose = rank_select if o.selection == "rank" else sample_select
+        choose = (lambda noisy, n: rank_select(noisy, n)) if o.selection == "rank" else \
+            (lambda noisy, n: sample_select(noisy, n, ctx.rng))
         kept: Population = {}
         for lbl, cands in candidates.items():
             if not cands or n_c[lbl] == 0:
@@ -194,9 +195,9 @@ class Evolution:
             stats.seconds["embedding"] += time.perf_counter() - start
             start = time.perf_counter()
             noisy = dp_nn_histogram(private[lbl].embeddings, emb, noise_multiplier=plan.noise_multiplier,
-                                    rng=ctx.noise_rng, votes=min(o.votes, len(cands)), threshold=o.threshold,
+                                    rng=ctx.noise_rng, votes=min(o.votes, len(cands)), threshold=plan.threshold,
                                     neighboring=plan.neighboring, device=embedder.device, groups=private[lbl].groups)
-            kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl], ctx.rng)]
+            kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl])]
             stats.seconds["histogram"] += time.perf_counter() - start
             ctx.progress(1, None)
         return kept

@@ -20,7 +20,7 @@ from synthdp.errors import PrivacyParameterError
 from synthdp.mechanisms.nn_histogram import USER_VOTE_SCALE
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.labels import LabelPolicy, as_text
-from synthdp.pipelines.private_evolution.options import PrivateEvolutionOptions
+from synthdp.pipelines.private_evolution.options import THRESHOLD_STDS, PrivateEvolutionOptions
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
 from synthdp.privacy.costs import VoteRounds, l2_sensitivity
 from synthdp.privacy.ledger import LedgerEvent
@@ -38,6 +38,7 @@ class PrivateEvolutionPlan(PrivacyPlan):
     labels: LabelPolicy  # samples per label: uniform, public weights or the DP label histogram
     calibrated: bool  # sigma calibrated from the target (not given as `noise`)
     neighboring: Neighboring
+    threshold: float  # H, in the released counts' units (given, or THRESHOLD_STDS noise standard deviations)
     unit: PrivacyUnit = PrivacyUnit()  # who casts one vote vector: a record, or a user (the mean of its records')
 
     @property
@@ -55,7 +56,8 @@ class PrivateEvolutionPlan(PrivacyPlan):
                      "l2_sensitivity": self.l2_sensitivity, "iterations": self.iterations,
                      "gaussian_releases": self.iterations + int(self.dp_label_histogram),
                      "dp_label_histogram": self.dp_label_histogram, "label_histogram": self.labels.published(),
-                     "calibrated": self.calibrated, "neighboring": self.neighboring}
+                     "calibrated": self.calibrated, "neighboring": self.neighboring,
+                     "threshold": self.threshold}
         if self.unit.per_user:
             published["user_vote_scale"] = USER_VOTE_SCALE
         return published
@@ -73,8 +75,9 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     assert sigma is not None
     sensitivity = l2_sensitivity(target.neighboring)
     per_user = target.unit.per_user
+    threshold = o.threshold if o.threshold is not None else THRESHOLD_STDS * sigma * sensitivity
     votes = VoteRounds(noise_multiplier=sigma, count=o.iterations, neighboring=target.neighboring, votes=o.votes,
-                       threshold=o.threshold, unit=target.unit.noun, max_records=target.unit.max_records if per_user
+                       threshold=threshold, unit=target.unit.noun, max_records=target.unit.max_records if per_user
                        else 1, vote_scale=USER_VOTE_SCALE if per_user else 1)
     events.append(LedgerEvent(votes.NAME, votes.words, votes.event))
     if o.noise is not None:
@@ -82,7 +85,7 @@ def make_plan(o: PrivateEvolutionOptions, target: Target, data: LoadedData) -> P
     return PrivateEvolutionPlan(
         events=tuple(events), public_assumptions=assumptions(o, data, labels), noise_multiplier=sigma,
         l2_sensitivity=sensitivity, iterations=o.iterations, labels=labels, calibrated=o.noise is None,
-        neighboring=target.neighboring, unit=target.unit)
+        neighboring=target.neighboring, threshold=threshold, unit=target.unit)
 
 
 def check_noise_fits(o: PrivateEvolutionOptions, target: Target, events: list[LedgerEvent],
