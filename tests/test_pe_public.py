@@ -158,3 +158,32 @@ def test_the_votes_keep_the_public_text_nearest_the_private_records(tmp_path: Pa
     assert len(out) == 2 and out[0] == nearest  # the most voted first
     first = ctx.summary["public_texts_in_first_population"]
     assert first == 2 and ctx.summary["public_candidates"] == 31 - first
+
+
+@pytest.mark.parametrize("threshold", [1e9, 0.0])
+def test_a_vote_without_evidence_keeps_the_kept_texts(tmp_path: Path, threshold: float) -> None:
+    """Label b has no private record, so its votes are noise alone. With no count above H (here 1e9), rank selection
+    keeps the earlier candidates every round: the first population (public rows) is released as it was drawn. With
+    H = 0 (Aug-PE's), positive noise lets variations in: over 5 rounds of 4 variations all of them stay out with
+    probability below 1e-4."""
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import RunContext, Target, get_pipeline
+    from synthdp.pipelines.private_evolution.state import EvolutionState
+
+    pipe = get_pipeline("private-evolution")
+    public = PublicData("p", tuple(Record(f"{lbl} public row {i}", lbl) for lbl in ("a", "b") for i in range(6)), True,
+                        {})
+    records = [Record(f"a private record {i}", "a") for i in range(10)]
+    opts = options(iterations=5, variations=1, probe=0, public_candidates=0, threshold=threshold)
+    resources = PrivateEvolutionResources(CachedGenerator(EchoBackend(lambda p, n: f"variation {n}")), HashEmbedder())
+    plan = pipe.plan(opts, Target(3.0, 1e-5), LoadedData(records, ("a", "b"), True, {}, "test"), resources)
+    ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=8, labels=("a", "b"), resources=resources,
+                     work_dir=tmp_path, public=public)
+    out = [r.text for r in pipe.run(records, opts, plan, ctx) if r.label == "b"]
+    salt = EvolutionState.open(tmp_path, True, np.random.default_rng(), False).salt  # the run's, from its checkpoint
+    first = Apis(CachedGenerator(EchoBackend()), opts, salt, ["b"], GenerationStats(), public=public).initial({"b": 4})["b"]
+    if threshold > 1.0:
+        assert out == first  # the public rows as drawn, in their order
+    else:
+        assert len(out) == 4 and any(t.startswith("variation") for t in out)
+
