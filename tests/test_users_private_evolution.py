@@ -60,7 +60,8 @@ def bounded(unit: PrivacyUnit = USERS) -> list[Record]:
 
 
 def evolution(unit: PrivacyUnit, labels: tuple[str, ...] = ("a", "b"), **options: object) -> pe.Evolution:
-    opts = parse_options(PIPE.options_class, {"iterations": "2", "variations": "1", "probe": "0",
+    # threshold 0: the histograms as counted (the default H, two noise standard deviations, zeroes small counts)
+    opts = parse_options(PIPE.options_class, {"iterations": "2", "variations": "1", "probe": "0", "threshold": "0",
                                               **{k: str(v) for k, v in options.items()}})
     resources = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())  # type: ignore[arg-type]
     plan = PIPE.plan(opts, Target(4.0, 1e-5, unit=unit), LoadedData([], labels, True, {}, "test"), resources)
