@@ -52,6 +52,12 @@ class PublicData:
         own = [r.text for r in self.records if r.label == label]
         return own or [r.text for r in self.records if r.label is None]
 
+    def label_rows(self, labels: Sequence[str | None]) -> dict[str | None, int] | None:
+        """How many rows of each of `labels` the public data holds; None when it is unlabelled or the run has none."""
+        if not self.labelled or not labels or None in labels:
+            return None
+        return {label: sum(1 for r in self.records if r.label == label) for label in labels}
+
     def describe(self) -> str:
         kind = "labelled" if self.labelled else "unlabelled, serving every label"
         return f"{self.source} ({len(self.records):,} rows, {kind})"

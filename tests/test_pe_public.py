@@ -187,3 +187,49 @@ def test_a_vote_without_evidence_keeps_the_kept_texts(tmp_path: Path, threshold:
     else:
         assert len(out) == 4 and any(t.startswith("variation") for t in out)
 
+
+
+def test_uniform_caps_a_label_far_rarer_in_the_public_data() -> None:
+    """`uniform` with the labelled public data's rows per label: a label with share p gets weight min(1, 4 L p), so
+    TREC's public split (abbreviation 17 of 1,000 rows, six labels) gives it 0.408 of a share: 15 of 200 texts, not
+    34. Labels near balance, a label without public rows, unlabelled public data and public weights are unchanged."""
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import Target
+    from synthdp.pipelines.labels import LabelPolicy
+
+    labels = ("abbreviation", "description", "entity", "human", "location", "number")
+    policy = LabelPolicy.plan(Target(3.0, 1e-5), LoadedData([], labels, True, {}, "t"), purpose="p")
+    rows = dict(zip(labels, (17, 221, 222, 221, 159, 160)))
+    weights = policy.weights(None, rows)
+    assert weights[0] == pytest.approx(4 * 6 * 17 / 1000) and weights[1:] == [1.0] * 5
+    assert policy.split(200, weights) == {"abbreviation": 15, "description": 37, "entity": 37, "human": 37,
+                                          "location": 37, "number": 37}
+    sms = LabelPolicy.plan(Target(3.0, 1e-5), LoadedData([], ("ham", "spam"), True, {}, "t"), purpose="p")
+    assert sms.weights(None, {"ham": 866, "spam": 134}) == [1.0, 1.0]  # 13% spam: 4 x 2 x 0.134 > 1
+    assert sms.weights(None, {"ham": 990, "spam": 10}) == [1.0, pytest.approx(0.08)]
+    assert sms.weights(None, {"ham": 990, "spam": 0}) == [1.0, 1.0]  # no public row: nothing to measure it by
+    assert sms.weights(None, None) == [1.0, 1.0]
+    weighted = LabelPolicy.plan(Target(3.0, 1e-5), LoadedData([], ("ham", "spam"), True, {}, "t"),
+                                counts={"ham": 1.0, "spam": 1.0}, purpose="p")
+    assert weighted.weights(None, {"ham": 990, "spam": 10}) == [1.0, 1.0]  # the user's weights win
+    public = PublicData("p", (Record("x", "ham"), Record("y", "ham"), Record("z", "spam")), True, {})
+    assert public.label_rows(["ham", "spam"]) == {"ham": 2, "spam": 1}
+    assert PublicData("u", (Record("x", None),), False, {}).label_rows(["ham"]) is None
+
+
+def test_a_run_caps_the_texts_of_a_label_rare_in_the_public_data(tmp_path: Path) -> None:
+    """Public rows 30 of a and 1 of b: b's weight is 4 x 2 x 1/31 = 0.258, so 2 of 8 texts (uniform: 4)."""
+    from synthdp.data import LoadedData
+    from synthdp.pipelines.base import RunContext, Target, get_pipeline
+
+    pipe = get_pipeline("private-evolution")
+    public = PublicData("p", tuple(Record(f"a row {i}", "a") for i in range(30)) + (Record("b row", "b"),), True, {})
+    records = [Record(f"record {i}", lbl) for i in range(10) for lbl in ("a", "b")]
+    opts = options(iterations=1, variations=1, probe=0, public_candidates=0)
+    resources = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())
+    plan = pipe.plan(opts, Target(3.0, 1e-5), LoadedData(records, ("a", "b"), True, {}, "test"), resources)
+    ctx = RunContext(rng=np.random.default_rng(), seeded=False, num_samples=8, labels=("a", "b"), resources=resources,
+                     work_dir=tmp_path, public=public)
+    out = [r.label for r in pipe.run(records, opts, plan, ctx)]
+    assert ctx.summary["samples_per_label"] == {"a": 6, "b": 2} and out.count("b") == 2
+    assert "no label gets more than 4 times its share of the public rows" in " ".join(plan.public_assumptions)

@@ -38,6 +38,10 @@ LABEL_COUNTS_HELP = ("texts per label: uniform, dp (a DP label histogram paid fr
 LABEL_SIZES_HELP = ("how many private records (users, with --user-field) each label holds, which sets the batch counts: dp (a DP label histogram "
                     "paid from the budget), or public sizes as a table {ham = 300, spam = 100} (--set "
                     "label_sizes=ham:300,spam:100; unlabelled data: one number)")
+# `uniform` with labelled public data: no label gets more than RARE_LABEL_CAP times its share of the public rows, so a
+# label far rarer than the others does not take as many texts as the largest (Private Evolution uses it:
+# docs/pipelines/private-evolution.md, "Labels' proportions").
+RARE_LABEL_CAP = 4.0
 COUNTS_ERROR = ("`label_counts` must be uniform, dp, or public weights like {{ham = 3, spam = 1}} ('ham:3,spam:1'). "
                 "Found {!r}.")
 SIZES_ERROR = ("`label_sizes` must be dp, public sizes like {{ham = 300, spam = 100}} ('ham:300,spam:100'), or one "
@@ -215,14 +219,20 @@ class LabelPolicy:
         noisy = label_histogram.noisy_counts(exact, self.histogram_noise, self.neighboring, rng)
         return {label: float(n) for label, n in zip(self.labels, noisy)}
 
-    def weights(self, sizes: Mapping[Label, float] | None) -> list[float]:
+    def weights(self, sizes: Mapping[Label, float] | None, public_rows: Mapping[Label, int] | None = None) -> list[float]:
         """The texts' shares per label, in label order: the sizes (dp), public weights, or uniform (also dp when
-        the policy draws no sizes: one label)."""
+        the policy draws no sizes: one label). Uniform with `public_rows` (the labelled public data's rows per label,
+        public): a label with share p of them gets weight min(1, RARE_LABEL_CAP x L x p), at most RARE_LABEL_CAP
+        times its public share of the texts; a label with no public row keeps 1."""
         if self.counts == "dp" and sizes is not None:
             return [sizes[label] for label in self.labels]
         if isinstance(self.counts, dict):
             return [self.counts.get(str(label), 0.0) for label in self.labels]
-        return [1.0] * len(self.labels)
+        total = sum(public_rows.values()) if public_rows else 0
+        if not total or public_rows is None:
+            return [1.0] * len(self.labels)
+        cap = RARE_LABEL_CAP * len(self.labels) / total
+        return [min(1.0, cap * public_rows[label]) if public_rows.get(label) else 1.0 for label in self.labels]
 
     def split(self, total: int, weights: list[float]) -> dict[Label, int]:
         """`total` texts over the labels by `weights` (largest remainder; negative shares count as 0)."""

@@ -165,11 +165,13 @@ class Evolution:
 
     def samples_per_label(self, records: list[Record], labels: list[Label], total: int,
                           state: EvolutionState) -> dict[Label, int]:
-        """n_c: public weights or uniform, or drawn from the DP label histogram (checkpointed before use)."""
+        """n_c: public weights or uniform (capped by the labelled public data's shares), or drawn from the DP label
+        histogram (checkpointed before use)."""
         if state.label_counts is None:
-            policy = self.plan.labels
+            policy, public = self.plan.labels, self.ctx.public
             sizes = policy.draw(records, self.ctx.noise_rng)  # the DP label histogram, if any
-            state.record_label_counts(list(policy.split(total, policy.weights(sizes)).values()))
+            rows = public.label_rows(labels) if public is not None else None
+            state.record_label_counts(list(policy.split(total, policy.weights(sizes, rows)).values()))
         assert state.label_counts is not None
         return dict(zip(labels, state.label_counts))
 
