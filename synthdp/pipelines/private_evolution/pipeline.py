@@ -65,7 +65,8 @@ class PrivateEvolution:
     public_data_use: ClassVar[str] = ("the first population (public texts of each label, drawn by the public stream; "
                                       "RANDOM_API for the rest), more candidates of the first vote "
                                       "(public_candidates), the examples of the prompts (max_examples per "
-                                      "request), the default max_tokens and the default rounds (iterations)")
+                                      "request), the default max_tokens and the default rounds (iterations), and, "
+                                      "with uniform label_counts, the cap on a rare label's texts (its public share)")
 
     def load_resources(self, options: PrivateEvolutionOptions, spec: ModelSpec) -> PrivateEvolutionResources:
         return load_resources(options, spec)
