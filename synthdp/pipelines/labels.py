@@ -228,8 +228,8 @@ class LabelPolicy:
             return [sizes[label] for label in self.labels]
         if isinstance(self.counts, dict):
             return [self.counts.get(str(label), 0.0) for label in self.labels]
-        total = sum(public_rows.values()) if public_rows else 0
-        if not total or public_rows is None:
+        total = sum(public_rows.values()) if public_rows is not None else 0
+        if public_rows is None or total == 0:
             return [1.0] * len(self.labels)
         cap = RARE_LABEL_CAP * len(self.labels) / total
         return [min(1.0, cap * public_rows[label]) if public_rows.get(label) else 1.0 for label in self.labels]

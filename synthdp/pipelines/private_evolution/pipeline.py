@@ -186,8 +186,6 @@ class Evolution:
                         stats: GenerationStats) -> Population:
         """One round: per label, the DP nearest-neighbour histogram of the private votes, then selection."""
         o, plan, ctx, embedder = self.o, self.plan, self.ctx, self.res.embedder
-        choose = (lambda noisy, n: rank_select(noisy, n)) if o.selection == "rank" else \
-            (lambda noisy, n: sample_select(noisy, n, ctx.rng))
         kept: Population = {}
         for lbl, cands in candidates.items():
             if not cands or n_c[lbl] == 0:
@@ -200,7 +198,8 @@ class Evolution:
             noisy = dp_nn_histogram(private[lbl].embeddings, emb, noise_multiplier=plan.noise_multiplier,
                                     rng=ctx.noise_rng, votes=min(o.votes, len(cands)), threshold=plan.threshold,
                                     neighboring=plan.neighboring, device=embedder.device, groups=private[lbl].groups)
-            kept[lbl] = [cands[i] for i in choose(noisy, n_c[lbl])]
+            chosen = rank_select(noisy, n_c[lbl]) if o.selection == "rank" else sample_select(noisy, n_c[lbl], ctx.rng)
+            kept[lbl] = [cands[i] for i in chosen]
             stats.seconds["histogram"] += time.perf_counter() - start
             ctx.progress(1, None)
         return kept
