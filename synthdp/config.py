@@ -69,8 +69,8 @@ def default_pipeline(public_data: Any, spell: Callable[[str], str]) -> tuple[str
     """The pipeline of a run that names none, and why: Private Evolution where the user gives public data to a run of
     one process, InvisibleInk otherwise. With public data (3 rounds, 2 variations), Private Evolution measured above
     its public-prompt baseline beyond the readout's spread on all three benchmark sets, and InvisibleInk on none; at
-    3 variations TREC stayed within the spread (docs/benchmarks.md, "Which pipeline by default"). Private Evolution
-    runs in one process, so a torchrun launch keeps InvisibleInk."""
+    its default 3 variations TREC did too once a rare label's share was capped (docs/benchmarks.md, "Which pipeline
+    by default"). Private Evolution runs in one process, so a torchrun launch keeps InvisibleInk."""
     from synthdp.distributed import launched
 
     if public_data is None or launched():
