@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -56,7 +57,8 @@ class PublicData:
         """How many rows of each of `labels` the public data holds; None when it is unlabelled or the run has none."""
         if not self.labelled or not labels or None in labels:
             return None
-        return {label: sum(1 for r in self.records if r.label == label) for label in labels}
+        counts = Counter(r.label for r in self.records)  # one pass over the rows
+        return {label: counts[label] for label in labels}
 
     def describe(self) -> str:
         kind = "labelled" if self.labelled else "unlabelled, serving every label"
