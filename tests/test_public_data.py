@@ -182,3 +182,21 @@ def test_private_prediction_lists_the_label_s_public_examples_in_every_prompt_pr
 def test_public_data_of_unlabelled_rows_serves_every_label() -> None:
     public = PublicData("x", (Record("a", None), Record("b", "ham")), True, {})
     assert public.pool("ham") == ["b"] and public.pool("spam") == ["a"]
+
+
+@pytest.mark.parametrize("pipeline", ["invisibleink", "private-prediction", "dp-finetune"])
+def test_every_local_pipeline_caps_the_texts_of_a_label_rare_in_the_public_data(
+        pipeline: str, tmp_path: Path, data_file: Path, tiny_model_dir: Path) -> None:
+    """Uniform label_counts with public rows 30 ham to 1 spam: spam's weight is 4 x 2 x 1/31 = 0.258, so 2 of 8
+    texts (uniform: 4), as in Private Evolution (test_pe_public); the ledger says so. The same run without the
+    public data splits 4 and 4."""
+    rows = [{"text": f"public ham note {i}", "label": "ham"} for i in range(30)] + [{"text": "spam", "label": "spam"}]
+    common = ["--data", str(data_file), "--labels", "ham,spam", "--epsilon", "3", "--delta", "1e-5",
+              "--num-samples", "8", "--model", str(tiny_model_dir), "--pipeline", pipeline, *fast_flags(pipeline)]
+    for out, extra, split in (("a", ["--public-data", str(public_file(tmp_path, rows))], (6, 2)), ("b", [], (4, 4))):
+        result = runner.invoke(app, ["generate", *common, *extra, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        labels = [json.loads(line)["label"] for line in (tmp_path / out / "synthetic.jsonl").read_text().splitlines()]
+        assert (labels.count("ham"), labels.count("spam")) == split, labels
+    assumptions = " ".join(json.loads((tmp_path / "a" / "ledger.json").read_text())["public_assumptions"])
+    assert "no label gets more than 4 times its share of the public rows" in assumptions

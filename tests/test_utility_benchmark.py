@@ -3,6 +3,7 @@ the beats-baseline rule, n < 200 -> not shown, failed and missing arms, the opti
 
 from __future__ import annotations
 
+from collections import Counter
 import dataclasses
 import types
 import json
@@ -194,6 +195,18 @@ def test_the_public_split_shares_no_text_with_the_rest() -> None:
     shown = {r["text"] for r in public}
     assert len(public) == 10 and not {r["text"] for r in rest} & shown
     assert len(rest) == sum(r["text"] not in shown for r in rows)  # only the public texts' copies are dropped
+
+
+def test_the_baseline_caps_a_rare_label_by_its_public_share_as_the_pipelines_do() -> None:
+    """Public rows 30 of a and 1 of b: b gets 2 of 8 texts with the public split (4 x 2 x 1/31 = 0.258 of a share),
+    4 without it, as the pipelines' uniform label_counts split them (test_public_data)."""
+    from benchmarks.utility.data import Dataset
+    from benchmarks.utility.runner import baseline_labels
+
+    public = [{"text": f"a{i}", "label": "a"} for i in range(30)] + [{"text": "b", "label": "b"}]
+    data = Dataset("d", ("a", "b"), [], [], "text", "label", public)
+    assert Counter(baseline_labels(data, 8, public=True)) == {"a": 6, "b": 2}
+    assert Counter(baseline_labels(data, 8, public=False)) == {"a": 4, "b": 4}
 
 
 @pytest.mark.skipif(not Path("/work/shared/data/trec/train_5500.label").is_file(), reason="TREC is read from a path")

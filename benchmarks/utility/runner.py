@@ -184,12 +184,23 @@ def public_data_of(data: Dataset, work_dir: Path) -> Any:
                             labels=data.labels)
 
 
+def baseline_labels(data: Dataset, num_samples: int, public: bool) -> list[str]:
+    """The baseline's label of each text: split evenly, and with the public split given (`public`), each label capped
+    at RARE_LABEL_CAP times its share of the public rows, as the pipelines split uniform label_counts."""
+    from synthdp.pipelines.labels import capped_uniform
+
+    counts = Counter(r["label"] for r in data.public) if public else None
+    weights = capped_uniform(data.labels, {lbl: counts[lbl] for lbl in data.labels} if counts else None)
+    return [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, weights)) for _ in range(k)]
+
+
 def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, shared: SharedLoads,
              model: str | None, device: str | None, overrides: dict[str, str] | None = None,
              public_dir: Path | None = None) -> dict[str, Any]:
     """Texts from the public prompt alone (no private row), as many as each arm asks for, split evenly: InvisibleInk's
     prompts and sampler with the InvisibleInk arm's options (`public_texts`). With `public_dir`, the public split
-    (written there) gives the examples and T, as --public-data gives them to the InvisibleInk arm."""
+    (written there) gives the examples and T, as --public-data gives them to the InvisibleInk arm, and caps a rare
+    label's share as the pipelines' uniform label_counts do (`baseline_labels`)."""
     from benchmarks.utility.table import BASELINE
     from synthdp.pipelines.base import parse_options
     from synthdp.pipelines.invisibleink import InvisibleInk
@@ -203,8 +214,7 @@ def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, share
         public = public_data_of(data, public_dir) if public_dir is not None else None
         if public is not None and "max_tokens" not in chosen:
             options = dataclasses.replace(options, **InvisibleInk().public_defaults(options, public, lm))
-        labels = [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, [1.0] * len(data.labels)))
-                  for _ in range(k)]
+        labels = baseline_labels(data, num_samples, public is not None)
         texts = filled_public_texts(lm, options, labels, np.random.default_rng(), public=public)
         kept = [(t, lbl) for t, lbl in zip(texts, labels) if t.strip()]
         return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen, "max_tokens": options.max_tokens}

@@ -114,6 +114,11 @@ class RunContext:
     # label, at most k records per user: synthdp/users.py); the pipeline sums one term per user.
     unit: PrivacyUnit = field(default_factory=PrivacyUnit)
 
+    def public_label_rows(self) -> dict[str | None, int] | None:
+        """The labelled public data's rows per label (public), which cap a rare label's share of the texts under
+        uniform label_counts (`LabelPolicy.weights`); None without labelled public data."""
+        return self.public.label_rows(self.labels) if self.public is not None else None
+
 
 @dataclass(frozen=True)
 class SyntheticRecord:

@@ -14,7 +14,7 @@ noisy counts from the run's noise stream), `weights` the texts' shares and `spli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,16 +32,19 @@ Label = str | None
 LabelCounts = str | dict[str, float]  # "uniform", "dp", or public weights {label: weight}
 LabelSizes = str | int | dict[str, int]  # "dp", one public number (unlabelled data), or public sizes {label: size}
 
-LABEL_COUNTS_HELP = ("texts per label: uniform, dp (a DP label histogram paid from the budget; its noise costs 5% of "
+LABEL_COUNTS_HELP = ("texts per label: uniform (with labelled --public-data: no label above 4 times its share of the "
+                     "public rows), dp (a DP label histogram paid from the budget; its noise costs 5% of "
                      "epsilon alone), or public weights as a table {ham = 3, spam = 1} "
                      "(--set label_counts=ham:3,spam:1)")
 LABEL_SIZES_HELP = ("how many private records (users, with --user-field) each label holds, which sets the batch counts: dp (a DP label histogram "
                     "paid from the budget), or public sizes as a table {ham = 300, spam = 100} (--set "
                     "label_sizes=ham:300,spam:100; unlabelled data: one number)")
 # `uniform` with labelled public data: no label gets more than RARE_LABEL_CAP times its share of the public rows, so a
-# label far rarer than the others does not take as many texts as the largest (Private Evolution uses it:
-# docs/pipelines/private-evolution.md, "Labels' proportions").
+# label far rarer than the others does not take as many texts as the largest (every pipeline, and the utility
+# benchmark's baseline: docs/pipelines/private-evolution.md, "Labels' proportions").
 RARE_LABEL_CAP = 4.0
+UNIFORM_WORDS = ("split evenly across labels, except that with labelled public data no label gets more than "
+                 f"{RARE_LABEL_CAP:g} times its share of the public rows")
 COUNTS_ERROR = ("`label_counts` must be uniform, dp, or public weights like {{ham = 3, spam = 1}} ('ham:3,spam:1'). "
                 "Found {!r}.")
 SIZES_ERROR = ("`label_sizes` must be dp, public sizes like {{ham = 300, spam = 100}} ('ham:300,spam:100'), or one "
@@ -228,12 +231,18 @@ class LabelPolicy:
             return [sizes[label] for label in self.labels]
         if isinstance(self.counts, dict):
             return [self.counts.get(str(label), 0.0) for label in self.labels]
-        total = sum(public_rows.values()) if public_rows is not None else 0
-        if public_rows is None or total == 0:
-            return [1.0] * len(self.labels)
-        cap = RARE_LABEL_CAP * len(self.labels) / total
-        return [min(1.0, cap * public_rows[label]) if public_rows.get(label) else 1.0 for label in self.labels]
+        return capped_uniform(self.labels, public_rows)
 
     def split(self, total: int, weights: list[float]) -> dict[Label, int]:
         """`total` texts over the labels by `weights` (largest remainder; negative shares count as 0)."""
         return dict(zip(self.labels, split_by_weights(total, weights)))
+
+
+def capped_uniform(labels: Sequence[Label], public_rows: Mapping[Label, int] | None) -> list[float]:
+    """Uniform weights, each label's capped at RARE_LABEL_CAP x L x p, p its share of `public_rows` (the labelled
+    public data's rows per label); a label with no public row, and every label without public rows, keeps 1."""
+    total = sum(public_rows.values()) if public_rows is not None else 0
+    if public_rows is None or total == 0:
+        return [1.0] * len(labels)
+    cap = RARE_LABEL_CAP * len(labels) / total
+    return [min(1.0, cap * public_rows[label]) if public_rows.get(label) else 1.0 for label in labels]

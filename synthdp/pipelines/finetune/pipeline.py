@@ -30,7 +30,7 @@ from synthdp.pipelines.finetune.ranks import lora_model, resumed_state, sync_fro
 from synthdp.pipelines.finetune.replicated import Replicated
 from synthdp.pipelines.finetune.training import GradientStrategy, train_and_sample
 from synthdp.pipelines.finetune.warmup import public_examples, warm_up
-from synthdp.pipelines.labels import LabelPolicy, as_text
+from synthdp.pipelines.labels import UNIFORM_WORDS, LabelPolicy, as_text
 from synthdp.privacy.accounting import calibrate_dpsgd_noise, epsilon_report
 from synthdp.privacy.costs import DpSgdSteps
 from synthdp.pipelines.summary import Count
@@ -53,7 +53,8 @@ class DPFinetune:
     supports_users: ClassVar[bool] = True
     counters: ClassVar[tuple[Count, ...]] = (Count.TRAINING_STEPS, Count.PUBLIC_WARM_UP_STEPS, Count.DROPPED_TEXTS)
     public_data_use: ClassVar[str] = ("the adapter's warm-up before DP-SGD (public_steps steps of plain training on "
-                                      "the public rows, no noise) and the default max_tokens of the sampled texts")
+                                      "the public rows, no noise), the default max_tokens of the sampled texts and, "
+                                      "with uniform label_counts, the cap on a rare label's texts (its public share)")
 
     def public_defaults(self, options: FinetuneOptions, public: PublicData, lm: LocalLM | None) -> dict[str, Any]:
         if lm is None:  # a dry run loads no model; max_tokens is the sampled texts' length, not in the privacy plan
@@ -98,7 +99,7 @@ class DPFinetune:
         weights = options.label_counts
         counts_words = ("set from the DP label histogram" if policy.histogram is not None else
                         f"public: the weights {as_text(weights)!r}" if isinstance(weights, dict) else
-                        "public (split evenly across labels)")
+                        f"public ({UNIFORM_WORDS})")
         assumptions = (
             f"{n_words}: it sets the sampling rate q = B/n and the number of steps T = {steps}",
             label_set_words(data),
@@ -154,5 +155,5 @@ class DPFinetune:
     def label_weights(records: list[Record], plan: FinetunePlan, ctx: RunContext) -> list[float]:
         """How the texts split across labels: the DP label histogram's noisy counts (paid in the plan), the
         public weights of `label_counts`, or uniform."""
-        return plan.labels.weights(plan.labels.draw(records, ctx.noise_rng))
+        return plan.labels.weights(plan.labels.draw(records, ctx.noise_rng), ctx.public_label_rows())
 

@@ -97,7 +97,8 @@ class InvisibleInk:
     supports_users: ClassVar[bool] = True  # batches by user, one mean term per user in every token's sum
     counters: ClassVar[tuple[Count, ...]] = (Count.CUT_AT_MAX_TOKENS, Count.DROPPED_TEXTS)
     public_data_use: ClassVar[str] = ("the examples of every prompt (max_examples per prompt, each label's drawn from "
-                                      "the rows of that label by the public stream) and the default T (max_tokens)")
+                                      "the rows of that label by the public stream), the default T (max_tokens) and, "
+                                      "with uniform label_counts, the cap on a rare label's texts (its public share)")
 
     def load_resources(self, options: InvisibleInkOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
@@ -136,7 +137,7 @@ class InvisibleInk:
         labels: tuple[str | None, ...] = ctx.labels or (None,)
         sizes = plan.labels.draw(records, ctx.noise_rng)  # public, or the DP label histogram
         assert sizes is not None  # the batch counts always have sizes
-        quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes))
+        quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes, ctx.public_label_rows()))
         divisors = plan.choose_divisors(sizes, quotas)
         batches = batches_per_label(sizes, divisors)
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]

@@ -11,7 +11,7 @@ from synthdp.data import LoadedData, label_set_words
 from synthdp.mechanisms.invisibleink import calibrate_batch_rho
 from synthdp.pipelines.base import PrivacyPlan, Target
 from synthdp.pipelines.invisibleink.options import AUTO_BATCH, InvisibleInkOptions
-from synthdp.pipelines.labels import Label, LabelPolicy, as_text
+from synthdp.pipelines.labels import UNIFORM_WORDS, Label, LabelPolicy, as_text
 from synthdp.pipelines.batching import (
     BATCH_COUNTS_PURPOSE, batches_assumption, batches_per_label, public_batches,
 )
@@ -82,6 +82,7 @@ def make_plan(options: InvisibleInkOptions, target: Target, data: LoadedData) ->
                                   temperature=options.temperature, top_k=options.top_k, neighboring=target.neighboring,
                                   **({"unit": unit.noun, "max_records": unit.max_records} if unit.per_user else {}))
     counts_words = ("in proportion to the label sizes that set the batch counts" if options.label_counts == "dp"
+                    else UNIFORM_WORDS if options.label_counts == "uniform"
                     else f"set by label_counts = {as_text(options.label_counts)!r}")
     assumptions = (
         batches_assumption(labels, s, unit, AUTO_WORDS),

@@ -169,10 +169,10 @@ class Evolution:
         """n_c: public weights or uniform (capped by the labelled public data's shares), or drawn from the DP label
         histogram (checkpointed before use)."""
         if state.label_counts is None:
-            policy, public = self.plan.labels, self.ctx.public
+            policy = self.plan.labels
             sizes = policy.draw(records, self.ctx.noise_rng)  # the DP label histogram, if any
-            rows = public.label_rows(labels) if public is not None else None
-            state.record_label_counts(list(policy.split(total, policy.weights(sizes, rows)).values()))
+            weights = policy.weights(sizes, self.ctx.public_label_rows())
+            state.record_label_counts(list(policy.split(total, weights).values()))
         assert state.label_counts is not None
         return dict(zip(labels, state.label_counts))
 

@@ -19,7 +19,7 @@ from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
 from synthdp.mechanisms.nn_histogram import USER_VOTE_SCALE
 from synthdp.pipelines.base import PrivacyPlan, Target
-from synthdp.pipelines.labels import RARE_LABEL_CAP, LabelPolicy, as_text
+from synthdp.pipelines.labels import UNIFORM_WORDS, LabelPolicy, as_text
 from synthdp.pipelines.private_evolution.options import THRESHOLD_STDS, PrivateEvolutionOptions
 from synthdp.privacy.accounting import calibrate_gaussian_compositions, epsilon_report
 from synthdp.privacy.costs import VoteRounds, l2_sensitivity
@@ -108,8 +108,7 @@ def assumptions(o: PrivateEvolutionOptions, data: LoadedData, labels: LabelPolic
     elif isinstance(o.label_counts, dict):
         counts_words = f"given by the user as public weights {as_text(o.label_counts)!r}"
     else:
-        counts_words = ("split evenly across labels, except that with labelled public data no label gets more than "
-                        f"{RARE_LABEL_CAP:g} times its share of the public rows")
+        counts_words = UNIFORM_WORDS
     return (
         label_set_words(data),
         (f"the number of synthetic texts and the population per label are public: {counts_words}; the private "

@@ -62,7 +62,8 @@ class PrivatePrediction:
     counters: ClassVar[tuple[Count, ...]] = (Count.TRUNCATED_TEXTS, Count.BATCHES_OUT_OF_BUDGET, Count.PUBLIC_TOKENS,
                                              Count.PRIVATE_TOKENS, Count.DROPPED_TEXTS, Count.SHORT_TEXTS)
     public_data_use: ClassVar[str] = ("the examples listed in every prompt (max_examples per label, drawn from the rows "
-                                      "of that label by the public stream) and the default max_tokens")
+                                      "of that label by the public stream), the default max_tokens and the cap on a "
+                                      "rare label's texts (its public share)")
 
     def load_resources(self, options: PrivatePredictionOptions, spec: ModelSpec) -> LocalLM:
         return LocalLM.load(spec.model, device=spec.device)
@@ -106,7 +107,7 @@ class PrivatePrediction:
         N. What N does not change: the salt, the batch counts and so every batch's records, its streams, the plan,
         the ledger and the guarantee: the batches are disjoint and each is charged r private tokens."""
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None)).values()  # public: uniform
+        per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None, ctx.public_label_rows())).values()
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, plan, ctx)  # public sizes, or the DP label histogram
         rows_of = label_batches(records, labels, salt, b_by_label, ctx.unit.per_user)

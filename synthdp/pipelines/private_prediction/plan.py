@@ -19,7 +19,7 @@ from dp_accounting import dp_event
 from synthdp.data import LoadedData, label_set_words
 from synthdp.errors import PrivacyParameterError
 from synthdp.pipelines.base import PrivacyPlan, Target
-from synthdp.pipelines.labels import LabelPolicy
+from synthdp.pipelines.labels import UNIFORM_WORDS, LabelPolicy
 from synthdp.pipelines.batching import BATCH_COUNTS_PURPOSE, batches_assumption, public_batches
 from synthdp.pipelines.private_prediction.options import PrivatePredictionOptions
 from synthdp.privacy.accounting import max_count_within
@@ -73,7 +73,7 @@ def make_plan(o: PrivatePredictionOptions, target: Target, data: LoadedData) -> 
         batches_assumption(labels, o.batch_size, target.unit),
         label_set_words(data),
         "the prompt templates, the public placeholder prompt and the model are public",
-        "the number of synthetic texts per label is public (split evenly across labels)",
+        f"the number of synthetic texts per label is public ({UNIFORM_WORDS})",
     )
     batch = LedgerEvent(cost.NAME, cost.words, cost.event)
     return PrivatePredictionPlan(
