@@ -67,10 +67,10 @@ PUBLIC_DATA_PIPELINE = "private-evolution"
 
 def default_pipeline(public_data: Any, spell: Callable[[str], str]) -> tuple[str, str]:
     """The pipeline of a run that names none, and why: Private Evolution where the user gives public data to a run of
-    one process, InvisibleInk otherwise. With public data (3 rounds, 2 variations), Private Evolution measured above
-    its public-prompt baseline beyond the readout's spread on all three benchmark sets, and InvisibleInk on none; at
-    its default 3 variations TREC did too once a rare label's share was capped (docs/benchmarks.md, "Which pipeline
-    by default"). Private Evolution runs in one process, so a torchrun launch keeps InvisibleInk."""
+    one process, InvisibleInk otherwise. With public data, Private Evolution measured above its public-prompt
+    baseline beyond the readout's spread on all three benchmark sets, at its defaults (one round, 3 variations) by
+    0.11 to 0.25, and InvisibleInk on none (docs/benchmarks.md, "Which pipeline by default"). Private Evolution runs
+    in one process, so a torchrun launch keeps InvisibleInk."""
     from synthdp.distributed import launched
 
     if public_data is None or launched():

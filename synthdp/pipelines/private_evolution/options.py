@@ -27,9 +27,10 @@ STYLES = ("in a casual way", "in a formal way", "in a concise way", "with more d
 # What the prompt templates may be filled with.
 PROMPT_FIELDS = ("domain", "label_name", "label", "keyword", "style", "text", "words")
 LIST_HEADER = "Examples of {domain}s ({label_name}: {label}):"
-# T with --public-data: the first population is public text of the kind wanted, and with the 135M model later rounds
-# lowered the readout (docs/benchmarks.md, "Rounds: the readout after each vote").
-PUBLIC_ITERATIONS = 3
+# T with --public-data: the first population is public text of the kind wanted, one vote among it and its variations
+# read as well as or better than three rounds with the 135M model, at a third of the requests (docs/benchmarks.md,
+# "One round with public data").
+PUBLIC_ITERATIONS = 1
 # Default H in noise standard deviations: a candidate needs about this many votes' worth of evidence to count, so a
 # vote that is mostly noise (a label with few records) leaves its kept texts in place rather than drifting.
 THRESHOLD_STDS = 2.0
