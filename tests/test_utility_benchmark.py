@@ -202,11 +202,13 @@ def test_the_baseline_caps_a_rare_label_by_its_public_share_as_the_pipelines_do(
     4 without it, as the pipelines' uniform label_counts split them (test_public_data)."""
     from benchmarks.utility.data import Dataset
     from benchmarks.utility.runner import baseline_labels
+    from synthdp.data import Record
+    from synthdp.public_data import PublicData
 
-    public = [{"text": f"a{i}", "label": "a"} for i in range(30)] + [{"text": "b", "label": "b"}]
-    data = Dataset("d", ("a", "b"), [], [], "text", "label", public)
-    assert Counter(baseline_labels(data, 8, public=True)) == {"a": 6, "b": 2}
-    assert Counter(baseline_labels(data, 8, public=False)) == {"a": 4, "b": 4}
+    public = PublicData("p", tuple(Record(f"a{i}", "a") for i in range(30)) + (Record("b", "b"),), True, {})
+    data = Dataset("d", ("a", "b"), [], [], "text", "label")
+    assert Counter(baseline_labels(data, 8, public)) == {"a": 6, "b": 2}
+    assert Counter(baseline_labels(data, 8)) == {"a": 4, "b": 4}
 
 
 @pytest.mark.skipif(not Path("/work/shared/data/trec/train_5500.label").is_file(), reason="TREC is read from a path")

@@ -184,13 +184,12 @@ def public_data_of(data: Dataset, work_dir: Path) -> Any:
                             labels=data.labels)
 
 
-def baseline_labels(data: Dataset, num_samples: int, public: bool) -> list[str]:
-    """The baseline's label of each text: split evenly, and with the public split given (`public`), each label capped
-    at RARE_LABEL_CAP times its share of the public rows, as the pipelines split uniform label_counts."""
+def baseline_labels(data: Dataset, num_samples: int, public: Any = None) -> list[str]:
+    """The baseline's label of each text: split evenly, and with the public split given (`public`, a PublicData), each
+    label capped at RARE_LABEL_CAP times its share of the public rows, as the pipelines split uniform label_counts."""
     from synthdp.pipelines.labels import capped_uniform
 
-    counts = Counter(r["label"] for r in data.public) if public else None
-    weights = capped_uniform(data.labels, {lbl: counts[lbl] for lbl in data.labels} if counts else None)
+    weights = capped_uniform(data.labels, public.label_rows(data.labels) if public is not None else None)
     return [lbl for lbl, k in zip(data.labels, split_by_weights(num_samples, weights)) for _ in range(k)]
 
 
@@ -214,7 +213,7 @@ def baseline(data: Dataset, preset: Preset, num_samples: int, repeat: int, share
         public = public_data_of(data, public_dir) if public_dir is not None else None
         if public is not None and "max_tokens" not in chosen:
             options = dataclasses.replace(options, **InvisibleInk().public_defaults(options, public, lm))
-        labels = baseline_labels(data, num_samples, public is not None)
+        labels = baseline_labels(data, num_samples, public)
         texts = filled_public_texts(lm, options, labels, np.random.default_rng(), public=public)
         kept = [(t, lbl) for t, lbl in zip(texts, labels) if t.strip()]
         return [t for t, _ in kept], [lbl for _, lbl in kept], {"options": chosen, "max_tokens": options.max_tokens}

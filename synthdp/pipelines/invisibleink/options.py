@@ -69,8 +69,9 @@ class InvisibleInkOptions:
     label_counts: LabelCounts = option("uniform", "texts per label: uniform (the same number for every label: a "
                                                   "balanced corpus; a small label's batches write more texts each, at "
                                                   "a smaller C; with labelled --public-data no label above 4 times "
-                                                  "its share of the public rows), dp (in proportion to the label sizes that set the "
-                                                  "batch counts: no extra cost), or public weights as a table "
+                                                  "its share of the public rows), dp (in proportion to the label "
+                                                  "sizes that set the batch counts: no extra cost), or public weights "
+                                                  "as a table "
                                                   "{ham = 3, spam = 1} (--set label_counts=ham:3,spam:1)")
     batches_per_step: int | None = option(None, "hash batches decoded together in one forward pass (public); "
                                                 "default: as many as the device's row budget holds", maximum=MAX_BATCH)
