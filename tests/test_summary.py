@@ -20,9 +20,10 @@ from synthdp.privacy.neighboring import Neighboring
 # counters included whether or not anything was counted, so that a key's presence tells nothing about the data.
 KEYS = {
     "private-prediction": {"records", "requested", "truncated_texts", "batches_out_of_budget", "public_tokens",
-                           "private_tokens", "dropped_texts", "short_texts", "batches_per_label_from_dp_histogram"},
+                           "private_tokens", "dropped_texts", "short_texts", "batches_per_label_from_dp_histogram",
+                           "label_counts"},
     "invisibleink": {"records", "requested", "cut_at_max_tokens", "dropped_texts", "batch_size", "texts_per_batch", "clip",
-                     "batches_per_label"},
+                     "batches_per_label", "label_counts"},
     "private-evolution": {"records", "requested", "public_texts_in_first_population", "public_candidates",
                           "dropped_texts", "dropped_empty", "generation_requests", "cached_answers_reused",
                           "samples_per_label"},

@@ -138,6 +138,7 @@ class InvisibleInk:
         sizes = plan.labels.draw(records, ctx.noise_rng)  # public, or the DP label histogram
         assert sizes is not None  # the batch counts always have sizes
         quotas = plan.labels.split(ctx.num_samples, plan.labels.weights(sizes, ctx.public_label_rows()))
+        ctx.summary.set("label_counts", {str(k): v for k, v in quotas.items()})
         divisors = plan.choose_divisors(sizes, quotas)
         batches = batches_per_label(sizes, divisors)
         units = [unit for unit in self.units(records, labels, batches, quotas, ctx) if unit.want > 0]

@@ -107,7 +107,9 @@ class PrivatePrediction:
         N. What N does not change: the salt, the batch counts and so every batch's records, its streams, the plan,
         the ledger and the guarantee: the batches are disjoint and each is charged r private tokens."""
         labels: tuple[str | None, ...] = ctx.labels or (None,)
-        per_label = plan.labels.split(ctx.num_samples, plan.labels.weights(None, ctx.public_label_rows())).values()
+        split = plan.labels.split(ctx.num_samples, plan.labels.weights(None, ctx.public_label_rows()))
+        ctx.summary.set("label_counts", {str(k): v for k, v in split.items()})
+        per_label = split.values()
         salt = ctx.noise_rng.bytes(16)  # a fresh secret salt per run (ChaCha20), the same on every rank
         b_by_label = batch_counts(records, plan, ctx)  # public sizes, or the DP label histogram
         rows_of = label_batches(records, labels, salt, b_by_label, ctx.unit.per_user)
